@@ -1,0 +1,38 @@
+"""canvaslab: masked image completion (inpaint, outpaint, ...) from the CLI, Python and HTTP.
+
+    import canvaslab
+    result = canvaslab.inpaint("photo.jpg", "mask.png", engine="patchmatch", seed=1)
+    result.save("out.png")            # the PNG carries its recipe
+    wider = canvaslab.outpaint("photo.jpg", right=256, steps=2)
+
+Names are imported on first use so that `import canvaslab` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "inpaint": "canvaslab.tasks.inpaint",
+    "outpaint": "canvaslab.tasks.outpaint",
+    "Result": "canvaslab.tasks.result",
+    "InpaintRequest": "canvaslab.tasks.requests",
+    "OutpaintRequest": "canvaslab.tasks.requests",
+    "load_image": "canvaslab.core.image",
+    "load_mask": "canvaslab.core.image",
+    "read_metadata": "canvaslab.core.metadata",
+    "CanvaslabError": "canvaslab.errors",
+    "InputError": "canvaslab.errors",
+    "EngineError": "canvaslab.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'canvaslab' has no attribute {name!r}")

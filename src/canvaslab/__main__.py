@@ -1,0 +1,3 @@
+from canvaslab.cli.main import main
+
+main()

@@ -1,0 +1,103 @@
+"""Build typer commands whose options come from the request models.
+
+A command is written as a plain function taking ``(request_values: dict, **cli_only)``; `command()`
+gives it a signature made of its own CLI-only parameters plus one option per request field (help,
+default, choices and panel taken from the model), so CLI flags and API keywords never drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from canvaslab.tasks.requests import TaskRequest
+
+
+def flag_name(name: str, field: FieldInfo) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return str(extra.get("flag", "--" + name.replace("_", "-")))
+
+
+def _panel(field: FieldInfo) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return str(extra.get("panel", "Options"))
+
+
+def _cli_type(annotation: Any) -> Any:
+    """Map a model annotation to what typer can parse (dicts become repeatable KEY=VALUE strings)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return typing.Optional[_cli_type(args[0])]
+    if origin in (dict,) or annotation is dict:
+        return typing.Optional[list[str]]
+    if origin in (list, tuple):
+        return typing.Optional[list[str]]
+    return annotation
+
+
+def _default(field: FieldInfo) -> Any:
+    if field.default_factory is not None:
+        return None  # list/dict fields: "not given" on the CLI, the model supplies the empty default
+    return field.default
+
+
+def request_parameters(model: type[BaseModel], exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    params = []
+    for name, field in model.model_fields.items():
+        if name in exclude:
+            continue
+        default = _default(field)
+        option = typer.Option(
+            flag_name(name, field),
+            help=field.description,
+            rich_help_panel=_panel(field),
+            show_default=default is not None and default != "",
+        )
+        annotation = Annotated[_cli_type(field.annotation), option]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+    return params
+
+
+def request_values(model: type[TaskRequest], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Split the request fields out of a command's keyword arguments, dropping CLI "not given" lists."""
+    values = {}
+    for name, field in model.model_fields.items():
+        if name not in kwargs:
+            continue
+        value = kwargs.pop(name)
+        if field.default_factory is not None and value is None:
+            continue
+        if isinstance(value, enum.Enum):
+            value = value.value
+        values[name] = value
+    return values
+
+
+def command(
+    model: type[TaskRequest], own: Callable[..., Any], run: Callable[..., Any], exclude: tuple[str, ...] = ()
+) -> Callable[..., Any]:
+    """A typer-ready function: `own`'s parameters (CLI-only) followed by the model's fields.
+
+    `run(request_values, **own_values)` is called with the request fields split out.
+    """
+    own_params = list(inspect.signature(own, eval_str=True).parameters.values())
+    taken = {p.name for p in own_params}
+    model_params = [p for p in request_parameters(model, exclude) if p.name not in taken]
+
+    def wrapper(**kwargs: Any) -> Any:
+        values = request_values(model, kwargs)
+        return run(values, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own_params + model_params)  # type: ignore[attr-defined]
+    wrapper.__doc__ = own.__doc__
+    wrapper.__name__ = own.__name__
+    return wrapper

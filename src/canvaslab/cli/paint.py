@@ -1,0 +1,243 @@
+"""`canvaslab inpaint` and `canvaslab outpaint`: one image, or whole folders with --images."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from canvaslab.cli import console
+from canvaslab.cli.options import command
+from canvaslab.core.image import DEFAULT_MAX_PIXELS
+from canvaslab.errors import InputError
+from canvaslab.tasks.batch import BatchItem, pair_folder, run_batch
+from canvaslab.tasks.render import OutputSpec, render
+from canvaslab.tasks.requests import InpaintRequest, MaskMode, OutpaintRequest, build_request
+
+
+class OutputFormat(str, enum.Enum):
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+
+
+SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+OUT = "Output"
+BATCH = "Batch (folders)"
+
+# CLI-only parameters shared by both commands (the request fields are added from the models).
+ImageArg = Annotated[Optional[Path], typer.Argument(help="input image (or use --images DIR for a folder)", show_default=False)]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="output file [default: ./<name>-<task>.png]", rich_help_panel=OUT)]
+FormatOpt = Annotated[Optional[OutputFormat], typer.Option("--format", help="png, jpeg or webp [default: from the output suffix]", rich_help_panel=OUT)]
+QualityOpt = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality", rich_help_panel=OUT)]
+RowsOpt = Annotated[int, typer.Option("--rows", min=1, max=256, help="run N seeds (seed, seed+1, ...): one output and one grid row each", rich_help_panel=OUT)]
+GridOpt = Annotated[Optional[Path], typer.Option("--grid", help="write a comparison grid: original | mask | result per seed row (a folder in batch mode)", rich_help_panel=OUT)]
+HSpaceOpt = Annotated[int, typer.Option("--h-spacing", min=0, max=1024, help="pixels between grid columns", rich_help_panel=OUT)]
+VSpaceOpt = Annotated[int, typer.Option("--v-spacing", min=0, max=1024, help="pixels between grid rows", rich_help_panel=OUT)]
+LabelsOpt = Annotated[bool, typer.Option("--labels/--no-labels", help="label grid rows (seed) and columns", rich_help_panel=OUT)]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="refuse images with more pixels (decompression-bomb guard)", rich_help_panel="Input")]
+ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="folder of images, searched recursively", rich_help_panel=BATCH)]
+OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="output folder (existing outputs are skipped: reruns resume)", rich_help_panel=BATCH)]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=64, help="worker processes", rich_help_panel=BATCH)]
+
+
+def _inpaint_signature(
+    image: ImageArg = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", "-m", help="mask file (white = fill, see --mask-mode)", rich_help_panel="Input")] = None,
+    output: OutputOpt = None,
+    images: ImagesOpt = None,
+    masks: Annotated[Optional[Path], typer.Option("--masks", help="folder of masks paired by name, or one mask file for every image", rich_help_panel=BATCH)] = None,
+    out: OutDirOpt = None,
+    workers: WorkersOpt = 1,
+    rows: RowsOpt = 1,
+    grid: GridOpt = None,
+    h_spacing: HSpaceOpt = 8,
+    v_spacing: VSpaceOpt = 8,
+    labels: LabelsOpt = False,
+    format: FormatOpt = None,
+    quality: QualityOpt = 95,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+) -> None:
+    """Fill the masked pixels of an image (or of every image in a folder).
+
+    Examples:
+
+      canvaslab inpaint photo.jpg --mask mask.png -o out.png
+
+      canvaslab inpaint photo.jpg --mask mask.png --rows 3 --grid grid.png --labels
+
+      canvaslab inpaint --images imgs/ --masks masks/ --mask-mode black --out results/
+    """
+
+
+def _outpaint_signature(
+    image: ImageArg = None,
+    output: OutputOpt = None,
+    images: ImagesOpt = None,
+    out: OutDirOpt = None,
+    workers: WorkersOpt = 1,
+    rows: RowsOpt = 1,
+    grid: GridOpt = None,
+    h_spacing: HSpaceOpt = 8,
+    v_spacing: VSpaceOpt = 8,
+    labels: LabelsOpt = False,
+    format: FormatOpt = None,
+    quality: QualityOpt = 95,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+) -> None:
+    """Extend the canvas of an image on any sides and fill the new area.
+
+    Examples:
+
+      canvaslab outpaint photo.jpg --right 256 -o wider.png
+
+      canvaslab outpaint photo.jpg --expand 0.5 --direction left,right --steps 2
+
+      canvaslab outpaint --images imgs/ --out wide/ --left 32 --right 32
+    """
+
+
+def _run(task: str, values: dict[str, Any], **cli: Any) -> None:
+    with console.friendly_errors():
+        model = InpaintRequest if task == "inpaint" else OutpaintRequest
+        request = build_request(model, values)
+        fmt = cli["format"].value if cli["format"] is not None else None
+        spec_args = dict(
+            format=fmt, quality=cli["quality"], rows=cli["rows"], h_spacing=cli["h_spacing"],
+            v_spacing=cli["v_spacing"], labels=cli["labels"], max_pixels=cli["max_pixels"],
+        )
+        if cli["images"] is not None:
+            _run_batch(task, request, cli, spec_args)
+        else:
+            _run_single(task, request, cli, spec_args)
+
+
+def _run_single(task: str, request: Any, cli: dict[str, Any], spec_args: dict[str, Any]) -> None:
+    image: Path | None = cli["image"]
+    if image is None:
+        raise InputError(f"give an image to {task} (or --images DIR for a folder)")
+    for batch_only in ("out", "masks"):
+        if cli.get(batch_only) is not None:
+            raise InputError(f"--{batch_only} is for folders (--images DIR); for one image use {'-o FILE' if batch_only == 'out' else '--mask FILE'}")
+    output = cli["output"] or Path(f"{image.stem}-{task}{SUFFIXES[spec_args['format'] or 'png']}")
+    _check_format(output, spec_args["format"])
+    spec = OutputSpec(grid=cli["grid"], **spec_args)
+    saved = render(task, image, cli.get("mask"), request, output, spec)
+    if console.settings.json:
+        console.emit_json({
+            "outputs": [str(path) for _, path in saved],
+            "seeds": [result.seed for result, _ in saved],
+            "grid": str(spec.grid) if spec.grid else None,
+            "notices": sorted({n for result, _ in saved for n in result.notices}),
+            "seconds": round(sum(result.seconds for result, _ in saved), 3),
+        })
+        return
+    for result, path in saved:
+        print(path)
+        console.info(f"[dim]{task} {image} -> {path} (seed {result.seed}, {result.seconds:.2f} s)[/]")
+    if spec.grid:
+        print(spec.grid)
+
+
+def _check_format(output: Path, fmt: str | None) -> None:
+    if fmt is None:
+        return
+    suffix = output.suffix.lower()
+    if suffix and suffix not in ({".jpg", ".jpeg"} if fmt == "jpeg" else {f".{fmt}"}):
+        raise InputError(f"--format {fmt} does not match the output name {output.name}: change one of them")
+
+
+def _run_batch(task: str, request: Any, cli: dict[str, Any], spec_args: dict[str, Any]) -> None:
+    if cli["image"] is not None:
+        raise InputError("give either an IMAGE or --images DIR, not both")
+    if cli["out"] is None:
+        raise InputError("--images needs --out DIR for the results")
+    if cli.get("mask") is not None:
+        raise InputError("with --images, give masks as --masks DIR (or --masks FILE for one mask for all)")
+    if cli["output"] is not None:
+        raise InputError("-o names one output file; with --images use --out DIR")
+    masks = cli.get("masks")
+    need_masks = task == "inpaint" and request.mask_mode != MaskMode.alpha
+    if need_masks and masks is None:
+        raise InputError("inpaint --images needs --masks DIR (or one mask file), or --mask-mode alpha")
+    suffix = SUFFIXES[spec_args["format"] or "png"]
+    pairing = pair_folder(cli["images"], masks, cli["out"], suffix=suffix, need_masks=need_masks)
+    _report_pairing(pairing)
+    spec = OutputSpec(grid=cli["grid"], **spec_args)
+    with _progress(len(pairing.items)) as advance:
+        report = run_batch(
+            pairing.items, task, request.model_dump(mode="json"), spec,
+            workers=cli["workers"], on_progress=advance,
+        )
+    _report_batch(report, pairing)
+
+
+def _report_pairing(pairing: Any) -> None:
+    for path in pairing.images_without_mask:
+        console.info(f"[yellow]no mask for[/] {path}")
+    for path in pairing.masks_without_image:
+        console.info(f"[yellow]no image for mask[/] {path}")
+    for key, paths in pairing.clashes:
+        console.info(f"[yellow]skipped {len(paths)} images that would share the output {key}:[/] {', '.join(map(str, paths))}")
+
+
+class _progress:
+    """A rich progress bar on stderr, silent with --quiet or --json."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.bar = Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console.err, transient=False,
+            disable=console.settings.quiet or console.settings.json,
+        )
+
+    def __enter__(self) -> Any:
+        self.bar.start()
+        task_id = self.bar.add_task("processing", total=self.total)
+
+        def advance(item: BatchItem, status: str) -> None:
+            self.bar.update(task_id, advance=1, description=f"{status}: {item.key}")
+
+        return advance
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.stop()
+
+
+def _report_batch(report: Any, pairing: Any) -> None:
+    summary = {
+        "done": len(report.done),
+        "skipped_existing": len(report.skipped),
+        "failed": [{"image": str(item.image), "error": why} for item, why in report.failed],
+        "images_without_mask": [str(p) for p in pairing.images_without_mask],
+        "masks_without_image": [str(p) for p in pairing.masks_without_image],
+        "clashes": [[str(p) for p in paths] for _, paths in pairing.clashes],
+    }
+    if console.settings.json:
+        console.emit_json(summary)
+    else:
+        console.info(
+            f"{len(report.done)} done, {len(report.skipped)} already there (skipped), {len(report.failed)} failed"
+        )
+        if report.failed:
+            table = Table("image", "error", title="failures", title_style="bold red")
+            for item, why in report.failed:
+                table.add_row(str(item.image), why)
+            console.err.print(table)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inpaint", rich_help_panel="Tasks")(
+        command(InpaintRequest, _inpaint_signature, lambda values, **cli: _run("inpaint", values, **cli))
+    )
+    app.command("outpaint", rich_help_panel="Tasks")(
+        command(OutpaintRequest, _outpaint_signature, lambda values, **cli: _run("outpaint", values, **cli))
+    )
+

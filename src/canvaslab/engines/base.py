@@ -1,0 +1,59 @@
+"""The one interface every inpainting back end implements.
+
+An engine receives a prepared request — an RGB uint8 array, a boolean mask (True = fill) and its
+own validated options — and returns an RGB array of the same size. It knows nothing about files,
+CLI flags or HTTP; tasks do the geometry (align, crop, expand) and the final composite.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from canvaslab.errors import EngineError, InputError
+
+
+class EngineOptions(BaseModel):
+    """Engine-specific options; subclasses add fields. Unknown keys are rejected, never dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Engine(ABC):
+    """Base class: subclasses declare their capabilities as class attributes and implement `inpaint`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[EngineOptions]] = EngineOptions
+    pad_multiple: ClassVar[int] = 1  # sizes the engine needs (8 for latent diffusion)
+    needs_context: ClassVar[bool] = True  # a mask covering everything is an error
+    deterministic: ClassVar[bool] = True  # same inputs + seed -> same pixels (replay checks this)
+    uses_prompt: ClassVar[bool] = False
+
+    def parse_options(self, options: dict[str, Any] | EngineOptions | None) -> EngineOptions:
+        """Validate engine options, turning pydantic's report into one line naming key and value."""
+        if isinstance(options, self.Options):
+            return options
+        try:
+            return self.Options.model_validate(dict(options or {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "options"
+            allowed = ", ".join(self.Options.model_fields) or "none"
+            raise InputError(
+                f"engine {self.name!r} option {key}: {err['msg']} (got {err.get('input')!r}; options: {allowed})"
+            ) from None
+
+    def check_mask(self, mask: np.ndarray) -> None:
+        if self.needs_context and mask.all():
+            raise EngineError(
+                f"the mask covers the whole image and engine {self.name!r} fills from the known pixels; "
+                "leave some of the image unmasked or use a generative engine"
+            )
+
+    @abstractmethod
+    def inpaint(self, image: np.ndarray, mask: np.ndarray, *, seed: int, options: EngineOptions) -> np.ndarray:
+        """Return an HxWx3 uint8 image; pixels inside `mask` are filled, the rest may be anything."""

@@ -1,0 +1,623 @@
+"""Exemplar-based inpainting: multi-scale PatchMatch with EM patch voting.
+
+The hole is filled by copying patches from the known part of the same image, so the result has real
+texture instead of the smooth blur that diffusion methods (Telea, Navier-Stokes, biharmonic) leave.
+
+Algorithm (Wexler, Shechtman & Irani, "Space-Time Completion of Video", TPAMI 2007; with the
+nearest-neighbour search of Barnes, Shechtman, Finkelstein & Goldman, "PatchMatch: A Randomized
+Correspondence Algorithm for Structural Image Editing", SIGGRAPH 2009):
+
+1. Build an image pyramid by halving the image until the hole is a few patches deep (or the image
+   gets too small).  Downsampling averages known pixels only, and a coarse pixel counts as known
+   only when all the fine pixels under it are, so hole contents never leak into the sources.
+2. At the coarsest scale, fill the hole smoothly with OpenCV's Telea method; this gives large holes
+   a plausible colour layout to start from, which a random start would not.
+3. At every scale, repeat a few EM steps:
+   - E: for every *target* patch (one that overlaps the hole) find a similar *source* patch lying
+     entirely inside the known region, with PatchMatch: propagate good offsets from neighbours,
+     then try random offsets in exponentially shrinking windows.  The nearest-neighbour field
+     (NNF) is kept from step to step, so each step only refines it.
+   - M: every hole pixel becomes the weighted average of the values that all overlapping target
+     patches propose for it ("patch voting"). A patch's weight falls with its match distance,
+     exp(-d / 2 sigma^2) with sigma^2 a percentile of the distances, as in Wexler et al.
+4. Upsample the NNF to the next finer scale and start it from there, so the coarse layout carries
+   over and the fine scale only has to add detail.
+5. The last vote at the finest scale can take, per pixel, only the best few candidates, which keeps
+   texture sharp (plain averaging of many slightly misaligned patches blurs it).
+
+Everything that touches pixels runs in numba.  Random numbers come from a counter-based hash of
+(seed, scale, iteration, pixel), and the parallel search works on fixed-height row bands that read
+other bands only from a snapshot, so the output depends on the seed alone, not on thread count or
+scheduling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import cv2
+import numpy as np
+from numba import njit, prange
+from scipy import ndimage
+
+from canvaslab.errors import EngineError, InputError
+
+__all__ = ["patchmatch_inpaint"]
+
+
+@dataclass(frozen=True)
+class _Tuning:
+    """Knobs beyond the public arguments; `patchmatch_inpaint(**tuning)` overrides them by name."""
+
+    search_iterations: int = 2  # PatchMatch sweeps per EM step
+    first_search_iterations: int = 4  # sweeps for a freshly initialised / upsampled NNF
+    finest_iterations: int = 2  # EM steps at the finest scale (coarser scales use `iterations`)
+    max_levels: int = 8
+    coarsest_depth: float = 2.0  # stop halving once the hole is at most this many patch radii deep
+    min_sources: int = 16  # a scale needs at least this many complete source patches
+    sigma_percentile: float = 75.0  # Wexler et al.: sigma^2 is this percentile of match distances
+    sigma_scale: float = 1.0  # multiplies that sigma^2; smaller is a sharper vote
+    coarse_init: str = "telea"  # "telea" or "random" (vote of a random field)
+    spatial_sigma: float = 0.0  # Gaussian fall-off of a vote with its distance to the patch centre
+    texture_weight: float = 1.0  # scale of the texture channels (0: colour only)
+    texture_window: int = 5  # side of the box the texture channels average gradients over
+    locality: float = 0.0  # per-pixel squared-error cost of a source one image-side away
+    hole_weight: float = 1.0  # weight of not-yet-final hole pixels in the patch distance
+    confidence_gamma: float = 1.0  # Wexler et al.: hole pixels weigh gamma^-(distance to context)
+    vote_confidence: float = 0.0  # vote weight *= (mean confidence of the target patch)^this
+    final_top: int = 0  # >0: last vote averages only the best `final_top` candidates per pixel
+    vote_top: int = 0  # >0: every vote averages only the best `vote_top` candidates per pixel
+    band_height: int = 32  # rows per parallel search band (fixed, so results are thread-independent)
+
+
+def patchmatch_inpaint(
+    image: np.ndarray,
+    hole: np.ndarray,
+    *,
+    seed: int = 0,
+    patch_size: int = 7,
+    iterations: int = 4,
+    min_size: int = 32,
+    **tuning: float,
+) -> np.ndarray:
+    """Fill `hole` (True = fill) in the HxWx3 uint8 RGB `image` with patches from the rest of it.
+
+    `iterations` is the number of EM steps per coarse scale, `min_size` the smallest side of the
+    coarsest pyramid scale.  Other knobs (see `_Tuning`) can be passed by name.  Pixels outside the
+    hole are returned unchanged, and the same `seed` always gives the same bytes.
+    """
+    image, hole = _checked_inputs(image, hole, patch_size)
+    opts = _tuning_from(tuning)
+    if not hole.any():
+        return image.copy()
+    if hole.all():
+        raise EngineError("cannot inpaint: the hole covers the whole image, so there is nothing to copy from")
+
+    radius = _usable_radius(hole, patch_size // 2)
+    stack = _feature_stack(image, hole, opts)
+    pyramid = _build_pyramid(stack, hole, radius, min_size, opts)
+    filled = _complete_pyramid(pyramid, radius, int(iterations), int(seed), opts)
+
+    out = image.copy()
+    out[hole] = np.clip(np.rint(filled[hole][:, :3]), 0, 255).astype(np.uint8)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling and pyramid
+
+
+def _checked_inputs(image: np.ndarray, hole: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(image)
+    hole = np.asarray(hole)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"image must be an HxWx3 uint8 array, got shape {image.shape} and dtype {image.dtype}")
+    if hole.shape != image.shape[:2]:
+        raise InputError(f"hole must be HxW like the image {image.shape[:2]}, got shape {hole.shape}")
+    if int(patch_size) != patch_size or patch_size < 1 or patch_size % 2 == 0:
+        raise InputError(f"patch_size must be an odd positive integer, got {patch_size}")
+    return np.ascontiguousarray(image), hole.astype(bool)
+
+
+def _tuning_from(overrides: dict) -> _Tuning:
+    known = {f.name: f.type for f in fields(_Tuning)}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise InputError(f"unknown patchmatch tuning option(s) {unknown}; known: {sorted(known)}")
+    return _Tuning(**overrides)
+
+
+def _feature_stack(image: np.ndarray, hole: np.ndarray, opts: _Tuning) -> np.ndarray:
+    """RGB plus, optionally, two texture channels: local mean of |d/dx| and |d/dy| of the grey image.
+
+    Newson et al. ("Video inpainting of complex scenes", SIAM J. Imaging Sci. 2014) add these so that
+    a smooth patch no longer matches a textured one well: without them, EM voting drifts towards
+    smooth, blurry fills because blur is what averaging many patches produces.
+    """
+    rgb = image.astype(np.float32)
+    if opts.texture_weight <= 0:
+        return rgb
+    grey = rgb.mean(axis=2)
+    gx = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)) / 4
+    gy = np.abs(cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)) / 4
+    # Gradients whose 3x3 support touches the hole see whatever the caller left there: drop them.
+    trusted = (cv2.dilate(hole.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0).astype(np.float32)
+    size = (opts.texture_window, opts.texture_window)
+    count = cv2.boxFilter(trusted, -1, size, normalize=False, borderType=cv2.BORDER_REFLECT)
+    feats = [
+        cv2.boxFilter(g * trusted, -1, size, normalize=False, borderType=cv2.BORDER_REFLECT) / np.maximum(count, 1)
+        for g in (gx, gy)
+    ]
+    texture = opts.texture_weight * np.stack(feats, axis=2)
+    return np.ascontiguousarray(np.concatenate([rgb, texture], axis=2), dtype=np.float32)
+
+
+def _usable_radius(hole: np.ndarray, radius: int) -> int:
+    # A known region too small for one whole patch still has context; smaller patches can use it.
+    while radius > 0 and not _source_centres(hole, radius).any():
+        radius -= 1
+    return radius
+
+
+def _source_centres(hole: np.ndarray, radius: int) -> np.ndarray:
+    """Centres whose (2r+1)^2 patch lies inside the image and touches no hole pixel."""
+    h, w = hole.shape
+    valid = np.zeros((h, w), dtype=bool)
+    if h <= 2 * radius or w <= 2 * radius:
+        return valid
+    size = 2 * radius + 1
+    touches_hole = cv2.dilate(hole.astype(np.uint8), np.ones((size, size), np.uint8)) > 0
+    valid[radius : h - radius, radius : w - radius] = ~touches_hole[radius : h - radius, radius : w - radius]
+    return valid
+
+
+def _hole_depth(hole: np.ndarray) -> float:
+    """Largest distance from a hole pixel to known context (the image border is not context)."""
+    return float(ndimage.distance_transform_edt(hole).max())
+
+
+def _build_pyramid(stack: np.ndarray, hole: np.ndarray, radius: int, min_size: int, opts: _Tuning):
+    """Finest-first list of (float32 HxWxC stack, hole) pairs, each half the size of the last."""
+    levels = [(stack, hole)]
+    while len(levels) < opts.max_levels:
+        img, hl = levels[-1]
+        h, w = hl.shape
+        if min((h + 1) // 2, (w + 1) // 2) < min_size:
+            break
+        if _hole_depth(hl) <= opts.coarsest_depth * max(radius, 1):
+            break
+        coarse = _downsample_known(img, hl)
+        if _source_centres(coarse[1], radius).sum() < opts.min_sources:
+            break
+        levels.append(coarse)
+    return levels
+
+
+@njit(cache=True)
+def _downsample_known(img, hole):
+    """2x2 block means of the known pixels; a block with any hole pixel is a hole itself."""
+    h, w, c = img.shape
+    hc, wc = (h + 1) // 2, (w + 1) // 2
+    out = np.zeros((hc, wc, c), dtype=np.float32)
+    coarse_hole = np.zeros((hc, wc), dtype=np.bool_)
+    for yc in range(hc):
+        for xc in range(wc):
+            n = 0
+            for y in range(2 * yc, min(2 * yc + 2, h)):
+                for x in range(2 * xc, min(2 * xc + 2, w)):
+                    if hole[y, x]:
+                        # Partly known blocks would blend hole garbage into a source patch.
+                        coarse_hole[yc, xc] = True
+                    else:
+                        n += 1
+                        for k in range(c):
+                            out[yc, xc, k] += img[y, x, k]
+            if n > 0:
+                for k in range(c):
+                    out[yc, xc, k] /= n
+    return out, coarse_hole
+
+
+# --------------------------------------------------------------------------------------------
+# Coarse-to-fine driver
+
+
+@dataclass
+class _Scale:
+    """Where target patches are and where source patches may come from, at one pyramid scale."""
+
+    hole: np.ndarray
+    targets: np.ndarray  # patch centres whose patch overlaps the hole
+    valid: np.ndarray  # source centres (patch fully inside the image and known)
+    nearest: np.ndarray  # 2xHxW: nearest valid source centre for every pixel
+    sources: np.ndarray  # Nx2 list of valid source centres
+    weights: np.ndarray  # per-pixel weight in the patch distance
+    norm: np.ndarray  # per-target sum of weights, to turn distances into per-pixel means
+    trust: np.ndarray  # per-target factor on its vote
+    far: np.ndarray  # per-target cost of one pixel of distance between target and source
+
+
+def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning) -> _Scale:
+    size = 2 * radius + 1
+    targets = cv2.dilate(hole.astype(np.uint8), np.ones((size, size), np.uint8)) > 0
+    valid = _source_centres(hole, radius)
+    nearest = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    depth = ndimage.distance_transform_edt(hole)
+    hole_conf = opts.hole_weight * np.power(opts.confidence_gamma, -depth)
+    weights = np.where(hole, hole_conf, 1.0).astype(np.float32)
+    norm = cv2.boxFilter(weights, -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    count = cv2.boxFilter(np.ones_like(weights), -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    trust = np.power(norm / count, opts.vote_confidence).astype(np.float32)
+    return _Scale(
+        hole=hole,
+        targets=targets,
+        valid=valid,
+        nearest=np.ascontiguousarray(nearest.astype(np.int32)),
+        sources=np.argwhere(valid).astype(np.int32),
+        weights=weights,
+        norm=norm.astype(np.float32),
+        trust=trust,
+        far=(opts.locality * norm / max(hole.shape)).astype(np.float32),
+    )
+
+
+def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _Tuning) -> np.ndarray:
+    estimate = nnf = None
+    finest = 0
+    for level in range(len(pyramid) - 1, -1, -1):
+        img, hole = pyramid[level]
+        geo = _scale_geometry(hole, radius, opts)
+        if nnf is None:
+            nnf = _random_nnf(geo, _stream_key(seed, level, 0))
+            estimate = _initial_fill(img, hole)
+            if opts.coarse_init == "random":
+                estimate = _vote_once(estimate, nnf, geo, radius, opts, top=opts.vote_top)
+        else:
+            estimate = _upsampled_estimate(estimate, img, hole)
+            nnf = _upsampled_nnf(nnf, geo)
+            estimate = _vote_once(estimate, nnf, geo, radius, opts, top=opts.vote_top)
+        steps = opts.finest_iterations if level == finest else iterations
+        for step in range(max(steps, 1)):
+            sweeps = opts.first_search_iterations if step == 0 else opts.search_iterations
+            dist = _search(estimate, geo, nnf, radius, sweeps, _stream_key(seed, level, step + 1), opts)
+            last = level == finest and step == steps - 1
+            estimate = _vote(estimate, nnf, dist, geo, radius, opts, top=opts.final_top if last else opts.vote_top)
+    return estimate
+
+
+def _stream_key(seed: int, level: int, step: int) -> np.uint64:
+    """A distinct random stream for every (seed, scale, EM step)."""
+    mixed = (seed * 0x9E3779B97F4A7C15 + level * 0xC2B2AE3D27D4EB4F + step * 0x165667B19E3779F9) % (1 << 64)
+    return np.uint64(mixed)
+
+
+def _initial_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    # Telea gives the coarse hole the surrounding colours (and texture levels); PatchMatch then
+    # starts from a plausible layout instead of noise.
+    out = img.copy()
+    mask = hole.astype(np.uint8)
+    rgb = np.clip(np.rint(img[:, :, :3]), 0, 255).astype(np.uint8)
+    out[:, :, :3][hole] = cv2.inpaint(rgb, mask, 3, cv2.INPAINT_TELEA)[hole]
+    for k in range(3, img.shape[2]):
+        extra = np.ascontiguousarray(img[:, :, k])
+        out[:, :, k][hole] = cv2.inpaint(extra, mask, 3, cv2.INPAINT_TELEA)[hole]
+    return out
+
+
+def _upsampled_estimate(coarse: np.ndarray, img: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    h, w = hole.shape
+    hc, wc = coarse.shape[:2]
+    # Exactly 2x keeps coarse pixel centres over their 2x2 blocks; the crop drops an odd edge.
+    up = np.stack(
+        [cv2.resize(coarse[:, :, k], (2 * wc, 2 * hc), interpolation=cv2.INTER_LINEAR) for k in range(coarse.shape[2])],
+        axis=2,
+    )[:h, :w]
+    out = img.copy()
+    out[hole] = up[hole]
+    return out
+
+
+def _random_nnf(geo: _Scale, key: np.uint64) -> np.ndarray:
+    return _random_nnf_kernel(geo.targets, geo.sources, key)
+
+
+def _upsampled_nnf(coarse_nnf: np.ndarray, geo: _Scale) -> np.ndarray:
+    return _upsample_nnf_kernel(coarse_nnf, geo.targets, geo.valid, geo.nearest)
+
+
+def _search(estimate, geo: _Scale, nnf, radius, sweeps, key, opts: _Tuning) -> np.ndarray:
+    h, w = geo.hole.shape
+    dist = _all_distances(estimate, geo.weights, geo.far, geo.targets, nnf, radius)
+    _patchmatch_sweeps(
+        estimate, geo.weights, geo.far, geo.targets, geo.valid, geo.nearest, nnf, dist, radius, sweeps, key,
+        max(1, opts.band_height), max(h, w),
+    )
+    return dist
+
+
+def _vote(estimate, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int) -> np.ndarray:
+    per_pixel = dist / np.maximum(geo.norm, 1e-6)
+    # Wexler et al. set sigma^2 from the distance distribution, so the weights adapt to the image.
+    sigma2 = float(np.percentile(per_pixel[geo.targets], opts.sigma_percentile))
+    inv = 1.0 / (2.0 * max(sigma2 * opts.sigma_scale, 1e-3))
+    spatial = _spatial_kernel(radius, opts.spatial_sigma)
+    out = estimate.copy()
+    _vote_kernel(estimate, geo.hole, nnf, per_pixel, geo.trust, radius, inv, spatial, int(top), out)
+    return out
+
+
+def _vote_once(estimate, nnf, geo: _Scale, radius, opts: _Tuning, top: int) -> np.ndarray:
+    dist = _all_distances(estimate, geo.weights, geo.far, geo.targets, nnf, radius)
+    return _vote(estimate, nnf, dist, geo, radius, opts, top)
+
+
+def _spatial_kernel(radius: int, sigma: float) -> np.ndarray:
+    d = np.arange(-radius, radius + 1, dtype=np.float32)
+    if sigma <= 0:
+        return np.ones((d.size, d.size), np.float32)
+    g = np.exp(-(d**2) / (2.0 * sigma * sigma))
+    return np.outer(g, g).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# numba kernels
+
+
+@njit(cache=True, inline="always")
+def _mix(z):
+    # splitmix64 finaliser: a counter-based generator needs no shared state between threads.
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def _next(state):
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    return state, _mix(state)
+
+
+@njit(cache=True, inline="always")
+def _rand_below(value, n):
+    return np.int64(value % np.uint64(n))
+
+
+@njit(cache=True)
+def _patch_distance(img, wts, ty, tx, sy, sx, r, limit):
+    """Weighted SSD; target pixels outside the image are skipped (sources are always inside)."""
+    h, w, c = img.shape
+    y0 = max(-r, -ty)
+    y1 = min(r, h - 1 - ty)
+    x0 = max(-r, -tx)
+    x1 = min(r, w - 1 - tx)
+    total = 0.0
+    for dy in range(y0, y1 + 1):
+        for dx in range(x0, x1 + 1):
+            acc = 0.0
+            for k in range(c):
+                d = img[ty + dy, tx + dx, k] - img[sy + dy, sx + dx, k]
+                acc += d * d
+            total += wts[ty + dy, tx + dx] * acc
+        # Most candidates lose early; stopping there is PatchMatch's main speed trick.
+        if total >= limit:
+            return total
+    return total
+
+
+@njit(cache=True, inline="always")
+def _match_cost(img, wts, far, ty, tx, sy, sx, r, limit):
+    """Patch distance plus a penalty growing with how far the source is from the target."""
+    oy = sy - ty
+    ox = sx - tx
+    penalty = far[ty, tx] * np.sqrt(oy * oy + ox * ox)
+    if penalty >= limit:
+        return np.inf
+    return penalty + _patch_distance(img, wts, ty, tx, sy, sx, r, limit - penalty)
+
+
+@njit(cache=True, parallel=True)
+def _all_distances(img, wts, far, targets, nnf, r):
+    h, w = targets.shape
+    dist = np.full((h, w), np.inf, dtype=np.float32)
+    for row in prange(h):
+        y = np.int64(row)  # prange indices are unsigned, and patch offsets go negative
+        for x in range(w):
+            if targets[y, x]:
+                dist[y, x] = _match_cost(img, wts, far, y, x, nnf[y, x, 0], nnf[y, x, 1], r, np.inf)
+    return dist
+
+
+@njit(cache=True)
+def _random_nnf_kernel(targets, sources, key):
+    h, w = targets.shape
+    nnf = np.full((h, w, 2), -1, dtype=np.int32)
+    n = sources.shape[0]
+    for y in range(h):
+        for x in range(w):
+            if targets[y, x]:
+                _, v = _next(key ^ np.uint64(y * w + x) * np.uint64(0xD6E8FEB86659FD93))
+                k = _rand_below(v, n)
+                nnf[y, x, 0] = sources[k, 0]
+                nnf[y, x, 1] = sources[k, 1]
+    return nnf
+
+
+@njit(cache=True)
+def _upsample_nnf_kernel(coarse, targets, valid, nearest):
+    h, w = targets.shape
+    hc, wc = coarse.shape[0], coarse.shape[1]
+    nnf = np.full((h, w, 2), -1, dtype=np.int32)
+    for y in range(h):
+        for x in range(w):
+            if not targets[y, x]:
+                continue
+            yc = min(y // 2, hc - 1)
+            xc = min(x // 2, wc - 1)
+            if coarse[yc, xc, 0] >= 0:
+                cy = y + 2 * (coarse[yc, xc, 0] - yc)
+                cx = x + 2 * (coarse[yc, xc, 1] - xc)
+            else:
+                cy, cx = y, x  # the nearest source is a fair guess where the coarse field is empty
+            cy = min(max(cy, 0), h - 1)
+            cx = min(max(cx, 0), w - 1)
+            if not valid[cy, cx]:
+                cy, cx = nearest[0, cy, cx], nearest[1, cy, cx]
+            nnf[y, x, 0] = cy
+            nnf[y, x, 1] = cx
+    return nnf
+
+
+@njit(cache=True)
+def _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best):
+    """Distance of source (cy, cx) for target (y, x), or +inf when it is not a usable source."""
+    h, w = valid.shape
+    if cy < 0 or cx < 0 or cy >= h or cx >= w or not valid[cy, cx]:
+        return np.inf
+    return _match_cost(img, wts, far, y, x, cy, cx, r, best)
+
+
+@njit(cache=True, parallel=True)
+def _patchmatch_sweeps(img, wts, far, targets, valid, nearest, nnf, dist, r, sweeps, key, band_h, max_window):
+    h, w = targets.shape
+    n_bands = (h + band_h - 1) // band_h
+    for sweep in range(sweeps):
+        # Neighbours in other bands are read from this snapshot, never from a band being written.
+        snapshot = nnf.copy()
+        step = 1 if sweep % 2 == 0 else -1
+        sweep_key = key ^ _mix(np.uint64(sweep + 1) * np.uint64(0xA24BAED4963EE407))
+        for band in prange(n_bands):
+            y_lo = np.int64(band) * band_h  # prange indices are unsigned; keep row maths signed
+            y_hi = min(h, y_lo + band_h)
+            for i in range(y_hi - y_lo):
+                y = y_lo + i if step == 1 else y_hi - 1 - i
+                for j in range(w):
+                    x = j if step == 1 else w - 1 - j
+                    if targets[y, x]:
+                        _improve(img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, step,
+                                 y_lo, y_hi, r, sweep_key, max_window)
+
+
+@njit(cache=True)
+def _improve(img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, step, y_lo, y_hi, r, key, max_window):
+    h, w = targets.shape
+    by = nnf[y, x, 0]
+    bx = nnf[y, x, 1]
+    best = dist[y, x]
+
+    # Propagation: a neighbour's good offset, shifted by one pixel, is likely good here too.
+    px = x - step
+    if 0 <= px < w and targets[y, px]:
+        cy = nnf[y, px, 0]
+        cx = nnf[y, px, 1] + step
+        if cy != by or cx != bx:
+            d = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best)
+            if d < best:
+                best, by, bx = d, cy, cx
+    py = y - step
+    if 0 <= py < h and targets[py, x]:
+        if y_lo <= py < y_hi:
+            cy = nnf[py, x, 0] + step
+            cx = nnf[py, x, 1]
+        else:
+            cy = snapshot[py, x, 0] + step
+            cx = snapshot[py, x, 1]
+        if cy != by or cx != bx:
+            d = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best)
+            if d < best:
+                best, by, bx = d, cy, cx
+
+    # Random search in windows halving around the current best, snapped to the nearest valid
+    # source so that no sample is wasted on the hole.
+    state = key ^ (np.uint64(y * w + x + 1) * np.uint64(0xD6E8FEB86659FD93))
+    window = max_window
+    while window >= 1:
+        state, v = _next(state)
+        cy = by + _rand_below(v, 2 * window + 1) - window
+        state, v = _next(state)
+        cx = bx + _rand_below(v, 2 * window + 1) - window
+        cy = min(max(cy, 0), h - 1)
+        cx = min(max(cx, 0), w - 1)
+        if not valid[cy, cx]:
+            ny = nearest[0, cy, cx]
+            cx = nearest[1, cy, cx]
+            cy = ny
+        if cy != by or cx != bx:
+            d = _match_cost(img, wts, far, y, x, cy, cx, r, best)
+            if d < best:
+                best, by, bx = d, cy, cx
+        window //= 2
+
+    nnf[y, x, 0] = by
+    nnf[y, x, 1] = bx
+    dist[y, x] = best
+
+
+@njit(cache=True, parallel=True)
+def _vote_kernel(img, hole, nnf, per_pixel, trust, r, inv_two_sigma2, spatial, top, out):
+    h, w = hole.shape
+    c = img.shape[2]
+    n = (2 * r + 1) * (2 * r + 1)
+    for row in prange(h):
+        y = np.int64(row)  # prange indices are unsigned, and y - dy must be allowed to go negative
+        # Per-row scratch; rows are independent, so threads share nothing.
+        cand_d = np.empty(n, dtype=np.float64)
+        cand_s = np.empty(n, dtype=np.float64)
+        cand_c = np.empty((n, c), dtype=np.float64)
+        for x in range(w):
+            if not hole[y, x]:
+                continue
+            m = 0
+            for dy in range(-r, r + 1):
+                ty = y - dy
+                if ty < 0 or ty >= h:
+                    continue
+                for dx in range(-r, r + 1):
+                    tx = x - dx
+                    if tx < 0 or tx >= w:
+                        continue
+                    # Target patch centred at (ty, tx) covers (y, x) at offset (dy, dx).
+                    sy = nnf[ty, tx, 0] + dy
+                    sx = nnf[ty, tx, 1] + dx
+                    cand_d[m] = per_pixel[ty, tx]
+                    cand_s[m] = spatial[dy + r, dx + r] * trust[ty, tx]
+                    for k in range(c):
+                        cand_c[m, k] = img[sy, sx, k]
+                    m += 1
+            _blend(cand_d, cand_s, cand_c, m, inv_two_sigma2, top, out, y, x)
+
+
+@njit(cache=True)
+def _blend(cand_d, cand_s, cand_c, m, inv_two_sigma2, top, out, y, x):
+    min_d = np.inf
+    for k in range(m):
+        min_d = min(min_d, cand_d[k])
+    # Subtracting the minimum only rescales all weights alike, but keeps exp() from underflowing.
+    for k in range(m):
+        cand_d[k] = np.exp(-(cand_d[k] - min_d) * inv_two_sigma2) * cand_s[k]
+    if 0 < top < m:
+        _keep_strongest(cand_d, m, top)
+    total = 0.0
+    for k in range(m):
+        total += cand_d[k]
+    if total <= 0.0:
+        return
+    for ch in range(cand_c.shape[1]):
+        acc = 0.0
+        for k in range(m):
+            acc += cand_d[k] * cand_c[k, ch]
+        out[y, x, ch] = acc / total
+
+
+@njit(cache=True)
+def _keep_strongest(weights, m, top):
+    """Zero all but the `top` largest weights (ties keep the earliest, for determinism)."""
+    kept = np.zeros(m, dtype=np.bool_)
+    for _ in range(top):
+        best = -1
+        for k in range(m):
+            if not kept[k] and (best < 0 or weights[k] > weights[best]):
+                best = k
+        kept[best] = True
+    for k in range(m):
+        if not kept[k]:
+            weights[k] = 0.0

@@ -1,0 +1,200 @@
+"""Folders in, folders out: pairing images with masks, a worker pool, resumable and loss-free.
+
+- Images are found recursively (png/jpg/jpeg/webp) and paired with masks by relative path and stem
+  (``imgs/a/b.jpg`` <-> ``masks/a/b.png``; ``b_mask.png`` / ``b-mask.png`` also match; a flat masks
+  folder matches by stem when that is unambiguous). One mask *file* may serve the whole folder.
+- An output that already exists is skipped, so an interrupted run resumes where it stopped; outputs
+  are written atomically, so an existing file is always a finished one.
+- A bad file does not stop the run: failures are collected and listed at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from canvaslab.errors import CanvaslabError, InputError
+from canvaslab.tasks.render import OutputSpec, render
+from canvaslab.tasks.requests import REQUESTS
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+MASK_MARKERS = ("_mask", "-mask", ".mask")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    key: str  # relative path without suffix, "/"-separated
+    image: Path
+    mask: Path | None
+    output: Path
+
+
+@dataclass
+class Pairing:
+    items: list[BatchItem] = field(default_factory=list)
+    images_without_mask: list[Path] = field(default_factory=list)
+    masks_without_image: list[Path] = field(default_factory=list)
+    clashes: list[tuple[str, list[Path]]] = field(default_factory=list)  # several images -> one output
+
+
+@dataclass
+class BatchReport:
+    done: list[BatchItem] = field(default_factory=list)
+    skipped: list[BatchItem] = field(default_factory=list)
+    failed: list[tuple[BatchItem, str]] = field(default_factory=list)
+
+
+def find_images(root: Path) -> list[Path]:
+    """Image files under `root`, recursively, in a stable order; hidden files and folders ignored."""
+    if not root.is_dir():
+        raise InputError(f"folder not found: {root}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
+                found.append(Path(dirpath) / name)
+    return found
+
+
+def _key(path: Path, root: Path) -> str:
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def _strip_marker(key: str) -> str:
+    for marker in MASK_MARKERS:
+        if key.endswith(marker):
+            return key[: -len(marker)]
+    return key
+
+
+def pair_folder(
+    images_dir: Path, masks: Path | None, out_dir: Path, *, suffix: str = ".png", need_masks: bool = True
+) -> Pairing:
+    """Match images to masks and decide each output path (``out_dir/<relative key><suffix>``)."""
+    images = find_images(images_dir)
+    if not images:
+        raise InputError(f"no images (png/jpg/jpeg/webp) found under {images_dir}")
+    pairing = Pairing()
+    if masks is not None and masks.is_file():
+        mask_for: Callable[[str], Path | None] = lambda _key: masks  # noqa: E731 - one mask for every image
+        mask_files: list[Path] = []
+    elif masks is not None:
+        mask_files = find_images(masks)
+        by_key = {_strip_marker(_key(m, masks)): m for m in mask_files}
+        by_stem: dict[str, list[Path]] = defaultdict(list)
+        for m in mask_files:
+            by_stem[_strip_marker(m.stem)].append(m)
+
+        def mask_for(key: str) -> Path | None:
+            if key in by_key:
+                return by_key[key]
+            same_stem = by_stem.get(key.rsplit("/", 1)[-1], [])
+            return same_stem[0] if len(same_stem) == 1 else None
+    else:
+        mask_files = []
+        mask_for = lambda _key: None  # noqa: E731 - e.g. --mask-mode alpha: the images carry their masks
+
+    by_output: dict[str, list[Path]] = defaultdict(list)
+    for image in images:
+        by_output[_key(image, images_dir)].append(image)
+    used_masks: set[Path] = set()
+    for key, paths in by_output.items():
+        if len(paths) > 1:
+            pairing.clashes.append((key, paths))
+            continue
+        mask = mask_for(key)
+        if mask is None and need_masks:
+            pairing.images_without_mask.append(paths[0])
+            continue
+        if mask is not None:
+            used_masks.add(mask)
+        pairing.items.append(BatchItem(key, paths[0], mask, out_dir / f"{key}{suffix}"))
+    pairing.masks_without_image = [m for m in mask_files if m not in used_masks]
+    return pairing
+
+
+def shard(items: list[BatchItem], index: int, count: int) -> list[BatchItem]:
+    """The items process `index` of `count` handles (round robin, so shards stay balanced)."""
+    if not 0 <= index < count:
+        raise InputError(f"shard index {index} is outside 0..{count - 1}")
+    return items[index::count]
+
+
+def process_item(item: BatchItem, task: str, request: dict[str, Any], spec: OutputSpec) -> None:
+    """Worker entry point (top level so that a process pool can pickle it)."""
+    model = REQUESTS[task].model_validate(request)
+    grid = None
+    if spec.grid is not None:
+        grid = spec.grid / f"{item.key}{item.output.suffix}"
+    row_spec = OutputSpec(**{**spec.__dict__, "grid": grid})
+    render(task, item.image, item.mask, model, item.output, row_spec)
+
+
+def run_batch(
+    items: Iterable[BatchItem],
+    task: str,
+    request: dict[str, Any],
+    spec: OutputSpec,
+    *,
+    workers: int = 1,
+    on_progress: Callable[[BatchItem, str], None] | None = None,
+) -> BatchReport:
+    """Process every item whose output does not exist yet; never stop on a single failure.
+
+    `spec.grid`, when set, is a folder: each item's grid goes to ``grid/<key><suffix>``.
+    `on_progress(item, status)` is called with status "done", "skipped" or "failed".
+    """
+    report = BatchReport()
+    notify = on_progress or (lambda _item, _status: None)
+    todo = []
+    for item in items:
+        if item.output.exists():
+            report.skipped.append(item)
+            notify(item, "skipped")
+        else:
+            todo.append(item)
+    job = functools.partial(process_item, task=task, request=request, spec=spec)
+    if workers <= 1:
+        for item in todo:
+            _record(report, item, _call(job, item), notify)
+        return report
+    # spawn, not fork: forking a process whose numba/OpenMP threads are running can deadlock.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: dict[Future, BatchItem] = {pool.submit(_call, job, item): item for item in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                try:
+                    failure = future.result()
+                except Exception as exc:  # noqa: BLE001 - a dead worker fails its items, not the batch
+                    failure = f"worker process failed: {type(exc).__name__}: {exc}"
+                _record(report, pending.pop(future), failure, notify)
+    return report
+
+
+def _call(job: Callable[[BatchItem], None], item: BatchItem) -> str | None:
+    """Run one item; return None on success or the one-line reason it failed."""
+    try:
+        job(item)
+    except CanvaslabError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - one broken file must not end the batch
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _record(report: BatchReport, item: BatchItem, failure: str | None, notify: Callable[[BatchItem, str], None]) -> None:
+    if failure is None:
+        report.done.append(item)
+        notify(item, "done")
+    else:
+        report.failed.append((item, failure))
+        notify(item, "failed")

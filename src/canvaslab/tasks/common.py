@@ -1,0 +1,86 @@
+"""Steps shared by the inpaint and outpaint tasks: inputs, seeds, running an engine, compositing, recipes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from canvaslab import __version__
+from canvaslab.core.color import match_colors
+from canvaslab.core.composite import composite
+from canvaslab.core.geometry import align, restore
+from canvaslab.core.image import DEFAULT_MAX_PIXELS, LoadedImage, load_image
+from canvaslab.core.metadata import format_parameters
+from canvaslab.engines import Engine, EngineOptions
+from canvaslab.errors import EngineError
+from canvaslab.tasks.requests import ColorMatch, TaskRequest
+
+ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Image.Image, LoadedImage]
+
+
+def open_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    return source if isinstance(source, LoadedImage) else load_image(source, max_pixels=max_pixels)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The seed to use: the user's, or a fresh random one that the recipe then records."""
+    return int(seed) if seed is not None else secrets.randbelow(2**32)
+
+
+def step_seed(seed: int, index: int) -> int:
+    """Seed for the index-th sub-step (outpaint steps, grid rows), wrapping inside 32 bits."""
+    return (seed + index) % 2**32
+
+
+def run_engine(
+    engine: Engine, rgb: np.ndarray, mask: np.ndarray, request: TaskRequest, options: EngineOptions, seed: int
+) -> np.ndarray:
+    """Align to the engine's size multiple, fill, and restore the exact size."""
+    multiple = request.multiple or engine.pad_multiple
+    aligned_rgb, aligned_mask, info = align(rgb, mask, multiple, request.align)
+    engine.check_mask(aligned_mask)
+    out = engine.inpaint(aligned_rgb, aligned_mask, seed=seed, options=options)
+    if out.shape != aligned_rgb.shape or out.dtype != np.uint8:
+        raise EngineError(f"engine {engine.name!r} returned {out.shape} {out.dtype}, expected {aligned_rgb.shape} uint8")
+    return restore(out, info)
+
+
+def finish(original: np.ndarray, generated: np.ndarray, mask: np.ndarray, request: TaskRequest) -> np.ndarray:
+    """Optional colour matching, then the composite that keeps unmasked pixels bit-identical."""
+    if request.color_match != ColorMatch.none and mask.any() and not mask.all():
+        generated = match_colors(generated, mask, method=request.color_match.value)
+    return composite(original, generated, mask, request.feather)
+
+
+def describe_input(source: Any, loaded: LoadedImage | None = None) -> dict[str, Any]:
+    """How the recipe remembers an input: an absolute path (replay reopens it) and a content hash."""
+    entry: dict[str, Any] = {"path": None}
+    if isinstance(source, LoadedImage) and Path(source.source).is_file():
+        source = source.source  # decoded once by the caller; the file is still what replay reopens
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).resolve()
+        entry["path"] = str(path)
+        try:
+            entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            pass
+    elif loaded is not None:
+        entry["sha256"] = hashlib.sha256(np.ascontiguousarray(loaded.rgb).tobytes()).hexdigest()
+    return entry
+
+
+def make_recipe(
+    task: str, request: TaskRequest, seed: int, size: tuple[int, int], inputs: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """The JSON recipe (complete request, seed used, inputs) and the A1111 `parameters` text."""
+    body = request.model_dump(mode="json")
+    body["seed"] = seed
+    recipe = {"canvaslab": __version__, "task": task, "request": body, "inputs": inputs, "size": list(size)}
+    text = format_parameters(request.prompt, request.negative_prompt, request.a1111_settings(size, seed))
+    return recipe, text

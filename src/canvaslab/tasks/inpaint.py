@@ -1,0 +1,87 @@
+"""The inpaint task: fill the masked pixels of an image with an engine."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from canvaslab.core.geometry import crop, crop_box_around, paste
+from canvaslab.core.image import DEFAULT_MAX_PIXELS, LoadedImage, load_mask, mask_from_alpha
+from canvaslab.core.mask import grow
+from canvaslab.core.notices import collect_notices, notice
+from canvaslab.engines import get_engine
+from canvaslab.errors import InputError
+from canvaslab.tasks.common import (
+    ImageInput, describe_input, finish, make_recipe, open_image, resolve_seed, run_engine,
+)
+from canvaslab.tasks.requests import InpaintArea, InpaintRequest, MaskMode, build_request
+from canvaslab.tasks.result import Result
+
+
+def inpaint(
+    image: ImageInput,
+    mask: ImageInput | None = None,
+    request: InpaintRequest | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    **params: Any,
+) -> Result:
+    """Fill the masked pixels of `image`.
+
+    `mask` is a file, bytes, PIL image or array (bool arrays are used as is: True = fill). Without
+    a mask, ``mask_mode="alpha"`` fills the image's own transparent pixels. Parameters are the
+    fields of `InpaintRequest` (pass `request=` or keywords, not both). Pixels outside the (grown)
+    mask are returned bit-identical.
+    """
+    if request is not None and params:
+        raise InputError("pass either request= or keyword parameters, not both")
+    request = request or build_request(InpaintRequest, params)
+    started = time.perf_counter()
+    with collect_notices() as notes:
+        # 1. inputs
+        source = open_image(image, max_pixels)
+        hole = _load_hole(mask, source, request)
+        seed = resolve_seed(request.seed)
+        # 2. the work: nothing to do for an empty mask
+        if not hole.any():
+            notice("the mask is empty: returning the input unchanged")
+            final = source.rgb.copy()
+        else:
+            hole = grow(hole, request.grow)
+            final = _fill(source.rgb, hole, request, seed)
+        # 3. alpha: filled pixels become opaque, the rest keeps the input's transparency
+        alpha = None if source.alpha is None else np.where(hole, np.uint8(255), source.alpha)
+        inputs = {"image": describe_input(image, source), "mask": describe_input(mask) if mask is not None else None}
+        recipe, text = make_recipe("inpaint", request, seed, source.size, inputs)
+    return Result(
+        image=final, mask=hole, seed=seed, recipe=recipe, parameters=text, alpha=alpha,
+        notices=list(notes), seconds=time.perf_counter() - started,
+    )
+
+
+def _load_hole(mask: ImageInput | None, source: LoadedImage, request: InpaintRequest) -> np.ndarray:
+    if isinstance(mask, np.ndarray) and mask.dtype == bool:
+        if mask.shape != source.rgb.shape[:2]:
+            raise InputError(f"mask array is {mask.shape[1]}x{mask.shape[0]} but the image is {source.size[0]}x{source.size[1]}")
+        return mask.copy()
+    if mask is None:
+        if request.mask_mode != MaskMode.alpha:
+            raise InputError("inpaint needs a mask: pass --mask FILE, or --mask-mode alpha for an image with transparent pixels")
+        if source.alpha is None:
+            raise InputError(f"--mask-mode alpha without --mask needs transparent pixels, but {source.source} has no alpha channel")
+        return mask_from_alpha(source.alpha, request.threshold)
+    return load_mask(mask, mode=request.mask_mode.value, size=source.size, threshold=request.threshold)
+
+
+def _fill(rgb: np.ndarray, hole: np.ndarray, request: InpaintRequest, seed: int) -> np.ndarray:
+    engine = get_engine(request.engine)
+    options = engine.parse_options(request.options)
+    if request.area == InpaintArea.masked:
+        box = crop_box_around(hole, request.padding, multiple=request.multiple or engine.pad_multiple)
+        patch = run_engine(engine, crop(rgb, box), crop(hole, box), request, options, seed)
+        generated = paste(rgb, patch, box)
+    else:
+        generated = run_engine(engine, rgb, hole, request, options, seed)
+    return finish(rgb, generated, hole, request)

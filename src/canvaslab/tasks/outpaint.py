@@ -1,0 +1,70 @@
+"""The outpaint task: extend the canvas on any sides, once or step by step, and fill the new area."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from canvaslab.core.canvas import expand_canvas, plan_expansion, split_steps
+from canvaslab.core.image import DEFAULT_MAX_PIXELS
+from canvaslab.core.notices import collect_notices
+from canvaslab.engines import get_engine
+from canvaslab.errors import InputError
+from canvaslab.tasks.common import (
+    ImageInput, describe_input, finish, make_recipe, open_image, resolve_seed, run_engine, step_seed,
+)
+from canvaslab.tasks.requests import OutpaintRequest, build_request
+from canvaslab.tasks.result import Result
+
+
+def outpaint(
+    image: ImageInput,
+    request: OutpaintRequest | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    **params: Any,
+) -> Result:
+    """Extend `image` by the request's sides (pixels or a fraction), in `steps` steps.
+
+    Each step regenerates an `overlap` band of the previous image along the extended sides and
+    feathers it in, so the seam does not show. Pixels of the input outside those bands are kept
+    bit-identical; `Result.mask` marks everything that was generated.
+    """
+    if request is not None and params:
+        raise InputError("pass either request= or keyword parameters, not both")
+    request = request or build_request(OutpaintRequest, params)
+    started = time.perf_counter()
+    with collect_notices() as notes:
+        # 1. inputs and plan
+        source = open_image(image, max_pixels)
+        total = plan_expansion(
+            source.size, left=request.left, right=request.right, top=request.top, bottom=request.bottom,
+            expand=request.expand, directions=tuple(request.direction),
+        )
+        new_size = total.new_size(source.size)
+        if new_size[0] * new_size[1] > max_pixels:
+            raise InputError(f"the outpainted canvas would be {new_size[0]}x{new_size[1]}, over the {max_pixels}-pixel limit")
+        seed = resolve_seed(request.seed)
+        engine = get_engine(request.engine)
+        options = engine.parse_options(request.options)
+        # 2. extend step by step, each step conditioned on the result of the last
+        current = source.rgb
+        generated_mask = np.zeros(source.rgb.shape[:2], dtype=bool)
+        for index, step in enumerate(split_steps(total, request.steps)):
+            canvas, mask = expand_canvas(current, step, fill=request.fill, overlap=request.overlap, seed=step_seed(seed, index))
+            filled = run_engine(engine, canvas, mask, request, options, step_seed(seed, index))
+            current = finish(canvas, filled, mask, request)
+            pads = ((step.top, step.bottom), (step.left, step.right))
+            generated_mask = np.pad(generated_mask, pads, constant_values=True) | mask
+        # 3. alpha: the new area is opaque
+        alpha = None
+        if source.alpha is not None:
+            pads = ((total.top, total.bottom), (total.left, total.right))
+            alpha = np.where(generated_mask, np.uint8(255), np.pad(source.alpha, pads, constant_values=255))
+        recipe, text = make_recipe("outpaint", request, seed, new_size, {"image": describe_input(image, source)})
+    return Result(
+        image=current, mask=generated_mask, seed=seed, recipe=recipe, parameters=text, alpha=alpha,
+        notices=list(notes), seconds=time.perf_counter() - started,
+    )

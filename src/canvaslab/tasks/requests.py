@@ -1,0 +1,230 @@
+"""One request model per task: every parameter, its default, bounds and help, in one place.
+
+The CLI builds its flags from these models (`canvaslab.cli.options`), the Python API validates its
+keyword arguments with them, and the server will take them as JSON bodies, so the three cannot
+drift apart. Unknown keys are rejected, never dropped. Engine-specific knobs nest under `options`.
+
+Field extras understood by the CLI builder: ``panel`` (help section), ``flag`` (the option name when
+it is not ``--field-name``).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from canvaslab import __version__
+from canvaslab.core.canvas import InitialFill, parse_directions
+from canvaslab.core.geometry import AlignMode
+from canvaslab.engines import DEFAULT_ENGINE, engine_names
+from canvaslab.errors import InputError
+
+
+class MaskMode(str, Enum):
+    """Which pixels of the mask file mean "fill here"."""
+
+    white = "white"
+    black = "black"
+    alpha = "alpha"
+
+
+class ColorMatch(str, Enum):
+    none = "none"
+    mean_std = "mean-std"
+    histogram = "histogram"
+
+
+class InpaintArea(str, Enum):
+    """Work on the whole picture, or only on a crop around the mask (A1111's "only masked")."""
+
+    whole = "whole"
+    masked = "masked"
+
+
+def _panel(name: str, **extra: Any) -> dict[str, Any]:
+    return {"panel": name, **extra}
+
+
+class TaskRequest(BaseModel):
+    """Fields every task shares."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_assignment=True)
+
+    engine: str = Field(DEFAULT_ENGINE, description="engine that fills the pixels", json_schema_extra=_panel("Engine"))
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="random seed (omit for a random one; it is recorded in the output)",
+        json_schema_extra=_panel("Engine"),
+    )
+    prompt: str = Field("", description="what to paint (generative engines; recorded for all)", json_schema_extra=_panel("Engine"))
+    negative_prompt: str = Field("", description="what to avoid (generative engines)", json_schema_extra=_panel("Engine"))
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="engine options as KEY=VALUE, repeatable (see `canvaslab engines`)",
+        json_schema_extra=_panel("Engine", flag="--opt"),
+    )
+    feather: float = Field(
+        0.0, ge=0, le=512,
+        description="soften the inside edge of the mask by PX when compositing (pixels outside the mask never change)",
+        json_schema_extra=_panel("Compositing"),
+    )
+    color_match: ColorMatch = Field(
+        ColorMatch.none, description="match the colours of the filled region to its surroundings",
+        json_schema_extra=_panel("Compositing"),
+    )
+    align: AlignMode = Field(
+        AlignMode.pad, description="how to reach the engine's size multiple: pad (exact) or resize",
+        json_schema_extra=_panel("Geometry"),
+    )
+    multiple: int | None = Field(
+        None, ge=1, le=1024, description="size multiple the engine works at (default: the engine's own)",
+        json_schema_extra=_panel("Geometry"),
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if value not in engine_names():
+            raise ValueError(f"unknown engine {value!r}: choose one of {', '.join(engine_names())}")
+        return value
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options_from_pairs(cls, value: Any) -> Any:
+        """Accept the CLI's ["key=value", ...] as well as a dict."""
+        if isinstance(value, (list, tuple)):
+            return parse_key_values(value)
+        return value
+
+    def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
+        """The settings line of the A1111 `parameters` text (fields A1111 knows, then ours)."""
+        settings: dict[str, object] = {"Seed": seed, "Size": f"{size[0]}x{size[1]}", "Engine": self.engine}
+        settings.update({f"Engine {k}": v for k, v in self.options.items()})
+        if self.feather:
+            settings["Mask blur"] = _number(self.feather)
+        if self.color_match != ColorMatch.none:
+            settings["Color match"] = self.color_match.value
+        return settings
+
+
+class InpaintRequest(TaskRequest):
+    """Fill the masked pixels of an image."""
+
+    mask_mode: MaskMode = Field(
+        MaskMode.white,
+        description="white: white pixels are filled; black: black pixels are filled; alpha: transparent pixels are filled",
+        json_schema_extra=_panel("Mask"),
+    )
+    threshold: int = Field(128, ge=1, le=255, description="grey level that splits fill from keep", json_schema_extra=_panel("Mask"))
+    grow: int = Field(0, ge=0, le=512, description="dilate the mask by PX before filling", json_schema_extra=_panel("Mask"))
+    area: InpaintArea = Field(
+        InpaintArea.whole, description="whole picture, or only a crop around the mask (faster, more detail)",
+        json_schema_extra=_panel("Geometry"),
+    )
+    padding: int = Field(
+        32, ge=0, le=4096, description="context around the mask when --area masked", json_schema_extra=_panel("Geometry"),
+    )
+
+    def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
+        settings = super().a1111_settings(size, seed)
+        settings["Mask mode"] = self.mask_mode.value
+        if self.grow:
+            settings["Mask grow"] = self.grow
+        settings["Inpaint area"] = "Only masked" if self.area == InpaintArea.masked else "Whole picture"
+        if self.area == InpaintArea.masked:
+            settings["Masked area padding"] = self.padding
+        settings["Version"] = f"canvaslab {__version__}"
+        return settings
+
+
+class OutpaintRequest(TaskRequest):
+    """Extend the canvas and fill the new area."""
+
+    left: int = Field(0, ge=0, le=16384, description="pixels to add on the left", json_schema_extra=_panel("Canvas"))
+    right: int = Field(0, ge=0, le=16384, description="pixels to add on the right", json_schema_extra=_panel("Canvas"))
+    top: int = Field(0, ge=0, le=16384, description="pixels to add at the top", json_schema_extra=_panel("Canvas"))
+    bottom: int = Field(0, ge=0, le=16384, description="pixels to add at the bottom", json_schema_extra=_panel("Canvas"))
+    expand: float | None = Field(
+        None, gt=0, le=8, description="extend by this fraction of the size instead of pixels (needs --direction)",
+        json_schema_extra=_panel("Canvas"),
+    )
+    direction: list[str] = Field(
+        default_factory=list, description="sides for --expand: left,right,top(up),bottom(down); comma list or repeated",
+        json_schema_extra=_panel("Canvas"),
+    )
+    steps: int = Field(1, ge=1, le=64, description="extend in N steps, each conditioned on the last", json_schema_extra=_panel("Canvas"))
+    overlap: int = Field(
+        8, ge=0, le=1024, description="band of the old image regenerated at each step to hide the seam",
+        json_schema_extra=_panel("Canvas"),
+    )
+    fill: InitialFill = Field(
+        InitialFill.edge, description="initial content of the new area before the engine runs",
+        json_schema_extra=_panel("Canvas"),
+    )
+    feather: float = Field(
+        8.0, ge=0, le=512, description="blend width (PX) inside the regenerated area, hiding the seam",
+        json_schema_extra=_panel("Compositing"),
+    )
+
+    @field_validator("direction", mode="before")
+    @classmethod
+    def _split_directions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            try:
+                return list(parse_directions(",".join(str(v) for v in value)))
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
+        settings = super().a1111_settings(size, seed)
+        if self.expand is not None:
+            settings["Outpaint expand"] = f"{_number(self.expand)} {'+'.join(self.direction)}"
+        else:
+            sides = [f"{side} {getattr(self, side)}" for side in ("left", "right", "top", "bottom") if getattr(self, side)]
+            settings["Outpaint"] = " ".join(sides)
+        settings.update({"Outpaint steps": self.steps, "Overlap": self.overlap, "Initial fill": self.fill.value})
+        settings["Version"] = f"canvaslab {__version__}"
+        return settings
+
+
+REQUESTS: dict[str, type[TaskRequest]] = {"inpaint": InpaintRequest, "outpaint": OutpaintRequest}
+
+
+def _number(value: float) -> object:
+    return int(value) if float(value).is_integer() else value
+
+
+def parse_key_values(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """["patch_size=9", "name=x"] -> {"patch_size": 9, "name": "x"} (values parsed as JSON when they are)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def build_request(kind: type[TaskRequest], values: dict[str, Any]) -> TaskRequest:
+    """Validate `values` into a request, turning pydantic's report into one clear line."""
+    try:
+        return kind.model_validate(values)
+    except ValidationError as exc:
+        raise InputError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "request"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"unknown parameter {field!r}"
+    return f"invalid {field}={err.get('input')!r}: {message}"

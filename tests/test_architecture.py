@@ -1,0 +1,64 @@
+"""Layering rules: imports point downwards only, and `canvaslab --help` stays light."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import canvaslab.cli.main
+from canvaslab.tasks.requests import REQUESTS
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "canvaslab"
+LAYERS = ["core", "engines", "tasks", "cli"]  # lowest first
+FORBIDDEN_IN_CORE = {"torch", "cv2", "numba", "diffusers", "transformers", "scipy", "skimage"}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_imports_point_down(layer):
+    higher = LAYERS[LAYERS.index(layer) + 1 :]
+    for path in (SRC / layer).rglob("*.py"):
+        for name in imports_of(path):
+            for up in higher:
+                assert not name.startswith(f"canvaslab.{up}"), f"{path.relative_to(SRC)} imports {name}"
+
+
+def test_core_needs_only_numpy_and_pillow():
+    for path in (SRC / "core").rglob("*.py"):
+        roots = {name.split(".")[0] for name in imports_of(path)}
+        assert not roots & FORBIDDEN_IN_CORE, f"{path.name} imports {roots & FORBIDDEN_IN_CORE}"
+
+
+def test_help_does_not_load_heavy_modules():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from canvaslab.cli.main import app\n"
+        "for args in (['--help'], ['inpaint', '--help'], ['outpaint', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0\n"
+        "print(sorted(m for m in ('torch', 'numba', 'cv2', 'diffusers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("task", list(REQUESTS))
+def test_cli_options_match_the_request_model(task):
+    import typer
+
+    command = typer.main.get_command(canvaslab.cli.main.app).commands[task]
+    cli_names = {p.name for p in command.params}
+    missing = set(REQUESTS[task].model_fields) - cli_names
+    assert not missing, f"request fields without a CLI flag: {missing}"

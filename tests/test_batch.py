@@ -1,0 +1,128 @@
+"""Folder jobs: pairing, failures listed, resumable after a kill, no finished work redone."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from canvaslab.tasks.batch import pair_folder, shard
+from canvaslab.errors import InputError
+from conftest import write_png
+
+
+def make_folder(root, photo, box_mask, names):
+    for name in names:
+        write_png(root / "imgs" / f"{name}.png", photo)
+        write_png(root / "masks" / f"{name}.png", box_mask)
+
+
+def test_pairing_by_relative_path_and_stem(tmp_path, photo, box_mask):
+    write_png(tmp_path / "imgs" / "a.png", photo)
+    write_png(tmp_path / "imgs" / "sub" / "b.jpg", photo)
+    write_png(tmp_path / "imgs" / "c.webp", photo)
+    write_png(tmp_path / "imgs" / "d.png", photo)
+    write_png(tmp_path / "masks" / "a.png", box_mask)
+    write_png(tmp_path / "masks" / "sub" / "b_mask.png", box_mask)
+    write_png(tmp_path / "masks" / "c.png", box_mask)  # flat: matched by stem
+    write_png(tmp_path / "masks" / "orphan.png", box_mask)
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    pairing = pair_folder(tmp_path / "imgs", tmp_path / "masks", tmp_path / "out")
+    assert {item.key for item in pairing.items} == {"a", "sub/b", "c"}
+    assert [p.name for p in pairing.images_without_mask] == ["d.png"]
+    assert [p.name for p in pairing.masks_without_image] == ["orphan.png"]
+    assert next(i for i in pairing.items if i.key == "sub/b").output == tmp_path / "out" / "sub" / "b.png"
+
+
+def test_two_images_with_one_output_name_are_reported(tmp_path, photo, box_mask):
+    write_png(tmp_path / "imgs" / "a.png", photo)
+    write_png(tmp_path / "imgs" / "a.jpg", photo)
+    pairing = pair_folder(tmp_path / "imgs", None, tmp_path / "out", need_masks=False)
+    assert pairing.items == [] and pairing.clashes[0][0] == "a"
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(InputError, match="no images"):
+        pair_folder(tmp_path / "imgs", None, tmp_path / "out")
+
+
+def test_shards_cover_everything_once(tmp_path, photo):
+    for i in range(7):
+        write_png(tmp_path / "imgs" / f"{i}.png", photo[:8, :8])
+    items = pair_folder(tmp_path / "imgs", None, tmp_path / "out", need_masks=False).items
+    seen = [item.key for k in range(3) for item in shard(items, k, 3)]
+    assert sorted(seen) == sorted(item.key for item in items)
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "canvaslab", *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def test_failures_are_listed_and_the_rest_finishes(tmp_path, photo, box_mask):
+    make_folder(tmp_path, photo, box_mask, ["a", "b"])
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG not really")
+    write_png(tmp_path / "masks" / "broken.png", box_mask)
+    run = run_cli("--json", "inpaint", "--images", tmp_path / "imgs", "--masks", tmp_path / "masks",
+                  "--out", tmp_path / "out", "--engine", "telea", "--seed", 0)
+    assert run.returncode == 1
+    summary = json.loads(run.stdout)
+    assert summary["done"] == 2 and len(summary["failed"]) == 1
+    assert "broken.png" in summary["failed"][0]["image"] and "cannot read image" in summary["failed"][0]["error"]
+    assert (tmp_path / "out" / "a.png").exists() and not (tmp_path / "out" / "broken.png").exists()
+
+
+def test_one_mask_for_a_whole_folder_with_two_workers(tmp_path, photo, box_mask):
+    for name in ["x", "y", "z"]:
+        write_png(tmp_path / "imgs" / f"{name}.png", photo)
+    mask = write_png(tmp_path / "watermark.png", box_mask)
+    run = run_cli("--json", "inpaint", "--images", tmp_path / "imgs", "--masks", mask, "--out", tmp_path / "out",
+                  "--engine", "telea", "--workers", 2, "--seed", 0)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["done"] == 3
+    for name in ["x", "y", "z"]:
+        out = np.asarray(Image.open(tmp_path / "out" / f"{name}.png").convert("RGB"))
+        np.testing.assert_array_equal(out[~box_mask], photo[~box_mask])
+
+
+def snapshot(folder):
+    return {p: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in folder.rglob("*.png")}
+
+
+def test_killed_run_resumes_without_redoing_or_corrupting(tmp_path, photo, box_mask):
+    names = [f"img{i:02d}" for i in range(14)]
+    big = np.asarray(Image.fromarray(photo).resize((300, 200)))
+    mask = np.asarray(Image.fromarray(box_mask).resize((300, 200)))
+    make_folder(tmp_path, big, mask, names)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "canvaslab", "--quiet", "inpaint", "--images", tmp_path / "imgs",
+            "--masks", tmp_path / "masks", "--out", out, "--seed", 3, "--rows", 2, "--grid", tmp_path / "grids"]
+    proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len([p for p in out.glob("img*.png") if "-seed" not in p.name]) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p: v for p, v in snapshot(out).items() if "-seed" not in p.name}
+    assert 3 <= len(finished) < len(names), "the kill should land half-way"
+    for path in finished:  # every main output that exists is complete and readable
+        Image.open(path).verify()
+    rerun = subprocess.run([str(a) for a in args[:3] + ["--json"] + args[3:]], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["skipped_existing"] == len(finished)
+    assert summary["done"] == len(names) - len(finished)
+    after = snapshot(out)
+    for path, before in finished.items():
+        assert after[path] == before, f"{path.name} was rewritten"
+    for name in names:
+        assert (out / f"{name}.png").exists() and (tmp_path / "grids" / f"{name}.png").exists()
+    leftovers = [p for p in out.rglob("*") if p.is_file() and not p.name.endswith(".png")]
+    assert all(p.name.startswith(".") for p in leftovers), leftovers

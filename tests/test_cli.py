@@ -1,0 +1,116 @@
+"""The `canvaslab` command, run through its real entry point."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import EXAMPLES, write_png
+
+
+def cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "canvaslab", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture()
+def pair(tmp_path, photo, box_mask):
+    return write_png(tmp_path / "in put.png", photo), write_png(tmp_path / "mask.png", box_mask)
+
+
+def test_inpaint_writes_output_with_recipe_and_replays_identically(tmp_path, pair, photo, box_mask):
+    image, mask = pair
+    out = tmp_path / "out.png"
+    run = cli("inpaint", image, "--mask", mask, "--seed", 4, "--grow", 2, "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out)
+    result = np.asarray(Image.open(out).convert("RGB"))
+    assert result.shape == photo.shape
+    info = cli("--json", "info", out)
+    meta = json.loads(info.stdout)
+    assert meta["recipe"]["task"] == "inpaint" and meta["recipe"]["request"]["seed"] == 4
+    assert "Seed: 4" in meta["parameters"] and "Mask grow: 2" in meta["parameters"]
+    replay = cli("replay", out, "-o", tmp_path / "again.png", "--check")
+    assert replay.returncode == 0, replay.stderr
+    assert "identical pixels" in replay.stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "again.png").convert("RGB")), result)
+
+
+def test_replay_check_fails_when_the_input_changed(tmp_path, pair, photo):
+    image, mask = pair
+    out = tmp_path / "out.png"
+    assert cli("inpaint", image, "--mask", mask, "--seed", 1, "-o", out).returncode == 0
+    write_png(image, 255 - photo)
+    replay = cli("replay", out, "-o", tmp_path / "again.png", "--check")
+    assert replay.returncode == 1 and "differ" in replay.stderr
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["inpaint", "missing.png", "--mask", "m.png"], 2, "cannot read image"),
+        (["inpaint", "{image}", "--mask", "{mask}", "--engine", "nope"], 2, "unknown engine 'nope'"),
+        (["inpaint", "{image}", "--mask", "{mask}", "--grow", "-3"], 2, "grow"),
+        (["inpaint", "{image}", "--mask", "{mask}", "--opt", "radius"], 2, "KEY=VALUE"),
+        (["inpaint", "{image}", "--mask", "{mask}", "--format", "jpeg", "-o", "x.png"], 2, "does not match"),
+        (["inpaint", "{image}"], 2, "needs a mask"),
+        (["outpaint", "{image}"], 2, "nothing to outpaint"),
+        (["outpaint", "{image}", "--direction", "sideways", "--expand", "0.2"], 2, "unknown direction"),
+        (["info", "{image}"], 2, "carries no recipe"),
+        (["replay", "{image}"], 2, "no canvaslab recipe"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(tmp_path, pair, args, code, message):
+    image, mask = pair
+    args = [a.format(image=image, mask=mask) for a in args]
+    run = cli(*args, cwd=tmp_path)
+    assert run.returncode == code, (run.stdout, run.stderr)
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+    assert len([line for line in run.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_rows_and_grid(tmp_path, pair, photo):
+    image, mask = pair
+    out, grid = tmp_path / "o.png", tmp_path / "g.png"
+    run = cli("inpaint", image, "--mask", mask, "--seed", 10, "--rows", 3, "--grid", grid, "--h-spacing", 4,
+              "--v-spacing", 6, "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert out.exists() and (tmp_path / "o-seed11.png").exists() and (tmp_path / "o-seed12.png").exists()
+    h, w = photo.shape[:2]
+    assert Image.open(grid).size == (3 * w + 2 * 4, 3 * h + 2 * 6)
+
+
+def test_outpaint_cli_and_jpeg_recipe(tmp_path, pair, photo):
+    image, _ = pair
+    out = tmp_path / "wide.jpg"
+    run = cli("outpaint", image, "--left", 16, "--right", 24, "--steps", 2, "--engine", "telea", "--seed", 0, "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert Image.open(out).size == (photo.shape[1] + 40, photo.shape[0])
+    meta = json.loads(cli("--json", "info", out).stdout)
+    assert meta["recipe"]["task"] == "outpaint" and "Outpaint: left 16 right 24" in meta["parameters"]
+
+
+def test_grid_command_assembles_files(tmp_path):
+    out = tmp_path / "grid.png"
+    run = cli("grid", EXAMPLES / "chelsea.png", EXAMPLES / "coffee.png", EXAMPLES / "rocket.jpg", "-c", 3, "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert Image.open(out).size[0] > 3 * 400
+
+
+def test_engines_lists_options():
+    rows = json.loads(cli("--json", "engines").stdout)
+    names = {row["name"] for row in rows}
+    assert {"patchmatch", "telea", "ns"} <= names
+    assert "patch_size" in next(r for r in rows if r["name"] == "patchmatch")["options"]
+
+
+def test_help_mentions_every_panel():
+    run = cli("inpaint", "--help")
+    assert run.returncode == 0
+    for flag in ("--mask-mode", "--grow", "--feather", "--images", "--rows", "--grid", "--opt", "--area"):
+        assert flag in run.stdout
