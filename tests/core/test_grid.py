@@ -360,7 +360,7 @@ def test_grid_from_files_labels(image_files):
 
 
 def test_grid_from_files_bad_files(tmp_path, image_files):
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="cannot read image"):
         grid_from_files([tmp_path / "missing.png"])
     junk = tmp_path / "junk.png"
     junk.write_text("not an image")

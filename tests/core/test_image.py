@@ -87,6 +87,7 @@ def test_rgb_png_round_trips_exactly(tmp_path: Path) -> None:
     assert isinstance(loaded, LoadedImage)
     assert np.array_equal(loaded.rgb, pixels)
     assert loaded.rgb.dtype == np.uint8 and loaded.rgb.flags.c_contiguous
+    assert loaded.rgb.flags.writeable
     assert loaded.alpha is None
     assert loaded.size == (7, 5)
     assert loaded.format == "PNG"
@@ -289,6 +290,17 @@ def test_pillows_own_guard_still_works_outside_canvaslab(monkeypatch: pytest.Mon
         Image.open(io.BytesIO(png_bytes(Image.new("RGB", (40, 40)))))
 
 
+def test_pixel_limit_context_for_direct_pillow_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    data = png_bytes(Image.new("RGB", (40, 40)))
+    with image_module.pixel_limit(100), pytest.raises(InputError, match="40x40"):
+        Image.open(io.BytesIO(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with image_module.pixel_limit(None):
+            assert Image.open(io.BytesIO(data)).size == (40, 40)
+
+
 def test_limit_is_per_thread() -> None:
     data = png_bytes(Image.new("RGB", (40, 40)))
     barrier = threading.Barrier(2)
@@ -396,7 +408,12 @@ def test_array_result_does_not_alias_the_input() -> None:
 
 @pytest.mark.parametrize(
     "array",
-    [np.zeros((2, 2), np.float32), np.zeros((2, 2, 2), np.uint8), np.zeros(4, np.uint8), np.zeros((2, 2, 3), bool)],
+    [
+        np.zeros((2, 2), np.float32),
+        np.zeros((2, 2, 2), np.uint8),
+        np.zeros(4, np.uint8),
+        np.zeros((2, 2, 3), bool),
+    ],
 )
 def test_bad_arrays_are_input_errors(array: np.ndarray) -> None:
     with pytest.raises(InputError, match="HxW"):
@@ -572,7 +589,9 @@ def test_failed_write_removes_the_temporary_file(tmp_path: Path, monkeypatch: py
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
 
-def test_interrupted_write_removes_the_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_write_removes_the_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def interrupted(descriptor: int) -> None:
         raise KeyboardInterrupt
 

@@ -22,13 +22,12 @@ from canvaslab.tasks.requests import TaskRequest
 
 
 def flag_name(name: str, field: FieldInfo) -> str:
-    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    return str(extra.get("flag", "--" + name.replace("_", "-")))
+    return str(_extra(field, "flag", "--" + name.replace("_", "-")))
 
 
-def _panel(field: FieldInfo) -> str:
+def _extra(field: FieldInfo, key: str, default: Any = None) -> Any:
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    return str(extra.get("panel", "Options"))
+    return extra.get(key, default)
 
 
 def _cli_type(annotation: Any) -> Any:
@@ -59,7 +58,8 @@ def request_parameters(model: type[BaseModel], exclude: tuple[str, ...] = ()) ->
         option = typer.Option(
             flag_name(name, field),
             help=field.description,
-            rich_help_panel=_panel(field),
+            rich_help_panel=_extra(field, "panel", "Options"),
+            metavar=_extra(field, "metavar"),
             show_default=default is not None and default != "",
         )
         annotation = Annotated[_cli_type(field.annotation), option]

@@ -31,8 +31,8 @@ BATCH = "Batch (folders)"
 
 # CLI-only parameters shared by both commands (the request fields are added from the models).
 ImageArg = Annotated[Optional[Path], typer.Argument(help="input image (or use --images DIR for a folder)", show_default=False)]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="output file [default: ./<name>-<task>.png]", rich_help_panel=OUT)]
-FormatOpt = Annotated[Optional[OutputFormat], typer.Option("--format", help="png, jpeg or webp [default: from the output suffix]", rich_help_panel=OUT)]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="output file \\[default: ./<name>-<task>.png]", rich_help_panel=OUT)]
+FormatOpt = Annotated[Optional[OutputFormat], typer.Option("--format", help="png, jpeg or webp \\[default: from the output suffix]", rich_help_panel=OUT)]
 QualityOpt = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality", rich_help_panel=OUT)]
 RowsOpt = Annotated[int, typer.Option("--rows", min=1, max=256, help="run N seeds (seed, seed+1, ...): one output and one grid row each", rich_help_panel=OUT)]
 GridOpt = Annotated[Optional[Path], typer.Option("--grid", help="write a comparison grid: original | mask | result per seed row (a folder in batch mode)", rich_help_panel=OUT)]

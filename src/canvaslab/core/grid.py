@@ -29,8 +29,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 
+from canvaslab.core.image import load_image
 from canvaslab.errors import InputError
 
 Color = tuple[int, int, int]
@@ -431,19 +432,6 @@ def comparison_grid(
 # Grids of files
 
 
-def _load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as HxWx3 uint8, upright per its EXIF orientation."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except FileNotFoundError:
-        raise InputError(f"image not found: {path}") from None
-    except UnidentifiedImageError:
-        raise InputError(f"not an image Pillow can read: {path}") from None
-    except OSError as error:
-        raise InputError(f"cannot read image {path}: {error}") from None
-
-
 def grid_shape(n: int, columns: int | None = None, rows: int | None = None) -> tuple[int, int]:
     """(rows, columns) for `n` images: columns default to ceil(sqrt(n)), or to ceil(n / rows)."""
     if columns is not None and (not isinstance(columns, (int, np.integer)) or columns < 1):
@@ -482,7 +470,7 @@ def grid_from_files(
         raise InputError("paths is empty: give at least one image file")
     n_rows, n_cols = grid_shape(len(paths), columns, rows)
     captions = _file_labels(paths, labels)
-    images = [_load_rgb(path) for path in paths]
+    images = [load_image(path).rgb for path in paths]
     cells: list[list[np.ndarray | None]] = [[None] * n_cols for _ in range(n_rows)]
     cell_labels: list[list[str | None]] = [[None] * n_cols for _ in range(n_rows)]
     for i, image in enumerate(images):

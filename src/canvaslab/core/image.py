@@ -37,9 +37,9 @@ from canvaslab.errors import InputError
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
 
-# The largest image whose 8-bit RGB buffer fits in 512 MiB (~179 MP). That is also where Pillow's
-# default guard turns from a warning into an error, so nothing Pillow would call a bomb gets in,
-# while 100-150 MP medium-format photos and large scans still load. Raise it with --max-pixels.
+# The largest image whose 8-bit RGB array fits in 512 MiB (~179 MP; decoding it peaks near 1.8 GiB).
+# That is where Pillow's default guard turns from a warning into an error, so nothing Pillow would
+# refuse by default gets in, while 100-150 MP medium-format photos and big scans still load.
 DEFAULT_MAX_PIXELS = 512 * 1024 * 1024 // 3
 
 MASK_MODES = ("white", "black", "alpha")
@@ -72,9 +72,11 @@ class LoadedImage:
 # --- pixel limit ------------------------------------------------------------------------------
 
 
-class _PixelLimitExceeded(Exception):
-    def __init__(self, size: tuple[int, int]) -> None:
-        super().__init__(size)
+class _PixelLimitExceeded(InputError):
+    """Raised from inside Pillow; `load_image` re-raises it naming the file."""
+
+    def __init__(self, size: tuple[int, int], max_pixels: int) -> None:
+        super().__init__(_too_large_message("an image", size, max_pixels))
         self.size = size
 
 
@@ -88,7 +90,7 @@ def _make_bomb_check(pillow_check: Callable[..., None]) -> Callable[..., None]:
         if limit is _NO_LIMIT_SET:
             pillow_check(size, *args, **kwargs)
         elif limit is not None and _pixel_count(size) > limit:
-            raise _PixelLimitExceeded(size)
+            raise _PixelLimitExceeded(size, limit)
 
     bomb_check.canvaslab_wrapper = True  # type: ignore[attr-defined]
     return bomb_check
@@ -109,8 +111,8 @@ _install_bomb_check()
 def pixel_limit(max_pixels: int | None) -> Iterator[None]:
     """Within the block, Pillow in this thread refuses images over `max_pixels` (None: no limit).
 
-    Use it around any direct ``Image.open``; `load_image` does. Over the limit, Pillow raises an
-    internal exception that `load_image` turns into InputError.
+    Use it around any direct ``Image.open`` (`load_image` does): over the limit, Pillow then
+    raises InputError instead of its DecompressionBombError or warning.
     """
     previous = getattr(_limit_state, "max_pixels", _NO_LIMIT_SET)
     _limit_state.max_pixels = max_pixels
@@ -133,9 +135,12 @@ def _check_max_pixels(max_pixels: int) -> None:
 
 
 def _too_large(what: str, name: str, size: tuple[int, int], max_pixels: int) -> InputError:
-    width, height = size
-    return InputError(
-        f"{what} '{name}' is {width}x{height} = {_pixel_count(size):,} pixels, more than the limit "
+    return InputError(_too_large_message(f"{what} '{name}'", size, max_pixels))
+
+
+def _too_large_message(subject: str, size: tuple[int, int], max_pixels: int) -> str:
+    return (
+        f"{subject} is {size[0]}x{size[1]} = {_pixel_count(size):,} pixels, more than the limit "
         f"of {max_pixels:,} that guards against decompression bombs; if you trust the file, raise "
         "it with --max-pixels (max_pixels= in Python)"
     )
@@ -296,7 +301,7 @@ def _from_array(array: np.ndarray, max_pixels: int, what: str) -> LoadedImage:
         alpha = np.array(array[:, :, 3], order="C") if channels == 4 else None
         return LoadedImage(rgb, alpha, "<array>", None)
     raise InputError(
-        f"cannot use an array of shape {array.shape} and dtype {array.dtype} as an {what}: "
+        f"cannot use an array of shape {array.shape} and dtype {array.dtype} for the {what}: "
         "expected HxW, HxWx1, HxWx3 or HxWx4 uint8, or HxW bool"
     )
 

@@ -388,7 +388,7 @@ def _decode_8bit(body: bytes) -> str:
 
 
 def _png_chunks(fp: IO[bytes]) -> tuple[dict[str, str], bytes | None]:
-    """Text chunks (first of each keyword) and the eXIf block, read without decoding pixels.
+    """Text chunks (first of each keyword) and the eXIf block; `fp` is just past the signature.
 
     Walking the chunks ourselves finds text written after the image data too, which Pillow only
     reports after decoding the whole image. A truncated file yields what was found before the cut.

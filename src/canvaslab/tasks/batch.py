@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import multiprocessing
 import os
@@ -134,7 +135,7 @@ def process_item(item: BatchItem, task: str, request: dict[str, Any], spec: Outp
     grid = None
     if spec.grid is not None:
         grid = spec.grid / f"{item.key}{item.output.suffix}"
-    row_spec = OutputSpec(**{**spec.__dict__, "grid": grid})
+    row_spec = dataclasses.replace(spec, grid=grid)
     render(task, item.image, item.mask, model, item.output, row_spec)
 
 

@@ -42,7 +42,7 @@ def inpaint(
     with collect_notices() as notes:
         # 1. inputs
         source = open_image(image, max_pixels)
-        hole = _load_hole(mask, source, request)
+        hole = _load_hole(mask, source, request, max_pixels)
         seed = resolve_seed(request.seed)
         # 2. the work: nothing to do for an empty mask
         if not hole.any():
@@ -61,7 +61,7 @@ def inpaint(
     )
 
 
-def _load_hole(mask: ImageInput | None, source: LoadedImage, request: InpaintRequest) -> np.ndarray:
+def _load_hole(mask: ImageInput | None, source: LoadedImage, request: InpaintRequest, max_pixels: int) -> np.ndarray:
     if isinstance(mask, np.ndarray) and mask.dtype == bool:
         if mask.shape != source.rgb.shape[:2]:
             raise InputError(f"mask array is {mask.shape[1]}x{mask.shape[0]} but the image is {source.size[0]}x{source.size[1]}")
@@ -72,7 +72,7 @@ def _load_hole(mask: ImageInput | None, source: LoadedImage, request: InpaintReq
         if source.alpha is None:
             raise InputError(f"--mask-mode alpha without --mask needs transparent pixels, but {source.source} has no alpha channel")
         return mask_from_alpha(source.alpha, request.threshold)
-    return load_mask(mask, mode=request.mask_mode.value, size=source.size, threshold=request.threshold)
+    return load_mask(mask, mode=request.mask_mode.value, size=source.size, threshold=request.threshold, max_pixels=max_pixels)
 
 
 def _fill(rgb: np.ndarray, hole: np.ndarray, request: InpaintRequest, seed: int) -> np.ndarray:

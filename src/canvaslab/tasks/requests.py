@@ -53,7 +53,10 @@ class TaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_assignment=True)
 
-    engine: str = Field(DEFAULT_ENGINE, description="engine that fills the pixels", json_schema_extra=_panel("Engine"))
+    engine: str = Field(
+        DEFAULT_ENGINE, description=f"engine that fills the pixels: {', '.join(engine_names())}",
+        json_schema_extra=_panel("Engine", metavar="NAME"),
+    )
     seed: int | None = Field(
         None, ge=0, le=2**32 - 1, description="random seed (omit for a random one; it is recorded in the output)",
         json_schema_extra=_panel("Engine"),
@@ -63,7 +66,7 @@ class TaskRequest(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="engine options as KEY=VALUE, repeatable (see `canvaslab engines`)",
-        json_schema_extra=_panel("Engine", flag="--opt"),
+        json_schema_extra=_panel("Engine", flag="--opt", metavar="KEY=VALUE"),
     )
     feather: float = Field(
         0.0, ge=0, le=512,
@@ -152,7 +155,7 @@ class OutpaintRequest(TaskRequest):
     )
     direction: list[str] = Field(
         default_factory=list, description="sides for --expand: left,right,top(up),bottom(down); comma list or repeated",
-        json_schema_extra=_panel("Canvas"),
+        json_schema_extra=_panel("Canvas", metavar="SIDES"),
     )
     steps: int = Field(1, ge=1, le=64, description="extend in N steps, each conditioned on the last", json_schema_extra=_panel("Canvas"))
     overlap: int = Field(

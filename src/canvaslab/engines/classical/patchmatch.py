@@ -50,7 +50,7 @@ class _Tuning:
     """Knobs beyond the public arguments; `patchmatch_inpaint(**tuning)` overrides them by name."""
 
     search_iterations: int = 2  # PatchMatch sweeps per EM step
-    first_search_iterations: int = 4  # sweeps for a freshly initialised / upsampled NNF
+    first_search_iterations: int = 4  # sweeps for the random field at the coarsest scale
     finest_iterations: int = 2  # EM steps at the finest scale (coarser scales use `iterations`)
     max_levels: int = 8
     coarsest_depth: float = 2.0  # stop halving once the hole is at most this many patch radii deep
@@ -67,6 +67,7 @@ class _Tuning:
     vote_confidence: float = 0.0  # vote weight *= (mean confidence of the target patch)^this
     final_top: int = 0  # >0: last vote averages only the best `final_top` candidates per pixel
     vote_top: int = 0  # >0: every vote averages only the best `vote_top` candidates per pixel
+    fine_window: float = 1.0  # random-search window below the coarsest scale, as a fraction of the side
     band_height: int = 32  # rows per parallel search band (fixed, so results are thread-independent)
 
 
@@ -278,8 +279,12 @@ def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _T
             estimate = _vote_once(estimate, nnf, geo, radius, opts, top=opts.vote_top)
         steps = opts.finest_iterations if level == finest else iterations
         for step in range(max(steps, 1)):
-            sweeps = opts.first_search_iterations if step == 0 else opts.search_iterations
-            dist = _search(estimate, geo, nnf, radius, sweeps, _stream_key(seed, level, step + 1), opts)
+            fresh = step == 0 and level == len(pyramid) - 1
+            sweeps = opts.first_search_iterations if fresh else opts.search_iterations
+            # Past the coarsest scale the field is already good: far jumps rarely win, so the
+            # random search may start in a smaller window and save most of its samples.
+            window = 1.0 if level == len(pyramid) - 1 else opts.fine_window
+            dist = _search(estimate, geo, nnf, radius, sweeps, _stream_key(seed, level, step + 1), window, opts)
             last = level == finest and step == steps - 1
             estimate = _vote(estimate, nnf, dist, geo, radius, opts, top=opts.final_top if last else opts.vote_top)
     return estimate
@@ -325,12 +330,12 @@ def _upsampled_nnf(coarse_nnf: np.ndarray, geo: _Scale) -> np.ndarray:
     return _upsample_nnf_kernel(coarse_nnf, geo.targets, geo.valid, geo.nearest)
 
 
-def _search(estimate, geo: _Scale, nnf, radius, sweeps, key, opts: _Tuning) -> np.ndarray:
+def _search(estimate, geo: _Scale, nnf, radius, sweeps, key, window: float, opts: _Tuning) -> np.ndarray:
     h, w = geo.hole.shape
     dist = _all_distances(estimate, geo.weights, geo.far, geo.targets, nnf, radius)
     _patchmatch_sweeps(
         estimate, geo.weights, geo.far, geo.targets, geo.valid, geo.nearest, nnf, dist, radius, sweeps, key,
-        max(1, opts.band_height), max(h, w),
+        max(1, opts.band_height), max(1, int(window * max(h, w))),
     )
     return dist
 
@@ -340,9 +345,11 @@ def _vote(estimate, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int) -> 
     # Wexler et al. set sigma^2 from the distance distribution, so the weights adapt to the image.
     sigma2 = float(np.percentile(per_pixel[geo.targets], opts.sigma_percentile))
     inv = 1.0 / (2.0 * max(sigma2 * opts.sigma_scale, 1e-3))
+    # float64: the worst matches get weights far below float32's range, yet must stay ordered.
+    weight = np.exp(-per_pixel.astype(np.float64) * inv) * geo.trust
     spatial = _spatial_kernel(radius, opts.spatial_sigma)
     out = estimate.copy()
-    _vote_kernel(estimate, geo.hole, nnf, per_pixel, geo.trust, radius, inv, spatial, int(top), out)
+    _vote_kernel(estimate, geo.hole, nnf, weight, radius, spatial, int(top), out)
     return out
 
 
@@ -553,15 +560,14 @@ def _improve(img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, 
 
 
 @njit(cache=True, parallel=True)
-def _vote_kernel(img, hole, nnf, per_pixel, trust, r, inv_two_sigma2, spatial, top, out):
+def _vote_kernel(img, hole, nnf, weight, r, spatial, top, out):
     h, w = hole.shape
     c = img.shape[2]
     n = (2 * r + 1) * (2 * r + 1)
     for row in prange(h):
         y = np.int64(row)  # prange indices are unsigned, and y - dy must be allowed to go negative
         # Per-row scratch; rows are independent, so threads share nothing.
-        cand_d = np.empty(n, dtype=np.float64)
-        cand_s = np.empty(n, dtype=np.float64)
+        cand_w = np.empty(n, dtype=np.float64)
         cand_c = np.empty((n, c), dtype=np.float64)
         for x in range(w):
             if not hole[y, x]:
@@ -578,33 +584,29 @@ def _vote_kernel(img, hole, nnf, per_pixel, trust, r, inv_two_sigma2, spatial, t
                     # Target patch centred at (ty, tx) covers (y, x) at offset (dy, dx).
                     sy = nnf[ty, tx, 0] + dy
                     sx = nnf[ty, tx, 1] + dx
-                    cand_d[m] = per_pixel[ty, tx]
-                    cand_s[m] = spatial[dy + r, dx + r] * trust[ty, tx]
+                    cand_w[m] = weight[ty, tx] * spatial[dy + r, dx + r]
                     for k in range(c):
                         cand_c[m, k] = img[sy, sx, k]
                     m += 1
-            _blend(cand_d, cand_s, cand_c, m, inv_two_sigma2, top, out, y, x)
+            _blend(cand_w, cand_c, m, top, out, y, x)
 
 
 @njit(cache=True)
-def _blend(cand_d, cand_s, cand_c, m, inv_two_sigma2, top, out, y, x):
-    min_d = np.inf
-    for k in range(m):
-        min_d = min(min_d, cand_d[k])
-    # Subtracting the minimum only rescales all weights alike, but keeps exp() from underflowing.
-    for k in range(m):
-        cand_d[k] = np.exp(-(cand_d[k] - min_d) * inv_two_sigma2) * cand_s[k]
+def _blend(cand_w, cand_c, m, top, out, y, x):
     if 0 < top < m:
-        _keep_strongest(cand_d, m, top)
+        _keep_strongest(cand_w, m, top)
     total = 0.0
     for k in range(m):
-        total += cand_d[k]
-    if total <= 0.0:
-        return
+        total += cand_w[k]
+    if not total > 0.0:
+        # Every weight underflowed: an unweighted mean is still a sensible vote.
+        for k in range(m):
+            cand_w[k] = 1.0
+        total = float(m)
     for ch in range(cand_c.shape[1]):
         acc = 0.0
         for k in range(m):
-            acc += cand_d[k] * cand_c[k, ch]
+            acc += cand_w[k] * cand_c[k, ch]
         out[y, x, ch] = acc / total
 
 
