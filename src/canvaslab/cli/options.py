@@ -83,13 +83,14 @@ def request_values(model: type[TaskRequest], kwargs: dict[str, Any]) -> dict[str
 
 
 def command(
-    model: type[TaskRequest], own: Callable[..., Any], run: Callable[..., Any], exclude: tuple[str, ...] = ()
+    model: type[TaskRequest], own: list[Callable[..., Any]], run: Callable[..., Any], exclude: tuple[str, ...] = ()
 ) -> Callable[..., Any]:
-    """A typer-ready function: `own`'s parameters (CLI-only) followed by the model's fields.
+    """A typer-ready function: the parameters of the `own` functions (CLI-only), then the model's fields.
 
-    `run(request_values, **own_values)` is called with the request fields split out.
+    The `own` functions only carry signatures (and, for the first, the help text); `run(request_values,
+    **own_values)` is called with the request fields split out.
     """
-    own_params = list(inspect.signature(own, eval_str=True).parameters.values())
+    own_params = [p for fn in own for p in inspect.signature(fn, eval_str=True).parameters.values()]
     taken = {p.name for p in own_params}
     model_params = [p for p in request_parameters(model, exclude) if p.name not in taken]
 
@@ -98,6 +99,6 @@ def command(
         return run(values, **kwargs)
 
     wrapper.__signature__ = inspect.Signature(own_params + model_params)  # type: ignore[attr-defined]
-    wrapper.__doc__ = own.__doc__
-    wrapper.__name__ = own.__name__
+    wrapper.__doc__ = own[0].__doc__
+    wrapper.__name__ = own[0].__name__
     return wrapper

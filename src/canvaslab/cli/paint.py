@@ -45,22 +45,10 @@ OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="output folder 
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=64, help="worker processes", rich_help_panel=BATCH)]
 
 
-def _inpaint_signature(
+def _inpaint_inputs(
     image: ImageArg = None,
     mask: Annotated[Optional[Path], typer.Option("--mask", "-m", help="mask file (white = fill, see --mask-mode)", rich_help_panel="Input")] = None,
-    output: OutputOpt = None,
-    images: ImagesOpt = None,
     masks: Annotated[Optional[Path], typer.Option("--masks", help="folder of masks paired by name, or one mask file for every image", rich_help_panel=BATCH)] = None,
-    out: OutDirOpt = None,
-    workers: WorkersOpt = 1,
-    rows: RowsOpt = 1,
-    grid: GridOpt = None,
-    h_spacing: HSpaceOpt = 8,
-    v_spacing: VSpaceOpt = 8,
-    labels: LabelsOpt = False,
-    format: FormatOpt = None,
-    quality: QualityOpt = 95,
-    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Fill the masked pixels of an image (or of every image in a folder).
 
@@ -74,8 +62,20 @@ def _inpaint_signature(
     """
 
 
-def _outpaint_signature(
-    image: ImageArg = None,
+def _outpaint_inputs(image: ImageArg = None) -> None:
+    """Extend the canvas of an image on any sides and fill the new area.
+
+    Examples:
+
+      canvaslab outpaint photo.jpg --right 256 -o wider.png
+
+      canvaslab outpaint photo.jpg --expand 0.5 --direction left,right --steps 2
+
+      canvaslab outpaint --images imgs/ --out wide/ --left 32 --right 32
+    """
+
+
+def _output_options(
     output: OutputOpt = None,
     images: ImagesOpt = None,
     out: OutDirOpt = None,
@@ -89,16 +89,7 @@ def _outpaint_signature(
     quality: QualityOpt = 95,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
-    """Extend the canvas of an image on any sides and fill the new area.
-
-    Examples:
-
-      canvaslab outpaint photo.jpg --right 256 -o wider.png
-
-      canvaslab outpaint photo.jpg --expand 0.5 --direction left,right --steps 2
-
-      canvaslab outpaint --images imgs/ --out wide/ --left 32 --right 32
-    """
+    """Output, grid and batch options shared by inpaint and outpaint."""
 
 
 def _run(task: str, values: dict[str, Any], **cli: Any) -> None:
@@ -235,9 +226,9 @@ def _report_batch(report: Any, pairing: Any) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("inpaint", rich_help_panel="Tasks")(
-        command(InpaintRequest, _inpaint_signature, lambda values, **cli: _run("inpaint", values, **cli))
+        command(InpaintRequest, [_inpaint_inputs, _output_options], lambda values, **cli: _run("inpaint", values, **cli))
     )
     app.command("outpaint", rich_help_panel="Tasks")(
-        command(OutpaintRequest, _outpaint_signature, lambda values, **cli: _run("outpaint", values, **cli))
+        command(OutpaintRequest, [_outpaint_inputs, _output_options], lambda values, **cli: _run("outpaint", values, **cli))
     )
 

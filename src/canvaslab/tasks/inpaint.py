@@ -16,7 +16,7 @@ from canvaslab.errors import InputError
 from canvaslab.tasks.common import (
     ImageInput, describe_input, finish, make_recipe, open_image, resolve_seed, run_engine,
 )
-from canvaslab.tasks.requests import InpaintArea, InpaintRequest, MaskMode, build_request
+from canvaslab.tasks.requests import InpaintArea, InpaintRequest, MaskMode, request_from
 from canvaslab.tasks.result import Result
 
 
@@ -35,9 +35,7 @@ def inpaint(
     fields of `InpaintRequest` (pass `request=` or keywords, not both). Pixels outside the (grown)
     mask are returned bit-identical.
     """
-    if request is not None and params:
-        raise InputError("pass either request= or keyword parameters, not both")
-    request = request or build_request(InpaintRequest, params)
+    request = request_from(InpaintRequest, request, params)
     started = time.perf_counter()
     with collect_notices() as notes:
         # 1. inputs

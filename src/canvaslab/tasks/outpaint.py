@@ -15,7 +15,7 @@ from canvaslab.errors import InputError
 from canvaslab.tasks.common import (
     ImageInput, describe_input, finish, make_recipe, open_image, resolve_seed, run_engine, step_seed,
 )
-from canvaslab.tasks.requests import OutpaintRequest, build_request
+from canvaslab.tasks.requests import OutpaintRequest, request_from
 from canvaslab.tasks.result import Result
 
 
@@ -32,9 +32,7 @@ def outpaint(
     feathers it in, so the seam does not show. Pixels of the input outside those bands are kept
     bit-identical; `Result.mask` marks everything that was generated.
     """
-    if request is not None and params:
-        raise InputError("pass either request= or keyword parameters, not both")
-    request = request or build_request(OutpaintRequest, params)
+    request = request_from(OutpaintRequest, request, params)
     started = time.perf_counter()
     with collect_notices() as notes:
         # 1. inputs and plan

@@ -216,6 +216,17 @@ def parse_key_values(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def request_from(kind: type[TaskRequest], request: TaskRequest | None, params: dict[str, Any]) -> Any:
+    """The API's two ways of passing parameters: a ready request, or keywords (not both)."""
+    if request is None:
+        return build_request(kind, params)
+    if params:
+        raise InputError("pass either request= or keyword parameters, not both")
+    if not isinstance(request, kind):
+        raise InputError(f"request must be a {kind.__name__}, got {type(request).__name__}")
+    return request
+
+
 def build_request(kind: type[TaskRequest], values: dict[str, Any]) -> TaskRequest:
     """Validate `values` into a request, turning pydantic's report into one clear line."""
     try:

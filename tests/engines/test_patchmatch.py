@@ -1,0 +1,247 @@
+"""Behaviour of the PatchMatch exemplar engine: contract, determinism, edge cases, and quality."""
+
+from __future__ import annotations
+
+import cv2
+import numba
+import numpy as np
+import pytest
+
+from canvaslab.engines.classical.patchmatch import patchmatch_inpaint
+from canvaslab.errors import EngineError, InputError
+
+
+def _photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth gradients plus texture, so that every patch is different."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([xx / max(w - 1, 1), yy / max(h - 1, 1), (xx + yy) / max(h + w - 2, 1)], axis=2) * 180
+    noise = cv2.GaussianBlur(rng.normal(0, 40, (h, w, 3)).astype(np.float32), (0, 0), 1.5)
+    return np.clip(base + 40 + noise, 0, 255).astype(np.uint8)
+
+
+def _periodic(h: int, w: int, tile: int = 8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    cell = rng.integers(0, 256, (tile, tile, 3), dtype=np.uint8)
+    return np.tile(cell, (h // tile + 1, w // tile + 1, 1))[:h, :w].copy()
+
+
+def _hole_psnr(result: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> float:
+    mse = np.mean((result[hole].astype(np.float64) - truth[hole].astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+
+
+def _gradient_energy(img: np.ndarray, where: np.ndarray) -> float:
+    g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1)
+    return float(np.mean((gx * gx + gy * gy)[where]))
+
+
+def _damaged(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    out = img.copy()
+    out[hole] = (255, 0, 255)  # the engine must never copy what the caller left in the hole
+    return out
+
+
+def _assert_contract(result: np.ndarray, image: np.ndarray, hole: np.ndarray) -> None:
+    assert result.shape == image.shape
+    assert result.dtype == np.uint8
+    assert np.array_equal(result[~hole], image[~hole])
+
+
+# ------------------------------------------------------------------------------------------
+# Contract
+
+
+def test_known_pixels_are_returned_bit_for_bit():
+    img = _photo_like(48, 64)
+    hole = np.random.default_rng(1).random((48, 64)) < 0.15
+    result = patchmatch_inpaint(_damaged(img, hole), hole)
+    _assert_contract(result, _damaged(img, hole), hole)
+
+
+def test_fill_does_not_copy_the_callers_hole_contents():
+    img = _photo_like(48, 64)
+    hole = np.zeros((48, 64), bool)
+    hole[14:30, 20:44] = True
+    result = patchmatch_inpaint(_damaged(img, hole), hole)
+    magenta = np.all(result[hole] == (255, 0, 255), axis=1)
+    assert not magenta.any()
+
+
+def test_same_seed_gives_identical_bytes_and_seed_changes_the_fill():
+    img = _photo_like(64, 80, seed=3)
+    hole = np.zeros((64, 80), bool)
+    hole[20:44, 25:60] = True
+    first = patchmatch_inpaint(img, hole, seed=7)
+    again = patchmatch_inpaint(img, hole, seed=7)
+    other = patchmatch_inpaint(img, hole, seed=8)
+    assert first.tobytes() == again.tobytes()
+    assert first.tobytes() != other.tobytes()
+
+
+def test_result_does_not_depend_on_thread_count():
+    img = _photo_like(96, 72, seed=4)
+    hole = np.zeros((96, 72), bool)
+    hole[30:70, 20:50] = True
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = patchmatch_inpaint(img, hole, seed=1)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        multi = patchmatch_inpaint(img, hole, seed=1)
+    finally:
+        numba.set_num_threads(before)
+    assert single.tobytes() == multi.tobytes()
+
+
+def test_empty_hole_returns_an_equal_copy():
+    img = _photo_like(20, 30)
+    result = patchmatch_inpaint(img, np.zeros((20, 30), bool))
+    assert np.array_equal(result, img)
+    assert result is not img
+    assert not np.shares_memory(result, img)
+
+
+def test_input_arrays_are_not_modified():
+    img = _photo_like(32, 32)
+    hole = np.zeros((32, 32), bool)
+    hole[10:20, 10:20] = True
+    img_before, hole_before = img.copy(), hole.copy()
+    patchmatch_inpaint(img, hole)
+    assert np.array_equal(img, img_before)
+    assert np.array_equal(hole, hole_before)
+
+
+# ------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_all_hole_raises_engine_error_with_one_line_message():
+    with pytest.raises(EngineError, match="covers the whole image") as info:
+        patchmatch_inpaint(_photo_like(16, 16), np.ones((16, 16), bool))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("image", "hole", "kwargs", "message"),
+    [
+        (np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), bool), {}, "uint8"),
+        (np.zeros((8, 8), np.uint8), np.zeros((8, 8), bool), {}, "HxWx3"),
+        (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9), bool), {}, "hole must be HxW"),
+        (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), {"patch_size": 6}, "odd"),
+        (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), {"no_such_knob": 1}, "no_such_knob"),
+    ],
+)
+def test_bad_arguments_raise_input_error(image, hole, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        patchmatch_inpaint(image, hole, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------
+# Shapes and hole placements
+
+
+@pytest.mark.parametrize(
+    ("shape", "box"),
+    [
+        ((12, 20), (5, 6, 9)),  # tiny image, 1-pixel hole
+        ((16, 16), (0, 0, 0)),  # 1-pixel hole in a corner
+        ((37, 53), (36, 52, 52)),  # odd sizes, 1-pixel hole in the opposite corner
+    ],
+)
+def test_single_pixel_holes(shape, box):
+    y, x0, _ = box
+    img = _photo_like(*shape)
+    hole = np.zeros(shape, bool)
+    hole[y, x0] = True
+    result = patchmatch_inpaint(_damaged(img, hole), hole)
+    _assert_contract(result, _damaged(img, hole), hole)
+    # A pixel surrounded by a smooth image should land near its neighbours.
+    assert np.abs(result[y, x0].astype(int) - img[y, x0].astype(int)).max() < 80
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["top_left_corner", "bottom_right_corner", "right_band", "left_column", "top_rows", "thin_line"],
+)
+def test_holes_touching_the_border(where):
+    h, w = 40, 56
+    img = _photo_like(h, w, seed=5)
+    hole = np.zeros((h, w), bool)
+    if where == "top_left_corner":
+        hole[:12, :15] = True
+    elif where == "bottom_right_corner":
+        hole[-10:, -10:] = True
+    elif where == "right_band":
+        hole[:, -11:] = True
+    elif where == "left_column":
+        hole[:, 0] = True
+    elif where == "top_rows":
+        hole[:3, :] = True
+    else:
+        hole[:, 27] = True  # 1-pixel line right across the image
+    result = patchmatch_inpaint(_damaged(img, hole), hole)
+    _assert_contract(result, _damaged(img, hole), hole)
+    # Filled colours come from the image: stay within what the known region holds.
+    known = img[~hole].astype(int)
+    assert (result[hole].astype(int) >= known.min(axis=0) - 1).all()
+    assert (result[hole].astype(int) <= known.max(axis=0) + 1).all()
+
+
+def test_known_region_smaller_than_a_patch_falls_back_to_smaller_patches():
+    img = _photo_like(16, 16)
+    hole = np.ones((16, 16), bool)
+    hole[6:10, 6:10] = False  # 4x4 known island: no 7x7 patch fits anywhere
+    result = patchmatch_inpaint(_damaged(img, hole), hole, patch_size=7)
+    _assert_contract(result, _damaged(img, hole), hole)
+    island = img[6:10, 6:10].reshape(-1, 3).astype(int)
+    assert (result[hole].astype(int) >= island.min(axis=0) - 1).all()
+    assert (result[hole].astype(int) <= island.max(axis=0) + 1).all()
+
+
+def test_non_square_image_with_large_hole():
+    img = _photo_like(31, 97, seed=2)
+    hole = np.zeros((31, 97), bool)
+    hole[5:26, 30:80] = True
+    result = patchmatch_inpaint(_damaged(img, hole), hole)
+    _assert_contract(result, _damaged(img, hole), hole)
+
+
+# ------------------------------------------------------------------------------------------
+# Quality: what the engine is for
+
+
+def test_periodic_texture_box_is_rebuilt_far_better_than_telea():
+    img = _periodic(96, 96)
+    hole = np.zeros((96, 96), bool)
+    hole[30:62, 34:66] = True
+    damaged = _damaged(img, hole)
+    ours = patchmatch_inpaint(damaged, hole)
+    telea = cv2.inpaint(damaged, hole.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    ours_psnr, telea_psnr = _hole_psnr(ours, img, hole), _hole_psnr(telea, img, hole)
+    assert ours_psnr > telea_psnr + 10, (ours_psnr, telea_psnr)
+    detail = _gradient_energy(ours, hole) / _gradient_energy(img, hole)
+    assert 0.8 < detail < 1.2, detail
+
+
+def test_periodic_texture_is_outpainted_into_a_border_band():
+    img = _periodic(64, 96, seed=1)
+    hole = np.zeros((64, 96), bool)
+    hole[:, -20:] = True
+    damaged = _damaged(img, hole)
+    ours = patchmatch_inpaint(damaged, hole)
+    telea = cv2.inpaint(damaged, hole.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    assert _hole_psnr(ours, img, hole) > _hole_psnr(telea, img, hole) + 10
+
+
+def test_straight_edge_through_a_thin_hole_is_continued():
+    h, w = 48, 64
+    img = np.full((h, w, 3), 40, np.uint8)
+    img[:, 32:] = 210
+    img = cv2.GaussianBlur(img, (3, 3), 0)
+    hole = np.zeros((h, w), bool)
+    hole[20:26, :] = True  # a 6-px stroke crossing the edge
+    result = patchmatch_inpaint(_damaged(img, hole), hole)
+    assert _hole_psnr(result, img, hole) > 30
