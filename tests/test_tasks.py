@@ -125,3 +125,9 @@ def test_outpaint_in_steps_by_fraction(photo):
 def test_outpaint_conflicting_sizes_is_an_error(photo):
     with pytest.raises(InputError, match="not both"):
         canvaslab.outpaint(photo, right=10, expand=0.2, direction="left")
+
+
+def test_prompt_with_a_classical_engine_is_recorded_with_a_notice(photo, box_mask):
+    result = canvaslab.inpaint(photo, box_mask, engine="telea", seed=0, prompt="a red boat")
+    assert any("does not read prompts" in n for n in result.notices)
+    assert result.parameters.startswith("a red boat\n")

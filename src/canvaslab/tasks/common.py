@@ -17,7 +17,8 @@ from canvaslab.core.composite import composite
 from canvaslab.core.geometry import align, restore
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, LoadedImage, load_image
 from canvaslab.core.metadata import format_parameters
-from canvaslab.engines import Engine, EngineOptions
+from canvaslab.core.notices import notice
+from canvaslab.engines import Engine, EngineOptions, get_engine
 from canvaslab.errors import EngineError
 from canvaslab.tasks.requests import ColorMatch, TaskRequest
 
@@ -36,6 +37,15 @@ def resolve_seed(seed: int | None) -> int:
 def step_seed(seed: int, index: int) -> int:
     """Seed for the index-th sub-step (outpaint steps, grid rows), wrapping inside 32 bits."""
     return (seed + index) % 2**32
+
+
+def engine_for(request: TaskRequest) -> tuple[Engine, EngineOptions]:
+    """The request's engine and its validated options (a prompt it cannot use is pointed out)."""
+    engine = get_engine(request.engine)
+    options = engine.parse_options(request.options)
+    if (request.prompt or request.negative_prompt) and not engine.uses_prompt:
+        notice(f"engine {engine.name!r} does not read prompts: the prompt is only recorded in the recipe")
+    return engine, options
 
 
 def run_engine(

@@ -11,10 +11,9 @@ from canvaslab.core.geometry import crop, crop_box_around, paste
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, LoadedImage, load_mask, mask_from_alpha
 from canvaslab.core.mask import grow
 from canvaslab.core.notices import collect_notices, notice
-from canvaslab.engines import get_engine
 from canvaslab.errors import InputError
 from canvaslab.tasks.common import (
-    ImageInput, describe_input, finish, make_recipe, open_image, resolve_seed, run_engine,
+    ImageInput, describe_input, engine_for, finish, make_recipe, open_image, resolve_seed, run_engine,
 )
 from canvaslab.tasks.requests import InpaintArea, InpaintRequest, MaskMode, request_from
 from canvaslab.tasks.result import Result
@@ -74,8 +73,7 @@ def _load_hole(mask: ImageInput | None, source: LoadedImage, request: InpaintReq
 
 
 def _fill(rgb: np.ndarray, hole: np.ndarray, request: InpaintRequest, seed: int) -> np.ndarray:
-    engine = get_engine(request.engine)
-    options = engine.parse_options(request.options)
+    engine, options = engine_for(request)
     if request.area == InpaintArea.masked:
         box = crop_box_around(hole, request.padding, multiple=request.multiple or engine.pad_multiple)
         patch = run_engine(engine, crop(rgb, box), crop(hole, box), request, options, seed)

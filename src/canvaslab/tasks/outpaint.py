@@ -10,10 +10,9 @@ import numpy as np
 from canvaslab.core.canvas import expand_canvas, plan_expansion, split_steps
 from canvaslab.core.image import DEFAULT_MAX_PIXELS
 from canvaslab.core.notices import collect_notices
-from canvaslab.engines import get_engine
 from canvaslab.errors import InputError
 from canvaslab.tasks.common import (
-    ImageInput, describe_input, finish, make_recipe, open_image, resolve_seed, run_engine, step_seed,
+    ImageInput, describe_input, engine_for, finish, make_recipe, open_image, resolve_seed, run_engine, step_seed,
 )
 from canvaslab.tasks.requests import OutpaintRequest, request_from
 from canvaslab.tasks.result import Result
@@ -45,8 +44,7 @@ def outpaint(
         if new_size[0] * new_size[1] > max_pixels:
             raise InputError(f"the outpainted canvas would be {new_size[0]}x{new_size[1]}, over the {max_pixels}-pixel limit")
         seed = resolve_seed(request.seed)
-        engine = get_engine(request.engine)
-        options = engine.parse_options(request.options)
+        engine, options = engine_for(request)
         # 2. extend step by step, each step conditioned on the result of the last
         current = source.rgb
         generated_mask = np.zeros(source.rgb.shape[:2], dtype=bool)
