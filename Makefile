@@ -7,5 +7,5 @@ demo:  ## install and run the weight-free demo on examples/
 test:  ## install and run the whole test suite
 	bash scripts/dev.sh test
 
-bench:  ## quality/speed table of the classical engines (needs `make test` once for the dev extras)
-	.venv/bin/python benchmarks/classical.py
+bench:  ## quality/speed table of the classical engines vs OpenCV, scikit-image, pypatchmatch
+	bash scripts/dev.sh bench

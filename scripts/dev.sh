@@ -3,6 +3,7 @@
 #
 #   scripts/dev.sh demo   install the runtime and run the weight-free demo on examples/
 #   scripts/dev.sh test   install everything the tests need and run the whole suite
+#   scripts/dev.sh bench  install the test and benchmark extras and run benchmarks/classical.py
 #
 # Environment:
 #   CANVASLAB_VENV    venv to create/use (default: .venv in the repo; an already active venv is used as is)
@@ -19,7 +20,8 @@ cd "$here"
 case "$job" in
   demo) extras="" ;;
   test) extras="[dev]" ;;
-  *) echo "usage: scripts/dev.sh demo|test [args...]" >&2; exit 2 ;;
+  bench) extras="[dev,bench]" ;;
+  *) echo "usage: scripts/dev.sh demo|test|bench [args...]" >&2; exit 2 ;;
 esac
 
 # 1. the virtual environment
@@ -36,7 +38,7 @@ py="$venv/bin/python"
 "$py" -c 'import sys; assert sys.version_info >= (3, 10), "canvaslab needs Python >= 3.10"'
 
 # 2. torch, only when the tests need it and none is installed (users with a CUDA build keep theirs)
-if [[ "$job" == "test" && "${CANVASLAB_TORCH:-}" != "skip" ]]; then
+if [[ "$job" != "demo" && "${CANVASLAB_TORCH:-}" != "skip" ]]; then
   if ! "$py" -c 'import torch' >/dev/null 2>&1; then
     spec="${CANVASLAB_TORCH:-torch==2.13.0}"
     echo "==> installing $spec"
@@ -57,4 +59,5 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 case "$job" in
   demo) exec "$py" "$here/scripts/demo.py" "$@" ;;
   test) exec "$py" -m pytest -q -p no:cacheprovider -n "${CANVASLAB_TEST_WORKERS:-2}" "$@" ;;
+  bench) exec "$py" "$here/benchmarks/classical.py" "$@" ;;
 esac

@@ -6,6 +6,8 @@ import cv2
 import numba
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canvaslab.engines.classical.patchmatch import patchmatch_inpaint
 from canvaslab.errors import EngineError, InputError
@@ -15,7 +17,8 @@ def _photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
     """Smooth gradients plus texture, so that every patch is different."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([xx / max(w - 1, 1), yy / max(h - 1, 1), (xx + yy) / max(h + w - 2, 1)], axis=2) * 180
+    ramps = [xx / max(w - 1, 1), yy / max(h - 1, 1), (xx + yy) / max(h + w - 2, 1)]
+    base = np.stack(ramps, axis=2) * 180
     noise = cv2.GaussianBlur(rng.normal(0, 40, (h, w, 3)).astype(np.float32), (0, 0), 1.5)
     return np.clip(base + 40 + noise, 0, 255).astype(np.uint8)
 
@@ -132,6 +135,7 @@ def test_all_hole_raises_engine_error_with_one_line_message():
         (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9), bool), {}, "hole must be HxW"),
         (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), {"patch_size": 6}, "odd"),
         (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), {"no_such_knob": 1}, "no_such_knob"),
+        (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), {"final_top": "many"}, "final_top"),
     ],
 )
 def test_bad_arguments_raise_input_error(image, hole, kwargs, message):
@@ -245,3 +249,25 @@ def test_straight_edge_through_a_thin_hole_is_continued():
     hole[20:26, :] = True  # a 6-px stroke crossing the edge
     result = patchmatch_inpaint(_damaged(img, hole), hole)
     assert _hole_psnr(result, img, hole) > 30
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(1, 24),
+    w=st.integers(1, 24),
+    fill=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_small_image_and_hole_keeps_the_contract(h, w, fill, seed):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    hole = rng.random((h, w)) < fill
+    if hole.all():
+        with pytest.raises(EngineError):
+            patchmatch_inpaint(img, hole, seed=seed)
+        return
+    result = patchmatch_inpaint(img, hole, seed=seed)
+    _assert_contract(result, img, hole)
+    known = img[~hole].astype(int)
+    assert (result[hole].astype(int) >= known.min(axis=0) - 1).all()
+    assert (result[hole].astype(int) <= known.max(axis=0) + 1).all()

@@ -3,32 +3,38 @@
 The hole is filled by copying patches from the known part of the same image, so the result has real
 texture instead of the smooth blur that diffusion methods (Telea, Navier-Stokes, biharmonic) leave.
 
-Algorithm (Wexler, Shechtman & Irani, "Space-Time Completion of Video", TPAMI 2007; with the
-nearest-neighbour search of Barnes, Shechtman, Finkelstein & Goldman, "PatchMatch: A Randomized
-Correspondence Algorithm for Structural Image Editing", SIGGRAPH 2009):
+Algorithm: the "space-time completion" EM of Wexler, Shechtman & Irani (TPAMI 2007), with the
+nearest-neighbour search of Barnes, Shechtman, Finkelstein & Goldman ("PatchMatch: A Randomized
+Correspondence Algorithm for Structural Image Editing", SIGGRAPH 2009) and the texture features of
+Newson, Almansa, Fradet, Gousseau & Pérez ("Video Inpainting of Complex Scenes", SIAM J. Imaging
+Sciences 2014):
 
-1. Build an image pyramid by halving the image until the hole is a few patches deep (or the image
-   gets too small).  Downsampling averages known pixels only, and a coarse pixel counts as known
-   only when all the fine pixels under it are, so hole contents never leak into the sources.
-2. At the coarsest scale, fill the hole smoothly with OpenCV's Telea method; this gives large holes
-   a plausible colour layout to start from, which a random start would not.
-3. At every scale, repeat a few EM steps:
-   - E: for every *target* patch (one that overlaps the hole) find a similar *source* patch lying
-     entirely inside the known region, with PatchMatch: propagate good offsets from neighbours,
-     then try random offsets in exponentially shrinking windows.  The nearest-neighbour field
-     (NNF) is kept from step to step, so each step only refines it.
-   - M: every hole pixel becomes the weighted average of the values that all overlapping target
-     patches propose for it ("patch voting"). A patch's weight falls with its match distance,
-     exp(-d / 2 sigma^2) with sigma^2 a percentile of the distances, as in Wexler et al.
-4. Upsample the NNF to the next finer scale and start it from there, so the coarse layout carries
-   over and the fine scale only has to add detail.
-5. The last vote at the finest scale can take, per pixel, only the best few candidates, which keeps
-   texture sharp (plain averaging of many slightly misaligned patches blurs it).
+1. Work on RGB plus two texture channels (local mean of |dI/dx| and |dI/dy|).  Without them a smooth
+   patch matches a textured region well enough, and EM drifts towards blur, because blur is what
+   averaging many patches produces.
+2. Build a pyramid by halving the image until the hole is a few patches deep (or the image gets
+   small).  Downsampling averages known pixels only, and a coarse pixel counts as known only when
+   all fine pixels under it are, so whatever the caller left in the hole never reaches a source.
+3. At the coarsest scale, fill the hole with OpenCV's Telea method: large holes then start from a
+   plausible colour layout, which a random start would not give.
+4. At every scale, repeat a few EM steps:
+   - E: for every *target* patch (one that overlaps the hole) find a *source* patch lying entirely
+     in the known region, with PatchMatch: propagate neighbours' offsets, then try random offsets in
+     halving windows.  The distance down-weights hole pixels by gamma^-(distance to known pixels),
+     since the deeper a pixel, the less its current estimate is worth (Wexler et al.), and adds a
+     small cost per pixel of distance between target and source: nearby content is the likelier
+     continuation, and it keeps far-off objects from being cloned into the hole.
+   - M: every hole pixel becomes the weighted mean of the values all overlapping target patches
+     propose ("patch voting"), weighted by exp(-d / 2 sigma^2) with sigma^2 a percentile of the
+     match distances (Wexler et al.) times the target patch's mean confidence.
+5. Upsample the nearest-neighbour field (NNF) to the next scale and vote once with it, so the coarse
+   layout carries over and the finer scale only refines it.
+6. The last vote at the finest scale keeps only each pixel's few best candidates: a mean of many
+   slightly misaligned patches would blur fine texture.
 
 Everything that touches pixels runs in numba.  Random numbers come from a counter-based hash of
-(seed, scale, iteration, pixel), and the parallel search works on fixed-height row bands that read
-other bands only from a snapshot, so the output depends on the seed alone, not on thread count or
-scheduling.
+(seed, scale, step, pixel), and the parallel search works on fixed-height row bands that read other
+bands only from a snapshot, so the output depends on the seed alone, not on thread count or timing.
 """
 
 from __future__ import annotations
@@ -44,31 +50,35 @@ from canvaslab.errors import EngineError, InputError
 
 __all__ = ["patchmatch_inpaint"]
 
+# Lowest weight of a hole pixel relative to a known one (below it, float32 sums would underflow).
+_MIN_CONFIDENCE = 1e-6
+
 
 @dataclass(frozen=True)
 class _Tuning:
-    """Knobs beyond the public arguments; `patchmatch_inpaint(**tuning)` overrides them by name."""
+    """Knobs beyond the public arguments; `patchmatch_inpaint(**tuning)` overrides them by name.
+
+    The defaults were chosen on benchmarks/classical.py (real photos; scribble, box and band holes).
+    """
 
     search_iterations: int = 2  # PatchMatch sweeps per EM step
     first_search_iterations: int = 4  # sweeps for the random field at the coarsest scale
-    finest_iterations: int = 2  # EM steps at the finest scale (coarser scales use `iterations`)
+    finest_iterations: int = 1  # EM steps at the finest of several scales (others use `iterations`)
     max_levels: int = 8
-    coarsest_depth: float = 2.0  # stop halving once the hole is at most this many patch radii deep
+    coarsest_depth: float = 4.0  # stop halving once the hole is at most this many patch radii deep
     min_sources: int = 16  # a scale needs at least this many complete source patches
-    sigma_percentile: float = 75.0  # Wexler et al.: sigma^2 is this percentile of match distances
-    sigma_scale: float = 1.0  # multiplies that sigma^2; smaller is a sharper vote
-    coarse_init: str = "telea"  # "telea" or "random" (vote of a random field)
-    spatial_sigma: float = 0.0  # Gaussian fall-off of a vote with its distance to the patch centre
-    texture_weight: float = 1.0  # scale of the texture channels (0: colour only)
+    texture_weight: float = 1.0  # scale of the two texture channels (0: match on colour only)
     texture_window: int = 5  # side of the box the texture channels average gradients over
-    locality: float = 0.0  # per-pixel squared-error cost of a source one image-side away
-    hole_weight: float = 1.0  # weight of not-yet-final hole pixels in the patch distance
-    confidence_gamma: float = 1.0  # Wexler et al.: hole pixels weigh gamma^-(distance to context)
-    vote_confidence: float = 0.0  # vote weight *= (mean confidence of the target patch)^this
-    final_top: int = 0  # >0: last vote averages only the best `final_top` candidates per pixel
-    vote_top: int = 0  # >0: every vote averages only the best `vote_top` candidates per pixel
-    fine_window: float = 1.0  # random-search window below the coarsest scale, as a fraction of the side
-    band_height: int = 32  # rows per parallel search band (fixed, so results are thread-independent)
+    hole_weight: float = 0.3  # weight of (not yet final) hole pixels in the patch distance...
+    confidence_gamma: float = 1.5  # ...times gamma^-(distance to known pixels), after Wexler et al.
+    vote_confidence: float = 3.0  # a patch's vote is scaled by its mean confidence to this power
+    sigma_percentile: float = 75.0  # vote weight exp(-d / 2 sigma^2), sigma^2 this percentile of d
+    sigma_scale: float = 0.3  # multiplies that sigma^2: smaller is a sharper, more selective vote
+    spatial_sigma: float = 0.0  # >0: votes also fall off with distance from their patch's centre
+    locality: float = 800.0  # per-pixel squared-error cost of taking a source one image-side away
+    final_top: int = 5  # the last vote averages only the best `final_top` candidates per pixel
+    fine_window: float = 0.25  # random-search window below the coarsest scale, fraction of the side
+    band_height: int = 32  # rows per parallel search band (fixed: results must not hang on threads)
 
 
 def patchmatch_inpaint(
@@ -77,22 +87,26 @@ def patchmatch_inpaint(
     *,
     seed: int = 0,
     patch_size: int = 7,
-    iterations: int = 4,
-    min_size: int = 32,
+    iterations: int = 3,
+    min_size: int = 64,
     **tuning: float,
 ) -> np.ndarray:
     """Fill `hole` (True = fill) in the HxWx3 uint8 RGB `image` with patches from the rest of it.
 
-    `iterations` is the number of EM steps per coarse scale, `min_size` the smallest side of the
-    coarsest pyramid scale.  Other knobs (see `_Tuning`) can be passed by name.  Pixels outside the
-    hole are returned unchanged, and the same `seed` always gives the same bytes.
+    `patch_size` is the (odd) side of the square patches, shrunk automatically when the known
+    region cannot hold one.  `iterations` is the number of EM steps per scale; `min_size` is the
+    smallest short side of the coarsest pyramid scale (or a quarter of the image's short side, if
+    that is smaller).  Other knobs (see `_Tuning`) can be passed by name.
+
+    Pixels outside the hole are returned bit for bit, and the same `seed` always gives the same
+    bytes.  Raises `EngineError` when the hole covers the whole image, `InputError` on bad input.
     """
     image, hole = _checked_inputs(image, hole, patch_size)
     opts = _tuning_from(tuning)
     if not hole.any():
         return image.copy()
     if hole.all():
-        raise EngineError("cannot inpaint: the hole covers the whole image, so there is nothing to copy from")
+        raise EngineError("cannot inpaint: the hole covers the whole image, leaving nothing to copy")
 
     radius = _usable_radius(hole, patch_size // 2)
     stack = _feature_stack(image, hole, opts)
@@ -108,32 +122,41 @@ def patchmatch_inpaint(
 # Input handling and pyramid
 
 
-def _checked_inputs(image: np.ndarray, hole: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _checked_inputs(image, hole, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
     image = np.asarray(image)
     hole = np.asarray(hole)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise InputError(f"image must be an HxWx3 uint8 array, got shape {image.shape} and dtype {image.dtype}")
+        got = f"shape {image.shape} and dtype {image.dtype}"
+        raise InputError(f"image must be an HxWx3 uint8 array, got {got}")
     if hole.shape != image.shape[:2]:
-        raise InputError(f"hole must be HxW like the image {image.shape[:2]}, got shape {hole.shape}")
+        raise InputError(f"hole must be HxW like the image {image.shape[:2]}, got {hole.shape}")
     if int(patch_size) != patch_size or patch_size < 1 or patch_size % 2 == 0:
         raise InputError(f"patch_size must be an odd positive integer, got {patch_size}")
     return np.ascontiguousarray(image), hole.astype(bool)
 
 
 def _tuning_from(overrides: dict) -> _Tuning:
-    known = {f.name: f.type for f in fields(_Tuning)}
+    defaults = _Tuning()
+    known = sorted(f.name for f in fields(_Tuning))
     unknown = sorted(set(overrides) - set(known))
     if unknown:
-        raise InputError(f"unknown patchmatch tuning option(s) {unknown}; known: {sorted(known)}")
-    return _Tuning(**overrides)
+        raise InputError(f"unknown patchmatch tuning option(s) {unknown}; known: {known}")
+    values = {}
+    for name, value in overrides.items():
+        kind = type(getattr(defaults, name))
+        try:
+            values[name] = kind(value)
+        except (TypeError, ValueError):
+            message = f"patchmatch tuning option {name} must be a number, got {value!r}"
+            raise InputError(message) from None
+    return _Tuning(**values)
 
 
 def _feature_stack(image: np.ndarray, hole: np.ndarray, opts: _Tuning) -> np.ndarray:
-    """RGB plus, optionally, two texture channels: local mean of |d/dx| and |d/dy| of the grey image.
+    """RGB plus (optionally) two texture channels: local means of |dI/dx| and |dI/dy|.
 
-    Newson et al. ("Video inpainting of complex scenes", SIAM J. Imaging Sci. 2014) add these so that
-    a smooth patch no longer matches a textured one well: without them, EM voting drifts towards
-    smooth, blurry fills because blur is what averaging many patches produces.
+    Newson et al. 2014 add these so that a smooth patch no longer matches a textured one well:
+    without them EM drifts towards blurry fills, since blur is what averaging many patches makes.
     """
     rgb = image.astype(np.float32)
     if opts.texture_weight <= 0:
@@ -146,7 +169,8 @@ def _feature_stack(image: np.ndarray, hole: np.ndarray, opts: _Tuning) -> np.nda
     size = (opts.texture_window, opts.texture_window)
     count = cv2.boxFilter(trusted, -1, size, normalize=False, borderType=cv2.BORDER_REFLECT)
     feats = [
-        cv2.boxFilter(g * trusted, -1, size, normalize=False, borderType=cv2.BORDER_REFLECT) / np.maximum(count, 1)
+        cv2.boxFilter(g * trusted, -1, size, normalize=False, borderType=cv2.BORDER_REFLECT)
+        / np.maximum(count, 1)
         for g in (gx, gy)
     ]
     texture = opts.texture_weight * np.stack(feats, axis=2)
@@ -168,7 +192,8 @@ def _source_centres(hole: np.ndarray, radius: int) -> np.ndarray:
         return valid
     size = 2 * radius + 1
     touches_hole = cv2.dilate(hole.astype(np.uint8), np.ones((size, size), np.uint8)) > 0
-    valid[radius : h - radius, radius : w - radius] = ~touches_hole[radius : h - radius, radius : w - radius]
+    inner = (slice(radius, h - radius), slice(radius, w - radius))
+    valid[inner] = ~touches_hole[inner]
     return valid
 
 
@@ -180,10 +205,13 @@ def _hole_depth(hole: np.ndarray) -> float:
 def _build_pyramid(stack: np.ndarray, hole: np.ndarray, radius: int, min_size: int, opts: _Tuning):
     """Finest-first list of (float32 HxWxC stack, hole) pairs, each half the size of the last."""
     levels = [(stack, hole)]
+    # Small images may still go down to a quarter of their size: a deep hole needs coarse scales
+    # to converge, whatever `min_size` says.
+    floor = min(min_size, min(hole.shape) // 4)
     while len(levels) < opts.max_levels:
         img, hl = levels[-1]
         h, w = hl.shape
-        if min((h + 1) // 2, (w + 1) // 2) < min_size:
+        if min((h + 1) // 2, (w + 1) // 2) < floor:
             break
         if _hole_depth(hl) <= opts.coarsest_depth * max(radius, 1):
             break
@@ -234,7 +262,7 @@ class _Scale:
     sources: np.ndarray  # Nx2 list of valid source centres
     weights: np.ndarray  # per-pixel weight in the patch distance
     norm: np.ndarray  # per-target sum of weights, to turn distances into per-pixel means
-    trust: np.ndarray  # per-target factor on its vote
+    log_trust: np.ndarray  # per-target log-factor on its vote
     far: np.ndarray  # per-target cost of one pixel of distance between target and source
 
 
@@ -244,11 +272,14 @@ def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning) -> _Scale:
     valid = _source_centres(hole, radius)
     nearest = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
     depth = ndimage.distance_transform_edt(hole)
+    # The floor stops float32 underflow deep in big holes, where all pixels are equally unsure.
     hole_conf = opts.hole_weight * np.power(opts.confidence_gamma, -depth)
+    hole_conf = np.maximum(hole_conf, _MIN_CONFIDENCE)
     weights = np.where(hole, hole_conf, 1.0).astype(np.float32)
-    norm = cv2.boxFilter(weights, -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    count = cv2.boxFilter(np.ones_like(weights), -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    trust = np.power(norm / count, opts.vote_confidence).astype(np.float32)
+    box = dict(ksize=(size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    norm = cv2.boxFilter(weights.astype(np.float64), -1, **box)
+    count = cv2.boxFilter(np.ones_like(norm), -1, **box)
+    log_trust = opts.vote_confidence * np.log(np.maximum(norm / count, _MIN_CONFIDENCE))
     return _Scale(
         hole=hole,
         targets=targets,
@@ -257,43 +288,46 @@ def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning) -> _Scale:
         sources=np.argwhere(valid).astype(np.int32),
         weights=weights,
         norm=norm.astype(np.float32),
-        trust=trust,
+        log_trust=log_trust,
         far=(opts.locality * norm / max(hole.shape)).astype(np.float32),
     )
 
 
-def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _Tuning) -> np.ndarray:
+def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _Tuning):
+    """Coarse-to-fine EM; returns the finest estimate (HxWxC float32)."""
     estimate = nnf = None
-    finest = 0
-    for level in range(len(pyramid) - 1, -1, -1):
+    finest, coarsest = 0, len(pyramid) - 1
+    for level in range(coarsest, -1, -1):
         img, hole = pyramid[level]
         geo = _scale_geometry(hole, radius, opts)
         if nnf is None:
             nnf = _random_nnf(geo, _stream_key(seed, level, 0))
             estimate = _initial_fill(img, hole)
-            if opts.coarse_init == "random":
-                estimate = _vote_once(estimate, nnf, geo, radius, opts, top=opts.vote_top)
         else:
             estimate = _upsampled_estimate(estimate, img, hole)
             nnf = _upsampled_nnf(nnf, geo)
-            estimate = _vote_once(estimate, nnf, geo, radius, opts, top=opts.vote_top)
-        steps = opts.finest_iterations if level == finest else iterations
-        for step in range(max(steps, 1)):
-            fresh = step == 0 and level == len(pyramid) - 1
+            estimate = _vote_once(estimate, nnf, geo, radius, opts)
+        # The finest scale inherits a converged field and costs the most, so it gets fewer steps;
+        # a single-scale run has nothing to inherit.
+        steps = max(1, opts.finest_iterations if finest == level < coarsest else iterations)
+        for step in range(steps):
+            fresh = step == 0 and level == coarsest
             sweeps = opts.first_search_iterations if fresh else opts.search_iterations
             # Past the coarsest scale the field is already good: far jumps rarely win, so the
             # random search may start in a smaller window and save most of its samples.
-            window = 1.0 if level == len(pyramid) - 1 else opts.fine_window
-            dist = _search(estimate, geo, nnf, radius, sweeps, _stream_key(seed, level, step + 1), window, opts)
+            window = 1.0 if level == coarsest else opts.fine_window
+            key = _stream_key(seed, level, step + 1)
+            dist = _search(estimate, geo, nnf, radius, sweeps, key, window, opts)
             last = level == finest and step == steps - 1
-            estimate = _vote(estimate, nnf, dist, geo, radius, opts, top=opts.final_top if last else opts.vote_top)
+            top = opts.final_top if last else 0
+            estimate = _vote(estimate, nnf, dist, geo, radius, opts, top)
     return estimate
 
 
 def _stream_key(seed: int, level: int, step: int) -> np.uint64:
     """A distinct random stream for every (seed, scale, EM step)."""
-    mixed = (seed * 0x9E3779B97F4A7C15 + level * 0xC2B2AE3D27D4EB4F + step * 0x165667B19E3779F9) % (1 << 64)
-    return np.uint64(mixed)
+    mixed = seed * 0x9E3779B97F4A7C15 + level * 0xC2B2AE3D27D4EB4F + step * 0x165667B19E3779F9
+    return np.uint64(mixed % (1 << 64))
 
 
 def _initial_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -313,10 +347,11 @@ def _upsampled_estimate(coarse: np.ndarray, img: np.ndarray, hole: np.ndarray) -
     h, w = hole.shape
     hc, wc = coarse.shape[:2]
     # Exactly 2x keeps coarse pixel centres over their 2x2 blocks; the crop drops an odd edge.
-    up = np.stack(
-        [cv2.resize(coarse[:, :, k], (2 * wc, 2 * hc), interpolation=cv2.INTER_LINEAR) for k in range(coarse.shape[2])],
-        axis=2,
-    )[:h, :w]
+    channels = [
+        cv2.resize(coarse[:, :, k], (2 * wc, 2 * hc), interpolation=cv2.INTER_LINEAR)
+        for k in range(coarse.shape[2])
+    ]
+    up = np.stack(channels, axis=2)[:h, :w]
     out = img.copy()
     out[hole] = up[hole]
     return out
@@ -330,40 +365,42 @@ def _upsampled_nnf(coarse_nnf: np.ndarray, geo: _Scale) -> np.ndarray:
     return _upsample_nnf_kernel(coarse_nnf, geo.targets, geo.valid, geo.nearest)
 
 
-def _search(estimate, geo: _Scale, nnf, radius, sweeps, key, window: float, opts: _Tuning) -> np.ndarray:
-    h, w = geo.hole.shape
+def _search(estimate, geo: _Scale, nnf, radius, sweeps, key, window: float, opts: _Tuning):
+    """Improve `nnf` in place for the current estimate; returns the match costs."""
+    # The estimate changed since the last search, so every stored cost is stale.
     dist = _all_distances(estimate, geo.weights, geo.far, geo.targets, nnf, radius)
+    max_window = max(1, int(window * max(geo.hole.shape)))
     _patchmatch_sweeps(
-        estimate, geo.weights, geo.far, geo.targets, geo.valid, geo.nearest, nnf, dist, radius, sweeps, key,
-        max(1, opts.band_height), max(1, int(window * max(h, w))),
+        estimate, geo.weights, geo.far, geo.targets, geo.valid, geo.nearest, nnf, dist,
+        radius, sweeps, key, max(1, opts.band_height), max_window,
     )
     return dist
 
 
 def _vote(estimate, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int) -> np.ndarray:
-    per_pixel = dist / np.maximum(geo.norm, 1e-6)
+    per_pixel = dist / np.maximum(geo.norm, 1e-12)
     # Wexler et al. set sigma^2 from the distance distribution, so the weights adapt to the image.
     sigma2 = float(np.percentile(per_pixel[geo.targets], opts.sigma_percentile))
     inv = 1.0 / (2.0 * max(sigma2 * opts.sigma_scale, 1e-3))
-    # float64: the worst matches get weights far below float32's range, yet must stay ordered.
-    weight = np.exp(-per_pixel.astype(np.float64) * inv) * geo.trust
-    spatial = _spatial_kernel(radius, opts.spatial_sigma)
+    # Log weights: deep in a big hole every weight is tiny, and only their ratios matter.
+    log_weight = geo.log_trust - per_pixel.astype(np.float64) * inv
+    log_spatial = _log_spatial_kernel(radius, opts.spatial_sigma)
     out = estimate.copy()
-    _vote_kernel(estimate, geo.hole, nnf, weight, radius, spatial, int(top), out)
+    _vote_kernel(estimate, geo.hole, nnf, log_weight, radius, log_spatial, int(top), out)
     return out
 
 
-def _vote_once(estimate, nnf, geo: _Scale, radius, opts: _Tuning, top: int) -> np.ndarray:
+def _vote_once(estimate, nnf, geo: _Scale, radius, opts: _Tuning) -> np.ndarray:
     dist = _all_distances(estimate, geo.weights, geo.far, geo.targets, nnf, radius)
-    return _vote(estimate, nnf, dist, geo, radius, opts, top)
+    return _vote(estimate, nnf, dist, geo, radius, opts, top=0)
 
 
-def _spatial_kernel(radius: int, sigma: float) -> np.ndarray:
-    d = np.arange(-radius, radius + 1, dtype=np.float32)
+def _log_spatial_kernel(radius: int, sigma: float) -> np.ndarray:
+    d = np.arange(-radius, radius + 1, dtype=np.float64)
     if sigma <= 0:
-        return np.ones((d.size, d.size), np.float32)
-    g = np.exp(-(d**2) / (2.0 * sigma * sigma))
-    return np.outer(g, g).astype(np.float32)
+        return np.zeros((d.size, d.size))
+    g = -(d**2) / (2.0 * sigma * sigma)
+    return g[:, None] + g[None, :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,7 +521,9 @@ def _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best):
 
 
 @njit(cache=True, parallel=True)
-def _patchmatch_sweeps(img, wts, far, targets, valid, nearest, nnf, dist, r, sweeps, key, band_h, max_window):
+def _patchmatch_sweeps(
+    img, wts, far, targets, valid, nearest, nnf, dist, r, sweeps, key, band_h, max_window
+):
     h, w = targets.shape
     n_bands = (h + band_h - 1) // band_h
     for sweep in range(sweeps):
@@ -500,12 +539,19 @@ def _patchmatch_sweeps(img, wts, far, targets, valid, nearest, nnf, dist, r, swe
                 for j in range(w):
                     x = j if step == 1 else w - 1 - j
                     if targets[y, x]:
-                        _improve(img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, step,
-                                 y_lo, y_hi, r, sweep_key, max_window)
+                        _improve(
+                            img, wts, far, targets, valid, nearest, nnf, snapshot, dist,
+                            y, x, step, y_lo, y_hi, r, sweep_key, max_window,
+                        )
 
 
 @njit(cache=True)
-def _improve(img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, step, y_lo, y_hi, r, key, max_window):
+def _improve(
+    img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, step, y_lo, y_hi, r, key,
+    max_window,
+):
+    """One PatchMatch update of target (y, x): propagation from the scan's predecessors, then
+    random search."""
     h, w = targets.shape
     by = nnf[y, x, 0]
     bx = nnf[y, x, 1]
@@ -560,7 +606,7 @@ def _improve(img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, 
 
 
 @njit(cache=True, parallel=True)
-def _vote_kernel(img, hole, nnf, weight, r, spatial, top, out):
+def _vote_kernel(img, hole, nnf, log_weight, r, log_spatial, top, out):
     h, w = hole.shape
     c = img.shape[2]
     n = (2 * r + 1) * (2 * r + 1)
@@ -584,7 +630,7 @@ def _vote_kernel(img, hole, nnf, weight, r, spatial, top, out):
                     # Target patch centred at (ty, tx) covers (y, x) at offset (dy, dx).
                     sy = nnf[ty, tx, 0] + dy
                     sx = nnf[ty, tx, 1] + dx
-                    cand_w[m] = weight[ty, tx] * spatial[dy + r, dx + r]
+                    cand_w[m] = log_weight[ty, tx] + log_spatial[dy + r, dx + r]
                     for k in range(c):
                         cand_c[m, k] = img[sy, sx, k]
                     m += 1
@@ -593,16 +639,18 @@ def _vote_kernel(img, hole, nnf, weight, r, spatial, top, out):
 
 @njit(cache=True)
 def _blend(cand_w, cand_c, m, top, out, y, x):
+    """Set out[y, x] to the mean of the candidates weighted by exp(cand_w), the log weights."""
+    peak = -np.inf
+    for k in range(m):
+        peak = max(peak, cand_w[k])
+    # Relative to the strongest candidate, the largest weight is 1 and the total cannot underflow.
+    for k in range(m):
+        cand_w[k] = np.exp(cand_w[k] - peak)
     if 0 < top < m:
         _keep_strongest(cand_w, m, top)
     total = 0.0
     for k in range(m):
         total += cand_w[k]
-    if not total > 0.0:
-        # Every weight underflowed: an unweighted mean is still a sensible vote.
-        for k in range(m):
-            cand_w[k] = 1.0
-        total = float(m)
     for ch in range(cand_c.shape[1]):
         acc = 0.0
         for k in range(m):
