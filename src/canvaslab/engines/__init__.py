@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from functools import lru_cache
 
-from canvaslab.engines.base import Engine, EngineOptions
+from canvaslab.engines.base import Engine, EngineOptions, Generation
 from canvaslab.errors import InputError
 
 # name -> "module:Class". Adding a back end means one line here and one class.
@@ -13,6 +13,7 @@ _REGISTRY: dict[str, str] = {
     "patchmatch": "canvaslab.engines.classical.engines:PatchMatchEngine",
     "telea": "canvaslab.engines.classical.engines:TeleaEngine",
     "ns": "canvaslab.engines.classical.engines:NavierStokesEngine",
+    "diffusion": "canvaslab.engines.diffusion.engine:DiffusionEngine",
 }
 
 DEFAULT_ENGINE = "patchmatch"
@@ -38,4 +39,4 @@ def get_engine(name: str) -> Engine:
     return engine_class(name)()
 
 
-__all__ = ["DEFAULT_ENGINE", "Engine", "EngineOptions", "engine_class", "engine_names", "get_engine"]
+__all__ = ["DEFAULT_ENGINE", "Engine", "EngineOptions", "Generation", "engine_class", "engine_names", "get_engine"]

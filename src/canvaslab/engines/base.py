@@ -8,12 +8,36 @@ CLI flags or HTTP; tasks do the geometry (align, crop, expand) and the final com
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from canvaslab.errors import EngineError, InputError
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a generative engine is asked to paint; weight-free engines ignore it.
+
+    Tasks build it from the request, so engines never see CLI flags or request models.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str | None = None  # None: the engine's default model
+    steps: int = 20
+    guidance_scale: float = 7.5
+    strength: float = 1.0
+    scheduler: str | None = None  # None: the model's own scheduler
+    dtype: str = "auto"
+    device: str = "auto"
+    offload: str | None = None
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    cache_dir: str | None = None
+    local_files_only: bool | None = None
 
 
 class EngineOptions(BaseModel):
@@ -54,6 +78,12 @@ class Engine(ABC):
                 "leave some of the image unmasked or use a generative engine"
             )
 
+    def describe_sampling(self, generation: Generation) -> dict[str, object]:
+        """Settings for the A1111 `parameters` line (Steps, Sampler, CFG scale, ...); none by default."""
+        return {}
+
     @abstractmethod
-    def inpaint(self, image: np.ndarray, mask: np.ndarray, *, seed: int, options: EngineOptions) -> np.ndarray:
+    def inpaint(
+        self, image: np.ndarray, mask: np.ndarray, *, seed: int, options: EngineOptions, generation: Generation
+    ) -> np.ndarray:
         """Return an HxWx3 uint8 image; pixels inside `mask` are filled, the rest may be anything."""

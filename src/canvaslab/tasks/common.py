@@ -55,7 +55,7 @@ def run_engine(
     multiple = request.multiple or engine.pad_multiple
     aligned_rgb, aligned_mask, info = align(rgb, mask, multiple, request.align)
     engine.check_mask(aligned_mask)
-    out = engine.inpaint(aligned_rgb, aligned_mask, seed=seed, options=options)
+    out = engine.inpaint(aligned_rgb, aligned_mask, seed=seed, options=options, generation=request.generation())
     if out.shape != aligned_rgb.shape or out.dtype != np.uint8:
         raise EngineError(f"engine {engine.name!r} returned {out.shape} {out.dtype}, expected {aligned_rgb.shape} uint8")
     return restore(out, info)
@@ -92,5 +92,7 @@ def make_recipe(
     body = request.model_dump(mode="json")
     body["seed"] = seed
     recipe = {"canvaslab": __version__, "task": task, "request": body, "inputs": inputs, "size": list(size)}
-    text = format_parameters(request.prompt, request.negative_prompt, request.a1111_settings(size, seed))
+    # A1111 puts Steps/Sampler/CFG first; weight-free engines have none of those.
+    sampling = get_engine(request.engine).describe_sampling(request.generation())
+    text = format_parameters(request.prompt, request.negative_prompt, {**sampling, **request.a1111_settings(size, seed)})
     return recipe, text

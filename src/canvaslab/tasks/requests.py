@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from canvaslab import __version__
 from canvaslab.core.canvas import InitialFill, parse_directions
 from canvaslab.core.geometry import AlignMode
-from canvaslab.engines import DEFAULT_ENGINE, engine_names
+from canvaslab.engines import DEFAULT_ENGINE, Generation, engine_names
+from canvaslab.engines.diffusion.schedulers import SCHEDULERS
 from canvaslab.errors import InputError
 
 
@@ -35,6 +36,25 @@ class ColorMatch(str, Enum):
     none = "none"
     mean_std = "mean-std"
     histogram = "histogram"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Offload(str, Enum):
+    model = "model"
+    sequential = "sequential"
 
 
 class InpaintArea(str, Enum):
@@ -68,6 +88,35 @@ class TaskRequest(BaseModel):
         description="engine options as KEY=VALUE, repeatable (see `canvaslab engines`)",
         json_schema_extra=_panel("Engine", flag="--opt", metavar="KEY=VALUE"),
     )
+    model: str | None = Field(
+        None, description="model for generative engines: alias (sd15-inpaint, sdxl-inpaint, ...), hub id, "
+        "diffusers folder or .safetensors/.ckpt file [default: the engine's]",
+        json_schema_extra=_panel("Model", metavar="MODEL"),
+    )
+    steps: int = Field(20, ge=1, le=1000, description="denoising steps", json_schema_extra=_panel("Sampling"))
+    guidance_scale: float = Field(
+        7.5, ge=0, le=50, description="classifier-free guidance (A1111's CFG scale)", json_schema_extra=_panel("Sampling"),
+    )
+    strength: float = Field(
+        1.0, gt=0, le=1, description="how much of the masked area is re-noised (A1111's denoising strength)",
+        json_schema_extra=_panel("Sampling"),
+    )
+    scheduler: str | None = Field(
+        None, description=f"sampler: {', '.join(SCHEDULERS)} [default: the model's own]",
+        json_schema_extra=_panel("Sampling", metavar="NAME"),
+    )
+    dtype: DType = Field(DType.auto, description="weights precision (auto: fp16 on GPU, fp32 on CPU)", json_schema_extra=_panel("Model"))
+    device: Device = Field(Device.auto, description="where to run", json_schema_extra=_panel("Model"))
+    offload: Offload | None = Field(
+        None, description="CPU offload to save GPU memory: model or sequential (slowest, least memory)",
+        json_schema_extra=_panel("Model"),
+    )
+    attention_slicing: bool = Field(False, description="compute attention in slices (less memory)", json_schema_extra=_panel("Model"))
+    vae_tiling: bool = Field(False, description="decode large canvases in tiles (less memory)", json_schema_extra=_panel("Model"))
+    cache_dir: str | None = Field(None, description="Hugging Face cache folder [default: HF_HOME]", json_schema_extra=_panel("Model", metavar="DIR"))
+    local_files_only: bool = Field(
+        False, description="never download: use only models already on disk", json_schema_extra=_panel("Model"),
+    )
     feather: float = Field(
         0.0, ge=0, le=512,
         description="soften the inside edge of the mask by PX when compositing (pixels outside the mask never change)",
@@ -92,6 +141,23 @@ class TaskRequest(BaseModel):
         if value not in engine_names():
             raise ValueError(f"unknown engine {value!r}: choose one of {', '.join(engine_names())}")
         return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and value not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {value!r}: choose one of {', '.join(SCHEDULERS)}")
+        return value
+
+    def generation(self) -> Generation:
+        """The engine-facing part of the request."""
+        return Generation(
+            prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model, steps=self.steps,
+            guidance_scale=self.guidance_scale, strength=self.strength, scheduler=self.scheduler,
+            dtype=self.dtype.value, device=self.device.value, offload=self.offload.value if self.offload else None,
+            attention_slicing=self.attention_slicing, vae_tiling=self.vae_tiling, cache_dir=self.cache_dir,
+            local_files_only=True if self.local_files_only else None,
+        )
 
     @field_validator("options", mode="before")
     @classmethod

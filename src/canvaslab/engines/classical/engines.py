@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from canvaslab.engines.base import Engine, EngineOptions
+from canvaslab.engines.base import Engine, EngineOptions, Generation
 
 
 class PatchMatchOptions(EngineOptions):
@@ -20,7 +20,9 @@ class PatchMatchEngine(Engine):
     description: ClassVar[str] = "exemplar fill that copies texture from the image (multi-scale PatchMatch); sharp, no weights"
     Options: ClassVar[type[EngineOptions]] = PatchMatchOptions
 
-    def inpaint(self, image: np.ndarray, mask: np.ndarray, *, seed: int, options: EngineOptions) -> np.ndarray:
+    def inpaint(
+        self, image: np.ndarray, mask: np.ndarray, *, seed: int, options: EngineOptions, generation: Generation
+    ) -> np.ndarray:
         from canvaslab.engines.classical.patchmatch import patchmatch_inpaint
 
         return patchmatch_inpaint(image, mask, seed=seed, patch_size=options.patch_size)
@@ -34,7 +36,9 @@ class _OpenCVEngine(Engine):
     Options: ClassVar[type[EngineOptions]] = OpenCVOptions
     flag: ClassVar[int]
 
-    def inpaint(self, image: np.ndarray, mask: np.ndarray, *, seed: int, options: EngineOptions) -> np.ndarray:
+    def inpaint(
+        self, image: np.ndarray, mask: np.ndarray, *, seed: int, options: EngineOptions, generation: Generation
+    ) -> np.ndarray:
         # OpenCV works in BGR; converting both ways keeps our engines RGB in, RGB out.
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         out = cv2.inpaint(bgr, mask.astype(np.uint8) * 255, options.radius, self.flag)

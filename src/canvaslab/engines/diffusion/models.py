@@ -482,7 +482,9 @@ def _download_configs(source: ModelSource) -> Path:
         return Path(snapshot_download(source.hub_id, cache_dir=source.cache_dir, allow_patterns=["*.json", "*/*.json"]))
     except Exception as exc:  # hub/network failures of every kind end as one line naming the model
         raise ModelNotAvailableError(
-            f"could not fetch the configs of model {source.name!r} ({source.hub_id}): {_one_line(exc)}"
+            f"model {source.name!r} ({source.hub_id}) is not on this machine and could not be downloaded "
+            f"({_one_line(exc)}); pass a local diffusers folder or .safetensors file, or run "
+            f"`canvaslab models pull {source.name}` on a connected machine and copy its HF_HOME cache here"
         ) from exc
 
 

@@ -1,0 +1,63 @@
+"""Schedulers by the names people type, mapped to diffusers classes and config overrides.
+
+The names follow what AUTOMATIC1111/ComfyUI users know; `A1111_NAMES` gives the label written into
+the `parameters` text so that A1111-style readers show the sampler they expect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from canvaslab.errors import InputError
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    class_name: str
+    a1111_name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    needs: str | None = None  # an extra package the diffusers class imports
+
+
+SCHEDULERS: dict[str, SchedulerSpec] = {
+    "euler": SchedulerSpec("EulerDiscreteScheduler", "Euler"),
+    "euler-a": SchedulerSpec("EulerAncestralDiscreteScheduler", "Euler a"),
+    "euler-karras": SchedulerSpec("EulerDiscreteScheduler", "Euler Karras", {"use_karras_sigmas": True}),
+    "heun": SchedulerSpec("HeunDiscreteScheduler", "Heun"),
+    "lms": SchedulerSpec("LMSDiscreteScheduler", "LMS"),
+    "ddim": SchedulerSpec("DDIMScheduler", "DDIM"),
+    "ddpm": SchedulerSpec("DDPMScheduler", "DDPM"),
+    "pndm": SchedulerSpec("PNDMScheduler", "PLMS"),
+    "dpm++2m": SchedulerSpec("DPMSolverMultistepScheduler", "DPM++ 2M", {"algorithm_type": "dpmsolver++"}),
+    "dpm++2m-karras": SchedulerSpec(
+        "DPMSolverMultistepScheduler", "DPM++ 2M Karras", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}
+    ),
+    "dpm++2m-sde-karras": SchedulerSpec(
+        "DPMSolverMultistepScheduler", "DPM++ 2M SDE Karras",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "dpm++sde-karras": SchedulerSpec("DPMSolverSDEScheduler", "DPM++ SDE Karras", {"use_karras_sigmas": True}, needs="torchsde"),
+    "unipc": SchedulerSpec("UniPCMultistepScheduler", "UniPC"),
+    "lcm": SchedulerSpec("LCMScheduler", "LCM"),
+}
+
+
+def scheduler_spec(name: str) -> SchedulerSpec:
+    if name not in SCHEDULERS:
+        raise InputError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name]
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """A scheduler of kind `name` built from the model's own scheduler config (betas, prediction type)."""
+    import diffusers
+
+    spec = scheduler_spec(name)
+    if spec.needs is not None:
+        try:
+            __import__(spec.needs)
+        except ImportError:
+            raise InputError(f"scheduler {name!r} needs the {spec.needs} package: pip install {spec.needs}") from None
+    cls = getattr(diffusers, spec.class_name)
+    return cls.from_config(base_config, **spec.overrides)

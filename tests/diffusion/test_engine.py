@@ -1,0 +1,120 @@
+"""The diffusion engine through canvaslab's own API and CLI, on tiny offline models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+import canvaslab  # noqa: E402
+from canvaslab.errors import InputError, ModelNotAvailableError  # noqa: E402
+from conftest import write_png  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small(photo):
+    """A 76x60 crop: not a multiple of 8, so alignment and exact restore are exercised."""
+    image = np.ascontiguousarray(photo[20:80, 40:116])
+    mask = np.zeros(image.shape[:2], bool)
+    mask[18:42, 20:52] = True
+    return image, mask
+
+
+def run(small, folder, **params):
+    image, mask = small
+    params = {"engine": "diffusion", "model": str(folder), "steps": 2, "seed": 1, **params}
+    return canvaslab.inpaint(image, mask, **params)
+
+
+@pytest.mark.parametrize("kind", ["sd-inpaint", "sd-txt2img", "sdxl-inpaint"])
+def test_inpaint_restores_size_and_keeps_unmasked_pixels(small, tiny_folders, kind):
+    image, mask = small
+    result = run(small, tiny_folders[kind], prompt="a wooden table")
+    assert result.image.shape == image.shape
+    np.testing.assert_array_equal(result.image[~mask], image[~mask])
+    assert np.abs(result.image[mask].astype(int) - image[mask].astype(int)).mean() > 1
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(small, tiny_folders):
+    a = run(small, tiny_folders["sd-inpaint"], seed=3)
+    b = run(small, tiny_folders["sd-inpaint"], seed=3)
+    c = run(small, tiny_folders["sd-inpaint"], seed=4)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_scheduler_switch_changes_output_and_default_comes_back(small, tiny_folders):
+    folder = tiny_folders["sd-inpaint"]
+    own = run(small, folder)
+    euler = run(small, folder, scheduler="euler")
+    ddim = run(small, folder, scheduler="ddim")
+    again = run(small, folder)
+    assert not np.array_equal(euler.image, ddim.image)
+    np.testing.assert_array_equal(own.image, again.image)
+    assert "Sampler: Euler," in euler.parameters and "Steps: 2" in euler.parameters
+
+
+@pytest.mark.parametrize("name", ["euler-a", "dpm++2m-karras", "dpm++sde-karras", "unipc", "lcm"])
+def test_named_schedulers_run(small, tiny_folders, name):
+    result = run(small, tiny_folders["sd-inpaint"], scheduler=name)
+    assert result.image.shape == small[0].shape
+
+
+def test_unknown_scheduler_is_a_one_line_error(small, tiny_folders):
+    with pytest.raises(InputError, match="unknown scheduler 'eulr'"):
+        run(small, tiny_folders["sd-inpaint"], scheduler="eulr")
+
+
+def test_single_file_with_local_config(small, tiny_folders, tiny_single_files):
+    from_folder = run(small, tiny_folders["sd-inpaint"])
+    from_file = run(small, tiny_single_files["sd-inpaint"], options={"config": str(tiny_folders["sd-inpaint"])})
+    np.testing.assert_allclose(from_file.image.astype(int), from_folder.image.astype(int), atol=1)
+
+
+def test_outpaint_with_diffusion(small, tiny_folders):
+    image, _ = small
+    result = canvaslab.outpaint(
+        image, right=24, bottom=8, engine="diffusion", model=str(tiny_folders["sd-inpaint"]), steps=2, seed=0
+    )
+    h, w = image.shape[:2]
+    assert result.image.shape == (h + 8, w + 24, 3)
+    kept = ~result.mask[:h, :w]
+    np.testing.assert_array_equal(result.image[:h, :w][kept], image[kept])
+
+
+def test_missing_model_fails_fast_in_one_line(small):
+    with pytest.raises(ModelNotAvailableError) as info:
+        run(small, "/nowhere/model")
+    assert "\n" not in str(info.value) and "/nowhere/model" in str(info.value)
+
+
+def cli(*args, **env):
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, "-m", "canvaslab", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=300)
+
+
+def test_cli_diffusion_inpaint_replays_identically(tmp_path, small, tiny_folders):
+    image, mask = small
+    src, mask_path, out = write_png(tmp_path / "i.png", image), write_png(tmp_path / "m.png", mask), tmp_path / "o.png"
+    done = cli("inpaint", src, "--mask", mask_path, "--engine", "diffusion", "--model", tiny_folders["sd-inpaint"],
+               "--steps", 2, "--scheduler", "euler-a", "--seed", 9, "--prompt", "wood", "-o", out)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads(cli("--json", "info", out).stdout)
+    assert meta["parameters"].startswith("wood\n") and "Sampler: Euler a" in meta["parameters"]
+    replay = cli("replay", out, "-o", tmp_path / "again.png", "--check")
+    assert replay.returncode == 0, replay.stderr
+
+
+def test_cli_missing_alias_offline_exits_3_with_one_line(tmp_path, small):
+    image, mask = small
+    done = cli("inpaint", write_png(tmp_path / "i.png", image), "--mask", write_png(tmp_path / "m.png", mask),
+               "--engine", "diffusion", "--model", "sdxl-inpaint", "--cache-dir", tmp_path / "empty-cache")
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr and "sdxl-inpaint" in done.stderr and "HF_HOME" in done.stderr
