@@ -118,3 +118,13 @@ def test_cli_missing_alias_offline_exits_3_with_one_line(tmp_path, small):
                "--engine", "diffusion", "--model", "sdxl-inpaint", "--cache-dir", tmp_path / "empty-cache")
     assert done.returncode == 3
     assert "Traceback" not in done.stderr and "sdxl-inpaint" in done.stderr and "HF_HOME" in done.stderr
+
+
+def test_models_list_info_and_offline_pull(tiny_folders, hub_cache):
+    listed = json.loads(cli("--json", "models", "list", "--cache-dir", hub_cache).stdout)
+    cached = {row["alias"]: row["cached"] for row in listed}
+    assert cached["sd15-inpaint"] is True and cached["sdxl"] is False
+    info = json.loads(cli("--json", "models", "info", tiny_folders["sdxl-inpaint"]).stdout)
+    assert (info["family"], info["kind"], info["unet_in_channels"]) == ("sdxl", "inpaint", 9)
+    pull = cli("models", "pull", "sdxl", "--cache-dir", hub_cache)
+    assert pull.returncode == 3 and "could not download" in pull.stderr and "Traceback" not in pull.stderr

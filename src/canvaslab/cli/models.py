@@ -1,0 +1,79 @@
+"""`canvaslab models list|info|pull`: the model aliases, what a model is, and fetching one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from canvaslab.cli import console
+from canvaslab.engines.diffusion.models import ALIASES, cached_snapshot, detect, resolve_source
+from canvaslab.errors import InputError, ModelNotAvailableError
+
+app = typer.Typer(help="Diffusion models: aliases, inspection, download.", no_args_is_help=True)
+
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Hugging Face cache folder \\[default: HF_HOME]")]
+
+# Weight formats we never load, and duplicates of the safetensors we do.
+_SKIP_PATTERNS = ["*.ckpt", "*.bin", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.pt", "*non_ema*", "*.fp16.*"]
+
+
+@app.command("list")
+def list_models(cache_dir: CacheOpt = None) -> None:
+    """Known aliases, and whether each is already in the local cache."""
+    with console.friendly_errors():
+        rows = []
+        for alias in ALIASES.values():
+            cached = cached_snapshot(alias.hub_id, str(cache_dir) if cache_dir else None) is not None
+            rows.append({"alias": alias.name, "hub_id": alias.hub_id, "family": alias.family, "kind": alias.kind,
+                         "resolution": alias.native_resolution, "cached": cached, "description": alias.description})
+        if console.settings.json:
+            console.emit_json(rows)
+            return
+        table = Table("alias", "hub id", "kind", "px", "cached", "what")
+        for row in rows:
+            table.add_row(row["alias"], row["hub_id"], f"{row['family']} {row['kind']}", str(row["resolution"]),
+                          "yes" if row["cached"] else "no", row["description"])
+        console.out.print(table)
+
+
+@app.command("info")
+def info(
+    model: Annotated[str, typer.Argument(help="alias, hub id, diffusers folder or .safetensors/.ckpt file", show_default=False)],
+    config: Annotated[Optional[str], typer.Option("--config", help="configs for a single-file checkpoint (folder or hub id)")] = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """What a model is: family, UNet channels (inpaint/edit/text-to-image), prediction type, resolution."""
+    with console.friendly_errors():
+        source = resolve_source(model, config=config, cache_dir=str(cache_dir) if cache_dir else None)
+        found = detect(source)
+        data = {"model": model, "format": source.format, "location": source.location, "family": found.family,
+                "kind": found.kind, "unet_in_channels": found.in_channels, "prediction_type": found.prediction_type,
+                "native_resolution": found.native_resolution}
+        if console.settings.json:
+            console.emit_json(data)
+            return
+        for key, value in data.items():
+            console.out.print(f"{key:>18}: {value}", markup=False)
+
+
+@app.command("pull")
+def pull(
+    model: Annotated[str, typer.Argument(help="alias or hub id", show_default=False)],
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Download a model into the Hugging Face cache (run on a connected machine; copy HF_HOME to offline ones)."""
+    with console.friendly_errors():
+        hub_id = ALIASES[model].hub_id if model in ALIASES else model
+        if Path(model).exists():
+            raise InputError(f"{model} is a local path: nothing to pull")
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(hub_id, cache_dir=str(cache_dir) if cache_dir else None, ignore_patterns=_SKIP_PATTERNS)
+        except Exception as exc:  # network, auth, missing repo: one line naming the model
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelNotAvailableError(f"could not download {hub_id!r}: {first}") from None
+        print(folder)
