@@ -10,6 +10,7 @@ outside the mask stay bit-identical even though the VAE round trip changes them.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, ClassVar
 
 import numpy as np
@@ -73,9 +74,9 @@ class DiffusionEngine(Engine):
         return np.clip(np.rint(result.images[0] * 255.0), 0, 255).astype(np.uint8)
 
     def _pipeline(self, generation: Generation, options: EngineOptions) -> Any:
+        _quiet_libraries()
         from canvaslab.engines.diffusion.models import load_pipeline
 
-        _quiet_libraries()
         pipe = load_pipeline(
             generation.model or DEFAULT_MODEL,
             task="inpaint",
@@ -102,6 +103,17 @@ def _use_scheduler(pipe: Any, name: str | None) -> None:
 
 
 def _quiet_libraries() -> None:
-    """diffusers/transformers print harmless warnings on every call (see docs); keep the console readable."""
+    """diffusers/transformers print harmless warnings and loading bars on every call; keep stderr readable.
+
+    The environment variables must be set before the libraries are first imported (they read them
+    once when they configure their loggers); users can still override them.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     for name in ("diffusers", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
