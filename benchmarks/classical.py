@@ -91,8 +91,11 @@ def make_mask(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
 # Methods: each takes (RGB uint8 image, bool hole) and returns an RGB uint8 image
 
 
+TUNING: dict[str, float] = {}  # --tuning: patchmatch knobs to try without editing the engine
+
+
 def run_patchmatch(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    return patchmatch_inpaint(img, hole, seed=SEED)
+    return patchmatch_inpaint(img, hole, seed=SEED, **TUNING)
 
 
 def run_telea(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -204,7 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two photos at 256 px, no biharmonic")
     parser.add_argument("--images", default=",".join(IMAGES), help="comma-separated skimage.data names")
     parser.add_argument("--save", default="", help="folder to write every result PNG to")
+    parser.add_argument("--tuning", default="", help="patchmatch knobs, e.g. final_top=3,poisson=0")
+    parser.add_argument("--methods", default="", help="comma-separated subset of the methods to run")
     args = parser.parse_args(argv)
+    for item in filter(None, args.tuning.split(",")):
+        key, value = item.split("=")
+        TUNING[key] = float(value)
 
     names = args.images.split(",")
     size = args.size
@@ -217,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pypatchmatch unavailable ({why}); install the PyPI package 'pypatchmatch' to compare.")
     else:
         methods["pypatchmatch"] = pyp
+    if args.methods:
+        # Telea is the baseline every ratio is taken against, so it always runs.
+        keep = set(args.methods.split(",")) | {"telea"}
+        methods = {m: fn for m, fn in methods.items() if m in keep}
 
     # Compile (or load from the numba cache) before anything is timed.
     warm = load_photo(names[0], 64)

@@ -251,6 +251,56 @@ def test_straight_edge_through_a_thin_hole_is_continued():
     assert _hole_psnr(result, img, hole) > 30
 
 
+def _textured_ramp(h: int, w: int, seed: int) -> np.ndarray:
+    """A 6-px periodic texture on a colour ramp: every copied patch carries the right texture but
+    the brightness of wherever it was copied from."""
+    rng = np.random.default_rng(seed)
+    cell = rng.uniform(-20, 20, (6, 6, 3))
+    texture = np.tile(cell, (h // 6 + 1, w // 6 + 1, 1))[:h, :w]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    ramp = 60 + 1.5 * xx + 0.75 * yy
+    return np.clip(np.rint(ramp[..., None] + texture), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_copied_texture_follows_the_surrounding_brightness_without_steps(seed):
+    img = _textured_ramp(64, 96, seed)
+    hole = np.zeros((64, 96), bool)
+    hole[16:48, 30:66] = True
+    # Steps the fill adds across neighbour pairs touching the hole, beyond the true ones.
+    pairs_x = hole[:, 1:] | hole[:, :-1]
+
+    def worst_step(result):
+        added = np.diff(result.astype(int), axis=1) - np.diff(img.astype(int), axis=1)
+        return int(np.abs(added).max(axis=2)[pairs_x].max())
+
+    ours = patchmatch_inpaint(_damaged(img, hole), hole, seed=seed)
+    plain = patchmatch_inpaint(_damaged(img, hole), hole, seed=seed, poisson=0)
+    ours_err = np.abs(ours.astype(int) - img.astype(int))[hole].mean()
+    plain_err = np.abs(plain.astype(int) - img.astype(int))[hole].mean()
+    # Voted colours keep each source's brightness: blocks a few levels off, with steps between.
+    assert plain_err > 1.5 and worst_step(plain) >= 4, (plain_err, worst_step(plain))
+    # Integrating the voted gradients from the hole's boundary follows the ramp instead.
+    assert ours_err < 0.6, ours_err
+    assert worst_step(ours) <= 2, worst_step(ours)
+
+
+def test_gradient_domain_fill_does_not_smear_a_strong_edge_into_the_hole():
+    # A white bar ends at the hole; the saucer-red fill next to it must not turn pink.
+    h, w = 48, 64
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = (170, 50, 30)
+    img[:, :20] = (245, 240, 230)
+    noise = np.random.default_rng(0).integers(-6, 7, (h, w, 3))
+    img = np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+    hole = np.zeros((h, w), bool)
+    hole[10:38, 24:50] = True
+    result = patchmatch_inpaint(_damaged(img, hole), hole, seed=2)
+    red = img[:, 30:][~hole[:, 30:]].astype(float).mean(axis=0)
+    fill = result[hole].astype(float).mean(axis=0)
+    assert np.abs(fill - red).max() < 8, (fill, red)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     h=st.integers(1, 24),

@@ -31,6 +31,13 @@ Sciences 2014):
    layout carries over and the finer scale only refines it.
 6. The last vote at the finest scale keeps only each pixel's few best candidates: a mean of many
    slightly misaligned patches would blur fine texture.
+7. Copied patches keep their source's exact colour, which shows as hard-edged lighter or darker
+   blocks wherever brightness drifts (a sky gradient, shading).  So the final fill is rebuilt in
+   the gradient domain (Pérez et al. 2003; Darabi et al. 2012, "Image Melding"): the same
+   candidates also vote every neighbour difference, including those across the hole boundary, and
+   a screened Poisson solve (conjugate gradients) integrates them with the known pixels fixed.
+   The texture stays; colour offsets spread smoothly over the hole.  Boundary mismatches too large
+   to be an offset are taken as edges the patches missed and are not spread.
 
 Everything that touches pixels runs in numba.  Random numbers come from a counter-based hash of
 (seed, scale, step, pixel), and the parallel search works on fixed-height row bands that read other
@@ -79,6 +86,12 @@ class _Tuning:
     final_top: int = 5  # the last vote averages only the best `final_top` candidates per pixel
     fine_window: float = 0.25  # random-search window below the coarsest scale, fraction of the side
     band_height: int = 32  # rows per parallel search band (fixed: results must not hang on threads)
+    poisson: int = 1  # 1: rebuild the final fill from voted gradients (0: keep the voted colours)
+    poisson_screen: float = 0.001  # weight of the voted colours next to the voted gradients
+    poisson_edge: float = 40.0  # boundary mismatch (RGB norm) above which it is an edge, no offset
+    poisson_top: int = 0  # gradient candidates kept per pixel pair (0: as many as `final_top`)
+    poisson_iterations: int = 2000  # cap on conjugate-gradient steps of that Poisson solve
+    poisson_tolerance: float = 0.05  # stop once the RMS residual per hole pixel is below this
 
 
 def patchmatch_inpaint(
@@ -321,6 +334,8 @@ def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _T
             last = level == finest and step == steps - 1
             top = opts.final_top if last else 0
             estimate = _vote(estimate, nnf, dist, geo, radius, opts, top)
+            if last and opts.poisson and radius > 0:
+                estimate = _gradient_domain_fill(estimate, nnf, dist, geo, radius, opts, top)
     return estimate
 
 
@@ -333,13 +348,18 @@ def _stream_key(seed: int, level: int, step: int) -> np.uint64:
 def _initial_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
     # Telea gives the coarse hole the surrounding colours (and texture levels); PatchMatch then
     # starts from a plausible layout instead of noise.
+    # OpenCV's Telea reads past the edge of images only a pixel or two high or wide (NaNs that
+    # vary from run to run); a replicated 2-px frame keeps its neighbourhoods inside the array.
+    pad = 2
+    frame = dict(top=pad, bottom=pad, left=pad, right=pad, borderType=cv2.BORDER_REPLICATE)
+    inner = (slice(pad, pad + hole.shape[0]), slice(pad, pad + hole.shape[1]))
     out = img.copy()
-    mask = hole.astype(np.uint8)
-    rgb = np.clip(np.rint(img[:, :, :3]), 0, 255).astype(np.uint8)
-    out[:, :, :3][hole] = cv2.inpaint(rgb, mask, 3, cv2.INPAINT_TELEA)[hole]
+    mask = cv2.copyMakeBorder(hole.astype(np.uint8), **frame)
+    rgb = cv2.copyMakeBorder(np.clip(np.rint(img[:, :, :3]), 0, 255).astype(np.uint8), **frame)
+    out[:, :, :3][hole] = cv2.inpaint(rgb, mask, 3, cv2.INPAINT_TELEA)[inner][hole]
     for k in range(3, img.shape[2]):
-        extra = np.ascontiguousarray(img[:, :, k])
-        out[:, :, k][hole] = cv2.inpaint(extra, mask, 3, cv2.INPAINT_TELEA)[hole]
+        extra = cv2.copyMakeBorder(np.ascontiguousarray(img[:, :, k]), **frame)
+        out[:, :, k][hole] = cv2.inpaint(extra, mask, 3, cv2.INPAINT_TELEA)[inner][hole]
     return out
 
 
@@ -377,16 +397,50 @@ def _search(estimate, geo: _Scale, nnf, radius, sweeps, key, window: float, opts
     return dist
 
 
-def _vote(estimate, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int) -> np.ndarray:
+def _vote_log_weights(dist, geo: _Scale, opts: _Tuning) -> np.ndarray:
     per_pixel = dist / np.maximum(geo.norm, 1e-12)
     # Wexler et al. set sigma^2 from the distance distribution, so the weights adapt to the image.
     sigma2 = float(np.percentile(per_pixel[geo.targets], opts.sigma_percentile))
     inv = 1.0 / (2.0 * max(sigma2 * opts.sigma_scale, 1e-3))
     # Log weights: deep in a big hole every weight is tiny, and only their ratios matter.
-    log_weight = geo.log_trust - per_pixel.astype(np.float64) * inv
+    return geo.log_trust - per_pixel.astype(np.float64) * inv
+
+
+def _vote(estimate, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int) -> np.ndarray:
+    log_weight = _vote_log_weights(dist, geo, opts)
     log_spatial = _log_spatial_kernel(radius, opts.spatial_sigma)
     out = estimate.copy()
     _vote_kernel(estimate, geo.hole, nnf, log_weight, radius, log_spatial, int(top), out)
+    return out
+
+
+def _gradient_domain_fill(voted, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int):
+    """Re-solve the hole's colours from voted *gradients*, with the known pixels as boundary.
+
+    Copied patches keep their source's exact colour, so where the source region is lighter or
+    darker than the hole's surroundings (a sky gradient, shading on a saucer) the fill shows a
+    step at the hole's edge or between regions copied from different places.  Voting each
+    neighbour difference instead of each colour (Darabi et al. 2012, "Image Melding") and
+    integrating those differences with a Poisson solve (Pérez et al. 2003) keeps the copied
+    texture but spreads the colour mismatch smoothly over the hole.  Differences across the hole
+    boundary are voted from the source patches too, which is what removes the step there.
+    """
+    log_weight = _vote_log_weights(dist, geo, opts)
+    log_spatial = _log_spatial_kernel(radius, opts.spatial_sigma)
+    h, w = geo.hole.shape
+    grad = np.zeros((2, h, w, 3), dtype=np.float64)
+    grad_top = int(opts.poisson_top) if opts.poisson_top > 0 else int(top)
+    _gradient_vote_kernel(voted, geo.hole, nnf, log_weight, radius, log_spatial, grad_top, grad)
+    rgb = np.ascontiguousarray(voted[:, :, :3], dtype=np.float64)
+    solved = _poisson_solve(
+        rgb, geo.hole, grad, opts.poisson_screen, opts.poisson_edge, opts.poisson_iterations,
+        opts.poisson_tolerance,
+    )
+    # Integrated differences can overshoot; a copy never leaves the colours the image has.
+    known = rgb[~geo.hole]
+    solved = np.clip(solved, known.min(axis=0), known.max(axis=0))
+    out = voted.copy()
+    out[:, :, :3][geo.hole] = solved[geo.hole]
     return out
 
 
@@ -671,3 +725,171 @@ def _keep_strongest(weights, m, top):
     for k in range(m):
         if not kept[k]:
             weights[k] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def _gradient_vote_kernel(img, hole, nnf, log_weight, r, log_spatial, top, grad):
+    """grad[0, y, x] = voted img[y, x+1] - img[y, x], grad[1, y, x] = voted img[y+1, x] - img[y, x],
+    for every neighbour pair touching the hole: each target patch that covers both pixels proposes
+    the difference between the two source pixels it copies there."""
+    h, w = hole.shape
+    n = (2 * r + 1) * (2 * r + 1)
+    for row in prange(h):
+        y = np.int64(row)  # prange indices are unsigned, and y - dy must be allowed to go negative
+        cand_w = np.empty(n, dtype=np.float64)
+        cand_c = np.empty((n, 3), dtype=np.float64)
+        for x in range(w):
+            for axis in range(2):
+                ey = 1 if axis == 1 else 0
+                ex = 1 - ey
+                y2 = y + ey
+                x2 = x + ex
+                if y2 >= h or x2 >= w or not (hole[y, x] or hole[y2, x2]):
+                    continue
+                m = 0
+                for dy in range(-r, r + 1 - ey):
+                    ty = y - dy
+                    if ty < 0 or ty >= h:
+                        continue
+                    for dx in range(-r, r + 1 - ex):
+                        tx = x - dx
+                        if tx < 0 or tx >= w or nnf[ty, tx, 0] < 0:
+                            continue
+                        sy = nnf[ty, tx, 0] + dy
+                        sx = nnf[ty, tx, 1] + dx
+                        ends = log_spatial[dy + r, dx + r] + log_spatial[dy + ey + r, dx + ex + r]
+                        cand_w[m] = log_weight[ty, tx] + 0.5 * ends
+                        for k in range(3):
+                            cand_c[m, k] = img[sy + ey, sx + ex, k] - img[sy, sx, k]
+                        m += 1
+                if m == 0:
+                    # No patch spans the pair (1x1 patches): keep the voted image's own step.
+                    for k in range(3):
+                        grad[axis, y, x, k] = img[y2, x2, k] - img[y, x, k]
+                else:
+                    _blend(cand_w, cand_c, m, top, grad[axis], y, x)
+
+
+@njit(cache=True)
+def _poisson_solve(start, hole, grad, screen, edge, max_iter, tol):
+    """Least-squares fit of the hole pixels' colours to the neighbour differences in `grad`, with
+    the known pixels fixed (a Poisson equation with Dirichlet boundary), by conjugate gradients
+    started from `start`.  Serial on purpose: a parallel dot product would sum in an order that
+    depends on the thread count, and the result must not."""
+    h, w = hole.shape
+    index = np.full((h, w), -1, dtype=np.int64)
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            if hole[y, x]:
+                index[y, x] = n
+                n += 1
+    coords = np.empty((n, 2), dtype=np.int64)
+    nbrs = np.full((n, 4), -1, dtype=np.int64)
+    diag = np.zeros(n)
+    b = np.zeros((n, 3))
+    u = np.empty((n, 3))
+    guide = np.zeros(3)
+    for y in range(h):
+        for x in range(w):
+            i = index[y, x]
+            if i < 0:
+                continue
+            coords[i, 0] = y
+            coords[i, 1] = x
+            for k in range(3):
+                u[i, k] = start[y, x, k]
+            for j in range(4):
+                qy = y + (1 if j == 0 else -1 if j == 1 else 0)
+                qx = x + (1 if j == 2 else -1 if j == 3 else 0)
+                if qy < 0 or qy >= h or qx < 0 or qx >= w:
+                    continue  # the image border is a free (Neumann) edge
+                diag[i] += 1.0
+                for k in range(3):
+                    # Guidance for u_p - u_q.
+                    if j == 0:
+                        guide[k] = -grad[1, y, x, k]
+                    elif j == 1:
+                        guide[k] = grad[1, qy, qx, k]
+                    elif j == 2:
+                        guide[k] = -grad[0, y, x, k]
+                    else:
+                        guide[k] = grad[0, qy, qx, k]
+                if index[qy, qx] < 0:
+                    # Across the hole boundary, a small mismatch between the voted step and the
+                    # one actually there is a colour offset to spread out; a large one is an
+                    # edge (the cup's rim next to the saucer) that the patches failed to copy,
+                    # and spreading it would smear that edge's colour into the hole as a haze.
+                    mismatch = 0.0
+                    for k in range(3):
+                        actual = start[y, x, k] - start[qy, qx, k]
+                        mismatch += (actual - guide[k]) ** 2
+                    mismatch = np.sqrt(mismatch)
+                    keep = 1.0
+                    if edge > 0 and mismatch > edge:
+                        keep = max(0.0, 2.0 - mismatch / edge)
+                    for k in range(3):
+                        actual = start[y, x, k] - start[qy, qx, k]
+                        b[i, k] += start[qy, qx, k] + actual + keep * (guide[k] - actual)
+                else:
+                    for k in range(3):
+                        b[i, k] += guide[k]
+                nbrs[i, j] = index[qy, qx]
+            # Screening (a pull towards the voted colours) bounds how far any leftover
+            # inconsistency of the voted differences can drift across a big hole.
+            diag[i] += screen
+            for k in range(3):
+                b[i, k] += screen * start[y, x, k]
+    res = np.empty((n, 3))
+    _poisson_apply(u, diag, nbrs, res)
+    for i in range(n):
+        for k in range(3):
+            res[i, k] = b[i, k] - res[i, k]
+    p = res.copy()
+    ap = np.empty((n, 3))
+    rr = np.zeros(3)
+    for i in range(n):
+        for k in range(3):
+            rr[k] += res[i, k] * res[i, k]
+    limit = tol * tol * n
+    for _ in range(max_iter):
+        if rr.max() <= limit:
+            break
+        _poisson_apply(p, diag, nbrs, ap)
+        pap = np.zeros(3)
+        for i in range(n):
+            for k in range(3):
+                pap[k] += p[i, k] * ap[i, k]
+        alpha = np.zeros(3)
+        for k in range(3):
+            if pap[k] > 0 and rr[k] > limit:
+                alpha[k] = rr[k] / pap[k]
+        new_rr = np.zeros(3)
+        for i in range(n):
+            for k in range(3):
+                u[i, k] += alpha[k] * p[i, k]
+                res[i, k] -= alpha[k] * ap[i, k]
+                new_rr[k] += res[i, k] * res[i, k]
+        for k in range(3):
+            beta = new_rr[k] / rr[k] if rr[k] > 0 else 0.0
+            for i in range(n):
+                p[i, k] = res[i, k] + beta * p[i, k]
+        rr = new_rr
+    out = start.copy()
+    for i in range(n):
+        for k in range(3):
+            out[coords[i, 0], coords[i, 1], k] = u[i, k]
+    return out
+
+
+@njit(cache=True)
+def _poisson_apply(u, diag, nbrs, out):
+    """out = A u for the hole's graph Laplacian (known neighbours are on the right-hand side)."""
+    for i in range(u.shape[0]):
+        for k in range(3):
+            acc = diag[i] * u[i, k]
+            for j in range(4):
+                q = nbrs[i, j]
+                if q >= 0:
+                    acc -= u[q, k]
+            out[i, k] = acc
