@@ -70,14 +70,13 @@ def render(
     for result, path in saved[1:]:
         result.save(path, format=spec.format, quality=spec.quality)
     if spec.grid is not None:
-        write_grid(source.rgb, results, spec)
+        write_grid(spec.grid, source.rgb, results, spec)
     results[0].save(output, format=spec.format, quality=spec.quality)
     return saved
 
 
-def write_grid(original: np.ndarray, results: list[Result], spec: OutputSpec) -> Path:
+def write_grid(path: Path, original: np.ndarray, results: list[Result], spec: OutputSpec) -> Path:
     """original | original with the generated area painted white | result, one row per seed."""
-    assert spec.grid is not None
     overlay = mask_overlay(results[0].image, results[0].mask)
     grid = make_grid(
         [[original, overlay, result.image] for result in results],
@@ -86,4 +85,4 @@ def write_grid(original: np.ndarray, results: list[Result], spec: OutputSpec) ->
         row_labels=[f"seed {r.seed}" for r in results] if spec.labels else None,
         col_labels=["original", "mask", "result"] if spec.labels else None,
     )
-    return save_image(spec.grid, grid, recipe={"canvaslab_grid": [r.recipe for r in results]})
+    return save_image(path, grid, recipe={"canvaslab_grid": [r.recipe for r in results]})
