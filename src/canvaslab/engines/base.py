@@ -31,6 +31,7 @@ class Generation:
     guidance_scale: float = 7.5
     strength: float = 1.0
     scheduler: str | None = None  # None: the model's own scheduler
+    loras: tuple[tuple[str, float], ...] = ()  # (path or hub id, weight)
     dtype: str = "auto"
     device: str = "auto"
     offload: str | None = None

@@ -105,6 +105,10 @@ class TaskRequest(BaseModel):
         None, description=f"sampler: {', '.join(SCHEDULERS)} [default: the model's own]",
         json_schema_extra=_panel("Sampling", metavar="NAME"),
     )
+    lora: list[str] = Field(
+        default_factory=list, description="LoRA file/folder/hub id with optional weight, PATH[:WEIGHT], repeatable "
+        "(diffusers or kohya format)", json_schema_extra=_panel("Model", metavar="PATH[:WEIGHT]"),
+    )
     dtype: DType = Field(DType.auto, description="weights precision (auto: fp16 on GPU, fp32 on CPU)", json_schema_extra=_panel("Model"))
     device: Device = Field(Device.auto, description="where to run", json_schema_extra=_panel("Model"))
     offload: Offload | None = Field(
@@ -154,6 +158,7 @@ class TaskRequest(BaseModel):
         return Generation(
             prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model, steps=self.steps,
             guidance_scale=self.guidance_scale, strength=self.strength, scheduler=self.scheduler,
+            loras=tuple(parse_lora(spec) for spec in self.lora),
             dtype=self.dtype.value, device=self.device.value, offload=self.offload.value if self.offload else None,
             attention_slicing=self.attention_slicing, vae_tiling=self.vae_tiling, cache_dir=self.cache_dir,
             local_files_only=True if self.local_files_only else None,
@@ -262,6 +267,20 @@ class OutpaintRequest(TaskRequest):
 
 
 REQUESTS: dict[str, type[TaskRequest]] = {"inpaint": InpaintRequest, "outpaint": OutpaintRequest}
+
+
+def parse_lora(spec: str) -> tuple[str, float]:
+    """"style.safetensors:0.7" -> ("style.safetensors", 0.7); no weight means 1.0.
+
+    Only a trailing ":<number>" is a weight, so Windows drive letters and hub ids stay intact.
+    """
+    path, sep, weight = spec.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass
+    return spec, 1.0
 
 
 def _number(value: float) -> object:
