@@ -32,6 +32,8 @@ class Generation:
     strength: float = 1.0
     scheduler: str | None = None  # None: the model's own scheduler
     loras: tuple[tuple[str, float], ...] = ()  # (path or hub id, weight)
+    masked_content: str = "original"  # original | fill | latent-noise | latent-nothing (matters when strength < 1)
+    mask_weight: float = 1.0  # inpainting UNets: how much of the masked area is hidden from the conditioning
     dtype: str = "auto"
     device: str = "auto"
     offload: str | None = None
@@ -78,6 +80,10 @@ class Engine(ABC):
                 f"the mask covers the whole image and engine {self.name!r} fills from the known pixels; "
                 "leave some of the image unmasked or use a generative engine"
             )
+
+    def preferred_size(self, generation: Generation) -> int | None:
+        """Long side the engine works best at (a model's native resolution); None: any size is fine."""
+        return None
 
     def describe_sampling(self, generation: Generation) -> dict[str, object]:
         """Settings for the A1111 `parameters` line (Steps, Sampler, CFG scale, ...); none by default."""

@@ -14,7 +14,7 @@ from PIL import Image
 from canvaslab import __version__
 from canvaslab.core.color import match_colors
 from canvaslab.core.composite import composite
-from canvaslab.core.geometry import align, restore
+from canvaslab.core.geometry import align, resize_mask, resize_rgb, restore
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, LoadedImage, load_image
 from canvaslab.core.metadata import format_parameters
 from canvaslab.core.notices import notice
@@ -48,11 +48,32 @@ def engine_for(request: TaskRequest) -> tuple[Engine, EngineOptions]:
     return engine, options
 
 
+def working_size(size: tuple[int, int], long_side: int | None, multiple: int) -> tuple[int, int] | None:
+    """(width, height) with the long side scaled to `long_side` and both sides rounded to `multiple`."""
+    if long_side is None:
+        return None
+    width, height = size
+    scale = long_side / max(width, height)
+    target = tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
+    return None if target == (width, height) else target  # type: ignore[return-value]
+
+
 def run_engine(
-    engine: Engine, rgb: np.ndarray, mask: np.ndarray, request: TaskRequest, options: EngineOptions, seed: int
+    engine: Engine,
+    rgb: np.ndarray,
+    mask: np.ndarray,
+    request: TaskRequest,
+    options: EngineOptions,
+    seed: int,
+    long_side: int | None = None,
 ) -> np.ndarray:
-    """Align to the engine's size multiple, fill, and restore the exact size."""
+    """Scale to the working size (if any), align to the engine's multiple, fill, and restore the exact size."""
     multiple = request.multiple or engine.pad_multiple
+    work = working_size((rgb.shape[1], rgb.shape[0]), long_side, multiple)
+    if work is not None:
+        # Engines such as diffusion models work best at their native resolution: scale there and back.
+        small = run_engine(engine, resize_rgb(rgb, work), resize_mask(mask, work), request, options, seed)
+        return resize_rgb(small, (rgb.shape[1], rgb.shape[0]))
     aligned_rgb, aligned_mask, info = align(rgb, mask, multiple, request.align)
     engine.check_mask(aligned_mask)
     out = engine.inpaint(aligned_rgb, aligned_mask, seed=seed, options=options, generation=request.generation())

@@ -75,9 +75,11 @@ def _load_hole(mask: ImageInput | None, source: LoadedImage, request: InpaintReq
 def _fill(rgb: np.ndarray, hole: np.ndarray, request: InpaintRequest, seed: int) -> np.ndarray:
     engine, options = engine_for(request)
     if request.area == InpaintArea.masked:
+        # A1111's "only masked": the crop is scaled to the working size, so small holes get full detail.
         box = crop_box_around(hole, request.padding, multiple=request.multiple or engine.pad_multiple)
-        patch = run_engine(engine, crop(rgb, box), crop(hole, box), request, options, seed)
+        long_side = request.size or engine.preferred_size(request.generation())
+        patch = run_engine(engine, crop(rgb, box), crop(hole, box), request, options, seed, long_side)
         generated = paste(rgb, patch, box)
     else:
-        generated = run_engine(engine, rgb, hole, request, options, seed)
+        generated = run_engine(engine, rgb, hole, request, options, seed, request.size)
     return finish(rgb, generated, hole, request)

@@ -50,7 +50,7 @@ def outpaint(
         generated_mask = np.zeros(source.rgb.shape[:2], dtype=bool)
         for index, step in enumerate(split_steps(total, request.steps)):
             canvas, mask = expand_canvas(current, step, fill=request.fill, overlap=request.overlap, seed=step_seed(seed, index))
-            filled = run_engine(engine, canvas, mask, request, options, step_seed(seed, index))
+            filled = run_engine(engine, canvas, mask, request, options, step_seed(seed, index), request.size)
             current = finish(canvas, filled, mask, request)
             pads = ((step.top, step.bottom), (step.left, step.right))
             generated_mask = np.pad(generated_mask, pads, constant_values=True) | mask

@@ -57,6 +57,15 @@ class Offload(str, Enum):
     sequential = "sequential"
 
 
+class MaskedContent(str, Enum):
+    """What the masked area starts from before denoising (A1111's "masked content"; needs strength < 1)."""
+
+    original = "original"
+    fill = "fill"
+    latent_noise = "latent-noise"
+    latent_nothing = "latent-nothing"
+
+
 class InpaintArea(str, Enum):
     """Work on the whole picture, or only on a crop around the mask (A1111's "only masked")."""
 
@@ -104,6 +113,19 @@ class TaskRequest(BaseModel):
     scheduler: str | None = Field(
         None, description=f"sampler: {', '.join(SCHEDULERS)} [default: the model's own]",
         json_schema_extra=_panel("Sampling", metavar="NAME"),
+    )
+    masked_content: MaskedContent = Field(
+        MaskedContent.original, description="start of the masked area when --strength < 1: original, fill (blurred "
+        "surroundings), latent-noise, latent-nothing", json_schema_extra=_panel("Sampling"),
+    )
+    mask_weight: float = Field(
+        1.0, ge=0, le=1, description="inpainting models: how strongly the masked area is hidden from the "
+        "conditioning (A1111's inpainting_mask_weight)", json_schema_extra=_panel("Sampling"),
+    )
+    size: int | None = Field(
+        None, ge=64, le=8192, description="long side (px) the engine works at; the result is scaled back "
+        "[default: the image's size; for --area masked the model's native resolution]",
+        json_schema_extra=_panel("Geometry", metavar="PX"),
     )
     lora: list[str] = Field(
         default_factory=list, description="LoRA file/folder/hub id with optional weight, PATH[:WEIGHT], repeatable "
@@ -159,6 +181,7 @@ class TaskRequest(BaseModel):
             prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model, steps=self.steps,
             guidance_scale=self.guidance_scale, strength=self.strength, scheduler=self.scheduler,
             loras=tuple(parse_lora(spec) for spec in self.lora),
+            masked_content=self.masked_content.value, mask_weight=self.mask_weight,
             dtype=self.dtype.value, device=self.device.value, offload=self.offload.value if self.offload else None,
             attention_slicing=self.attention_slicing, vae_tiling=self.vae_tiling, cache_dir=self.cache_dir,
             local_files_only=True if self.local_files_only else None,

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from canvaslab.core.notices import notice
 from canvaslab.engines.base import Engine, EngineOptions, Generation
 from canvaslab.engines.diffusion.schedulers import make_scheduler, scheduler_spec
 
@@ -38,6 +39,14 @@ class DiffusionEngine(Engine):
     needs_context: ClassVar[bool] = False  # it can paint a whole canvas from the prompt
     uses_prompt: ClassVar[bool] = True
 
+    def preferred_size(self, generation: Generation) -> int | None:
+        from canvaslab.engines.diffusion.models import detect, resolve_source
+
+        source = resolve_source(
+            generation.model or DEFAULT_MODEL, cache_dir=generation.cache_dir, local_files_only=generation.local_files_only
+        )
+        return detect(source).native_resolution
+
     def describe_sampling(self, generation: Generation) -> dict[str, object]:
         sampler = scheduler_spec(generation.scheduler).a1111_name if generation.scheduler else "model default"
         return {
@@ -46,6 +55,8 @@ class DiffusionEngine(Engine):
             "CFG scale": generation.guidance_scale,
             "Denoising strength": generation.strength,
             "Model": generation.model or DEFAULT_MODEL,
+            **({"Masked content": generation.masked_content} if generation.masked_content != "original" else {}),
+            **({"Inpainting conditioning mask strength": generation.mask_weight} if generation.mask_weight != 1 else {}),
         }
 
     def inpaint(
@@ -57,11 +68,15 @@ class DiffusionEngine(Engine):
         pipe = self._pipeline(generation, options)
         _use_scheduler(pipe, generation.scheduler)
         height, width = mask.shape
+        start = masked_start(pipe, image, mask, generation.masked_content, seed) if generation.strength < 1 else image
+        if generation.masked_content != "original" and generation.strength >= 1:
+            notice("--masked-content only matters with --strength < 1: at strength 1 the masked area starts from noise")
         result = pipe(
             prompt=generation.prompt,
             negative_prompt=generation.negative_prompt or None,
-            image=Image.fromarray(image),
+            image=Image.fromarray(start),
             mask_image=Image.fromarray(mask.astype(np.uint8) * 255),
+            **_conditioning(pipe, start, mask, generation.mask_weight),
             height=height,
             width=width,
             strength=generation.strength,
@@ -91,6 +106,59 @@ class DiffusionEngine(Engine):
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+
+def masked_start(pipe: Any, image: np.ndarray, mask: np.ndarray, content: str, seed: int) -> np.ndarray:
+    """The image the pipeline starts from, with the masked area prepared as A1111's "masked content" does.
+
+    `fill` puts blurred surroundings there; `latent-noise` / `latent-nothing` replace the masked latents
+    with noise / zeros and decode them, so the pipeline's own encoder sees (almost exactly) those latents.
+    """
+    if content == "original":
+        return image
+    if content == "fill":
+        import cv2
+
+        filled = cv2.inpaint(image, mask.astype(np.uint8) * 255, 5, cv2.INPAINT_TELEA)
+        blurred = cv2.GaussianBlur(filled, (0, 0), sigmaX=max(4.0, max(mask.shape) / 32))
+        return np.where(mask[..., None], blurred, image)
+    return _latent_start(pipe, image, mask, zero=content == "latent-nothing", seed=seed)
+
+
+def _latent_start(pipe: Any, image: np.ndarray, mask: np.ndarray, *, zero: bool, seed: int) -> np.ndarray:
+    import torch
+
+    vae = pipe.vae
+    scale = vae.config.scaling_factor
+    with torch.no_grad():
+        pixels = torch.from_numpy(image).permute(2, 0, 1)[None].to(vae.device, vae.dtype) / 127.5 - 1.0
+        latents = vae.encode(pixels).latent_dist.mean * scale
+        small = torch.from_numpy(mask.astype(np.float32))[None, None]
+        small = torch.nn.functional.interpolate(small, size=latents.shape[-2:], mode="nearest").to(latents.device) > 0.5
+        generator = torch.Generator("cpu").manual_seed((seed + 1) % 2**32)  # not the sampler's stream
+        fresh = torch.zeros_like(latents) if zero else torch.randn(latents.shape, generator=generator).to(latents)
+        latents = torch.where(small, fresh, latents)
+        decoded = vae.decode(latents / scale).sample
+    decoded = ((decoded[0].permute(1, 2, 0).float().cpu().numpy() + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)
+    return np.where(mask[..., None], decoded, image)
+
+
+def _conditioning(pipe: Any, image: np.ndarray, mask: np.ndarray, weight: float) -> dict[str, Any]:
+    """A1111's inpainting_mask_weight: blend the conditioning image between masked (1) and unmasked (0).
+
+    diffusers encodes `masked_image_latents` itself when it is given in pixel space (3 channels), so
+    the blended image goes there; weight 1 passes nothing, keeping the pipeline's own path exactly.
+    """
+    if weight >= 1.0:
+        return {}
+    if pipe.unet.config.in_channels != 9:
+        notice("--mask-weight only affects inpainting models (9-channel UNet); this model ignores it")
+        return {}
+    import torch
+
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    keep = 1.0 - weight * torch.from_numpy(mask.astype(np.float32))[None, None]
+    return {"masked_image_latents": pixels * keep}
 
 
 def _use_scheduler(pipe: Any, name: str | None) -> None:
