@@ -128,3 +128,42 @@ def test_models_list_info_and_offline_pull(tiny_folders, hub_cache):
     assert (info["family"], info["kind"], info["unet_in_channels"]) == ("sdxl", "inpaint", 9)
     pull = cli("models", "pull", "sdxl", "--cache-dir", hub_cache)
     assert pull.returncode == 3 and "could not download" in pull.stderr and "Traceback" not in pull.stderr
+
+
+def test_only_masked_works_at_the_requested_size_and_pastes_back(small, tiny_folders):
+    image, mask = small
+    a = run(small, tiny_folders["sd-inpaint"], area="masked", padding=4, size=64)
+    b = run(small, tiny_folders["sd-inpaint"], area="masked", padding=4, size=128)
+    for result in (a, b):
+        assert result.image.shape == image.shape
+        np.testing.assert_array_equal(result.image[~mask], image[~mask])
+    assert not np.array_equal(a.image, b.image)
+    default = run(small, tiny_folders["sd-inpaint"], area="masked", padding=4)  # the model's native size
+    assert default.image.shape == image.shape
+
+
+@pytest.mark.parametrize("content", ["fill", "latent-noise", "latent-nothing"])
+def test_masked_content_changes_the_start_when_strength_below_one(small, tiny_folders, content):
+    image, mask = small
+    original = run(small, tiny_folders["sd-inpaint"], strength=0.6)
+    other = run(small, tiny_folders["sd-inpaint"], strength=0.6, masked_content=content)
+    again = run(small, tiny_folders["sd-inpaint"], strength=0.6, masked_content=content)
+    np.testing.assert_array_equal(other.image, again.image)
+    assert not np.array_equal(other.image[mask], original.image[mask])
+    np.testing.assert_array_equal(other.image[~mask], image[~mask])
+    assert f"Masked content: {content}" in other.parameters
+
+
+def test_masked_content_at_full_strength_says_it_does_nothing(small, tiny_folders):
+    result = run(small, tiny_folders["sd-inpaint"], masked_content="fill")
+    assert any("only matters with --strength < 1" in n for n in result.notices)
+
+
+def test_mask_weight_blends_the_conditioning(small, tiny_folders):
+    full = run(small, tiny_folders["sd-inpaint"])
+    explicit = run(small, tiny_folders["sd-inpaint"], mask_weight=1.0)
+    half = run(small, tiny_folders["sd-inpaint"], mask_weight=0.3)
+    np.testing.assert_array_equal(full.image, explicit.image)
+    assert not np.array_equal(full.image, half.image)
+    plain = run(small, tiny_folders["sd-txt2img"], mask_weight=0.3)
+    assert any("only affects inpainting models" in n for n in plain.notices)
