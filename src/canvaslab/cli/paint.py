@@ -14,7 +14,7 @@ from canvaslab.cli import console
 from canvaslab.cli.options import command
 from canvaslab.core.image import DEFAULT_MAX_PIXELS
 from canvaslab.errors import InputError
-from canvaslab.tasks.batch import BatchItem, pair_folder, run_batch
+from canvaslab.tasks.batch import BatchItem, launcher_shard, pair_folder, parse_shard, run_batch, shard
 from canvaslab.tasks.render import OutputSpec, render
 from canvaslab.tasks.requests import InpaintRequest, MaskMode, OutpaintRequest, build_request
 
@@ -43,6 +43,7 @@ MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="refuse i
 ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="folder of images, searched recursively", rich_help_panel=BATCH)]
 OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="output folder (existing outputs are skipped: reruns resume)", rich_help_panel=BATCH)]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=64, help="worker processes", rich_help_panel=BATCH)]
+ShardOpt = Annotated[Optional[str], typer.Option("--shard", metavar="I/N", help="process only part I of N (0-based) \\[default: from RANK/WORLD_SIZE under accelerate launch or torchrun]", rich_help_panel=BATCH)]
 
 
 def _inpaint_inputs(
@@ -80,6 +81,7 @@ def _output_options(
     images: ImagesOpt = None,
     out: OutDirOpt = None,
     workers: WorkersOpt = 1,
+    shard: ShardOpt = None,
     rows: RowsOpt = 1,
     grid: GridOpt = None,
     h_spacing: HSpaceOpt = 8,
@@ -111,9 +113,10 @@ def _run_single(task: str, request: Any, cli: dict[str, Any], spec_args: dict[st
     image: Path | None = cli["image"]
     if image is None:
         raise InputError(f"give an image to {task} (or --images DIR for a folder)")
-    for batch_only in ("out", "masks"):
+    instead = {"out": "use -o FILE", "masks": "use --mask FILE", "shard": "drop --shard"}
+    for batch_only, advice in instead.items():
         if cli.get(batch_only) is not None:
-            raise InputError(f"--{batch_only} is for folders (--images DIR); for one image use {'-o FILE' if batch_only == 'out' else '--mask FILE'}")
+            raise InputError(f"--{batch_only} is for folders (--images DIR); for one image {advice}")
     output = cli["output"] or Path(f"{image.stem}-{task}{SUFFIXES[spec_args['format'] or 'png']}")
     _check_format(output, spec_args["format"])
     spec = OutputSpec(grid=cli["grid"], **spec_args)
@@ -157,11 +160,14 @@ def _run_batch(task: str, request: Any, cli: dict[str, Any], spec_args: dict[str
         raise InputError("inpaint --images needs --masks DIR (or one mask file), or --mask-mode alpha")
     suffix = SUFFIXES[spec_args["format"] or "png"]
     pairing = pair_folder(cli["images"], masks, cli["out"], suffix=suffix, need_masks=need_masks)
-    _report_pairing(pairing)
+    index, count = parse_shard(cli["shard"]) if cli["shard"] else launcher_shard()
+    items = shard(pairing.items, index, count)
+    if index == 0:  # every process pairs the same folder: report its problems once
+        _report_pairing(pairing)
     spec = OutputSpec(grid=cli["grid"], **spec_args)
-    with _progress(len(pairing.items)) as advance:
+    with _progress(len(items)) as advance:
         report = run_batch(
-            pairing.items, task, request.model_dump(mode="json"), spec,
+            items, task, request.model_dump(mode="json"), spec,
             workers=cli["workers"], on_progress=advance,
         )
     _report_batch(report, pairing)

@@ -122,6 +122,25 @@ def pair_folder(
     return pairing
 
 
+def launcher_shard() -> tuple[int, int]:
+    """(index, count) of this process under `accelerate launch` or torchrun; (0, 1) when run alone."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise InputError("RANK and WORLD_SIZE must be integers (they are set by accelerate launch / torchrun)") from None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"2/4" -> (2, 4): part 2 (0-based) of 4."""
+    index, sep, count = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        return int(index), int(count)
+    except ValueError:
+        raise InputError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+
+
 def shard(items: list[BatchItem], index: int, count: int) -> list[BatchItem]:
     """The items process `index` of `count` handles (round robin, so shards stay balanced)."""
     if not 0 <= index < count:

@@ -65,8 +65,11 @@ class DiffusionEngine(Engine):
         import torch
         from PIL import Image
 
+        from canvaslab.engines.diffusion.lora import apply_loras
+
         pipe = self._pipeline(generation, options)
         _use_scheduler(pipe, generation.scheduler)
+        apply_loras(pipe, generation.loras, cache_dir=generation.cache_dir)  # also switches off earlier ones
         height, width = mask.shape
         start = masked_start(pipe, image, mask, generation.masked_content, seed) if generation.strength < 1 else image
         if generation.masked_content != "original" and generation.strength >= 1:

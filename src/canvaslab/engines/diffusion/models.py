@@ -727,9 +727,13 @@ def resolve_device(device: Device) -> str:
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
+        device = "cuda" if cuda else "mps" if mps else "cpu"
     if (device == "cuda" and not cuda) or (device == "mps" and not mps):
         raise InputError(f"device {device!r} is not available to torch on this machine; use device 'cpu' or 'auto'")
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local_rank is not None and torch.cuda.device_count() > 1:
+        # Under `accelerate launch` / torchrun each process of a batch job takes its own GPU.
+        return f"cuda:{int(local_rank) % torch.cuda.device_count()}"
     return device
 
 
