@@ -131,3 +131,11 @@ def test_prompt_with_a_classical_engine_is_recorded_with_a_notice(photo, box_mas
     result = canvaslab.inpaint(photo, box_mask, engine="telea", seed=0, prompt="a red boat")
     assert any("does not read prompts" in n for n in result.notices)
     assert result.parameters.startswith("a red boat\n")
+
+
+@pytest.mark.parametrize("fill", ["matched-noise", "patchmatch"])
+def test_outpaint_initial_fills_run_and_keep_pixels(photo, fill):
+    result = canvaslab.outpaint(photo, right=24, engine="telea", seed=0, overlap=0, feather=0, fill=fill)
+    h, w = photo.shape[:2]
+    np.testing.assert_array_equal(result.image[:, :w], photo)
+    assert result.image.shape == (h, w + 24, 3)

@@ -56,3 +56,19 @@ def test_mirror_fill_handles_growth_beyond_the_image():
     canvas, _ = expand_canvas(rgb, Expansion(right=10), fill=InitialFill.mirror)
     assert canvas.shape == (2, 13, 3)
     np.testing.assert_array_equal(canvas[:, 3:6], rgb[:, ::-1])
+
+
+def test_matched_noise_takes_the_image_palette_and_is_seeded():
+    rng = np.random.default_rng(3)
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[..., 0] = rng.integers(150, 200, (40, 60))  # a reddish image
+    rgb[..., 2] = rng.integers(0, 30, (40, 60))
+    a, mask = expand_canvas(rgb, Expansion(right=30), fill=InitialFill.matched_noise, seed=1)
+    b, _ = expand_canvas(rgb, Expansion(right=30), fill=InitialFill.matched_noise, seed=1)
+    c, _ = expand_canvas(rgb, Expansion(right=30), fill=InitialFill.matched_noise, seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    new = a[:, 60:]
+    assert 150 <= new[..., 0].mean() <= 200 and new[..., 2].mean() < 30
+    assert new[..., 0].std() > 5  # texture, not a flat colour
+    np.testing.assert_array_equal(a[:, :60], rgb)

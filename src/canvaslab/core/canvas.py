@@ -15,6 +15,7 @@ from enum import Enum
 import numpy as np
 from PIL import Image, ImageFilter
 
+from canvaslab.core.color import match_colors
 from canvaslab.errors import InputError
 
 SIDES = ("left", "right", "top", "bottom")
@@ -27,6 +28,8 @@ class InitialFill(str, Enum):
     mirror = "mirror"
     blur = "blur"
     noise = "noise"
+    matched_noise = "matched-noise"
+    patchmatch = "patchmatch"  # done by the outpaint task: core knows no engines
     engine = "engine"
 
 
@@ -149,8 +152,9 @@ def expand_canvas(
 
 
 def _prefill(rgb: np.ndarray, pads: tuple, fill: InitialFill, seed: int) -> np.ndarray:
-    if fill in (InitialFill.edge, InitialFill.engine):
-        # "engine" means the engine generates the area from scratch; edge pixels are a neutral start.
+    if fill in (InitialFill.edge, InitialFill.engine, InitialFill.patchmatch):
+        # "engine": the engine generates the area from scratch, edge pixels are a neutral start;
+        # "patchmatch": the outpaint task overwrites this with the classical engine's fill.
         return np.pad(rgb, pads, mode="edge")
     if fill == InitialFill.mirror:
         return _pad_mirror(rgb, pads)
@@ -159,12 +163,34 @@ def _prefill(rgb: np.ndarray, pads: tuple, fill: InitialFill, seed: int) -> np.n
         radius = max(4, max(max(p) for p in pads[:2]) // 4)
         blurred = np.asarray(Image.fromarray(canvas).filter(ImageFilter.GaussianBlur(radius)))
         return _keep_old(blurred, rgb, pads)
+    if fill == InitialFill.matched_noise:
+        return _matched_noise(rgb, pads, seed)
     rng = np.random.default_rng(seed)
     mean = rgb.reshape(-1, 3).mean(axis=0)
     std = rgb.reshape(-1, 3).std(axis=0)
     shape = (rgb.shape[0] + sum(pads[0]), rgb.shape[1] + sum(pads[1]), 3)
     noise = np.clip(rng.normal(mean, std, size=shape), 0, 255).astype(np.uint8)
     return _keep_old(noise, rgb, pads)
+
+
+def _matched_noise(rgb: np.ndarray, pads: tuple, seed: int) -> np.ndarray:
+    """Noise with the image's magnitude spectrum and colour histograms (A1111's outpainting mk2 idea).
+
+    Diffusion models denoise such noise into texture that fits the picture far better than flat or
+    white noise: it already has the image's grain size and palette. Random phases keep it structureless.
+    """
+    rng = np.random.default_rng(seed)
+    mirrored = _pad_mirror(rgb, pads).astype(np.float64)
+    spectrum = np.abs(np.fft.fft2(mirrored - mirrored.mean(axis=(0, 1)), axes=(0, 1)))
+    phase = np.exp(2j * np.pi * rng.random(spectrum.shape[:2]))[..., None]
+    shaped = np.fft.ifft2(spectrum * phase, axes=(0, 1)).real
+    low, high = np.percentile(shaped, [0.5, 99.5])
+    noise = np.clip((shaped - low) / max(high - low, 1e-9) * 255.0, 0, 255).astype(np.uint8)
+    canvas = _keep_old(noise, rgb, pads)
+    new_area = np.ones(canvas.shape[:2], bool)
+    top, left = pads[0][0], pads[1][0]
+    new_area[top : top + rgb.shape[0], left : left + rgb.shape[1]] = False
+    return match_colors(canvas, new_area, reference=~new_area, method="histogram", ring=None)
 
 
 def _pad_mirror(rgb: np.ndarray, pads: tuple) -> np.ndarray:

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from canvaslab.core.canvas import expand_canvas, plan_expansion, split_steps
+from canvaslab.core.canvas import InitialFill, expand_canvas, plan_expansion, split_steps
 from canvaslab.core.image import DEFAULT_MAX_PIXELS
 from canvaslab.core.notices import collect_notices
+from canvaslab.engines import Generation, get_engine
 from canvaslab.errors import InputError
 from canvaslab.tasks.common import (
     ImageInput, describe_input, engine_for, finish, make_recipe, open_image, resolve_seed, run_engine, step_seed,
@@ -50,6 +51,8 @@ def outpaint(
         generated_mask = np.zeros(source.rgb.shape[:2], dtype=bool)
         for index, step in enumerate(split_steps(total, request.steps)):
             canvas, mask = expand_canvas(current, step, fill=request.fill, overlap=request.overlap, seed=step_seed(seed, index))
+            if request.fill == InitialFill.patchmatch:
+                canvas = _patchmatch_prefill(canvas, mask, step_seed(seed, index))
             filled = run_engine(engine, canvas, mask, request, options, step_seed(seed, index), request.size)
             current = finish(canvas, filled, mask, request)
             pads = ((step.top, step.bottom), (step.left, step.right))
@@ -64,3 +67,10 @@ def outpaint(
         image=current, mask=generated_mask, seed=seed, recipe=recipe, parameters=text, alpha=alpha,
         notices=list(notes), seconds=time.perf_counter() - started,
     )
+
+
+def _patchmatch_prefill(canvas: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
+    """The new area pre-filled by the classical engine: real texture for a generative engine to refine."""
+    engine = get_engine("patchmatch")
+    filled = engine.inpaint(canvas, mask, seed=seed, options=engine.parse_options({}), generation=Generation())
+    return np.where(mask[..., None], filled, canvas)
