@@ -114,3 +114,30 @@ def test_help_mentions_every_panel():
     assert run.returncode == 0
     for flag in ("--mask-mode", "--grow", "--feather", "--images", "--rows", "--grid", "--opt", "--area"):
         assert flag in run.stdout
+
+
+def test_parameter_grid_over_two_fields(tmp_path, pair, photo):
+    image, mask = pair
+    grid = tmp_path / "xyz.png"
+    run = cli("inpaint", image, "--mask", mask, "--engine", "telea", "--seed", 1, "--grid", grid,
+              "--grid-x", "opt=radius=1,radius=9", "--grid-y", "grow=0,4,8", "--h-spacing", 0, "--v-spacing", 0)
+    assert run.returncode == 2 and "unknown grid axis field 'opt'" in run.stderr  # options nest: not an axis
+    run = cli("inpaint", image, "--mask", mask, "--engine", "telea", "--seed", 1, "--grid", grid,
+              "--grid-x", "engine=telea,ns", "--grid-y", "grow=0,4,8", "--h-spacing", 0, "--v-spacing", 0)
+    assert run.returncode == 0, run.stderr
+    width, height = Image.open(grid).size
+    h, w = photo.shape[:2]
+    assert width > 2 * w and height > 3 * h  # 2 columns, 3 rows, plus label strips
+    bad = cli("inpaint", image, "--mask", mask, "--grid", grid, "--grid-x", "grow=1,-2")
+    assert bad.returncode == 2 and "grow" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_expensive_axis_runs_outermost():
+    from canvaslab.tasks.requests import InpaintRequest
+    from canvaslab.tasks.xyz import cell_requests, parse_axis, run_order
+
+    x = parse_axis("model=a,b", InpaintRequest)
+    y = parse_axis("cfg=3,5,7", InpaintRequest)
+    order = run_order(cell_requests(InpaintRequest(), x, y), x, y)
+    assert [cell[0] for cell in order] == [0, 0, 0, 1, 1, 1]  # each model once, all its cells together
+    assert y.field == "guidance_scale"

@@ -16,6 +16,7 @@ from canvaslab.core.image import DEFAULT_MAX_PIXELS
 from canvaslab.errors import InputError
 from canvaslab.tasks.batch import BatchItem, launcher_shard, pair_folder, parse_shard, run_batch, shard
 from canvaslab.tasks.render import OutputSpec, render
+from canvaslab.tasks.xyz import parse_axis, render_xyz
 from canvaslab.tasks.requests import InpaintRequest, MaskMode, OutpaintRequest, build_request
 
 
@@ -38,6 +39,8 @@ RowsOpt = Annotated[int, typer.Option("--rows", min=1, max=256, help="run N seed
 GridOpt = Annotated[Optional[Path], typer.Option("--grid", help="write a comparison grid: original | mask | result per seed row (a folder in batch mode)", rich_help_panel=OUT)]
 HSpaceOpt = Annotated[int, typer.Option("--h-spacing", min=0, max=1024, help="pixels between grid columns", rich_help_panel=OUT)]
 VSpaceOpt = Annotated[int, typer.Option("--v-spacing", min=0, max=1024, help="pixels between grid rows", rich_help_panel=OUT)]
+GridXOpt = Annotated[Optional[str], typer.Option("--grid-x", metavar="FIELD=V1,V2", help="parameter grid: one column per value of a request field, e.g. steps=10,20,30 (needs --grid)", rich_help_panel=OUT)]
+GridYOpt = Annotated[Optional[str], typer.Option("--grid-y", metavar="FIELD=V1,V2", help="parameter grid rows, e.g. guidance_scale=3,5,7", rich_help_panel=OUT)]
 LabelsOpt = Annotated[bool, typer.Option("--labels/--no-labels", help="label grid rows (seed) and columns", rich_help_panel=OUT)]
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="refuse images with more pixels (decompression-bomb guard)", rich_help_panel="Input")]
 ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="folder of images, searched recursively", rich_help_panel=BATCH)]
@@ -84,6 +87,8 @@ def _output_options(
     shard: ShardOpt = None,
     rows: RowsOpt = 1,
     grid: GridOpt = None,
+    grid_x: GridXOpt = None,
+    grid_y: GridYOpt = None,
     h_spacing: HSpaceOpt = 8,
     v_spacing: VSpaceOpt = 8,
     labels: LabelsOpt = False,
@@ -103,7 +108,9 @@ def _run(task: str, values: dict[str, Any], **cli: Any) -> None:
             format=fmt, quality=cli["quality"], rows=cli["rows"], h_spacing=cli["h_spacing"],
             v_spacing=cli["v_spacing"], labels=cli["labels"], max_pixels=cli["max_pixels"],
         )
-        if cli["images"] is not None:
+        if cli["grid_x"] is not None or cli["grid_y"] is not None:
+            _run_xyz(task, model, request, cli, spec_args)
+        elif cli["images"] is not None:
             _run_batch(task, request, cli, spec_args)
         else:
             _run_single(task, request, cli, spec_args)
@@ -135,6 +142,22 @@ def _run_single(task: str, request: Any, cli: dict[str, Any], spec_args: dict[st
         console.info(f"[dim]{task} {image} -> {path} (seed {result.seed}, {result.seconds:.2f} s)[/]")
     if spec.grid:
         print(spec.grid)
+
+
+def _run_xyz(task: str, model: Any, request: Any, cli: dict[str, Any], spec_args: dict[str, Any]) -> None:
+    if cli["grid_x"] is None:
+        raise InputError("--grid-y needs --grid-x (the columns)")
+    if cli["grid"] is None or cli["image"] is None or cli["images"] is not None:
+        raise InputError("--grid-x/--grid-y need one IMAGE and --grid FILE for the parameter grid")
+    if cli["rows"] != 1:
+        raise InputError("--rows makes seed rows; with --grid-y use seed=1,2,3 as an axis instead")
+    x = parse_axis(cli["grid_x"], model)
+    y = parse_axis(cli["grid_y"], model) if cli["grid_y"] else None
+    path, results = render_xyz(task, cli["image"], cli.get("mask"), request, x, y, cli["grid"], OutputSpec(**spec_args))
+    if console.settings.json:
+        console.emit_json({"grid": str(path), "cells": len(results), "seconds": round(sum(r.seconds for r in results.values()), 3)})
+        return
+    print(path)
 
 
 def _check_format(output: Path, fmt: str | None) -> None:
