@@ -78,6 +78,25 @@ def main() -> None:
     print(f"overhead ratio (ours / baseline): {our_s / raw_s:.3f}  (goal <= 1.03)")
     print(f"masked pixels identical to the raw call: {same}")
     print(f"unmasked pixels identical to the input: {np.array_equal(our_out[~mask], image[~mask])}")
+    tiled_cost(folder, args.steps)
+
+
+def tiled_cost(folder: Path, steps: int) -> None:
+    """Tiled outpainting: seconds per generated megapixel should stay flat as the canvas grows."""
+    print(f"\ntiled outpainting (64 px windows, {steps} steps): height 128, right side extended")
+    print("| canvas | new px | s | s per new Mpx | ratio to first |")
+    print("|---|---:|---:|---:|---:|")
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    first = None
+    for extra in (128, 384, 896):
+        started = time.perf_counter()
+        canvaslab.outpaint(image, right=extra, engine="diffusion", model=str(folder), steps=steps, seed=0, tile=64,
+                           dtype="fp32", device="cpu")
+        seconds = time.perf_counter() - started
+        per_mpx = seconds / (128 * extra / 1e6)
+        first = first or per_mpx
+        print(f"| 128x{128 + extra} | {128 * extra} | {seconds:.2f} | {per_mpx:.1f} | {per_mpx / first:.2f} |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     result = canvaslab.inpaint("photo.jpg", "mask.png", engine="patchmatch", seed=1)
     result.save("out.png")            # the PNG carries its recipe
     wider = canvaslab.outpaint("photo.jpg", right=256, steps=2)
+    winter = canvaslab.edit("photo.jpg", instruction="make it winter")
+    image = canvaslab.generate(prompt="a lighthouse at dawn", seed=7)
 
 Names are imported on first use so that `import canvaslab` stays fast.
 """
@@ -18,9 +20,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "inpaint": "canvaslab.tasks.inpaint",
     "outpaint": "canvaslab.tasks.outpaint",
+    "edit": "canvaslab.tasks.edit",
+    "generate": "canvaslab.tasks.generate",
     "Result": "canvaslab.tasks.result",
     "InpaintRequest": "canvaslab.tasks.requests",
     "OutpaintRequest": "canvaslab.tasks.requests",
+    "EditRequest": "canvaslab.tasks.requests",
+    "GenerateRequest": "canvaslab.tasks.requests",
     "load_image": "canvaslab.core.image",
     "load_mask": "canvaslab.core.image",
     "read_metadata": "canvaslab.core.metadata",

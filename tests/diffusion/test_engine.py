@@ -167,3 +167,15 @@ def test_mask_weight_blends_the_conditioning(small, tiny_folders):
     assert not np.array_equal(full.image, half.image)
     plain = run(small, tiny_folders["sd-txt2img"], mask_weight=0.3)
     assert any("only affects inpainting models" in n for n in plain.notices)
+
+
+def test_tiled_outpaint_with_diffusion_covers_the_canvas(small, tiny_folders):
+    image, _ = small
+    h, w = image.shape[:2]
+    result = canvaslab.outpaint(image, right=110, engine="diffusion", model=str(tiny_folders["sd-inpaint"]),
+                                steps=2, seed=0, tile=64, overlap=0, feather=0, fill="edge")
+    assert result.image.shape == (h, w + 110, 3)
+    np.testing.assert_array_equal(result.image[:, :w], image)
+    prefill = np.repeat(image[:, -1:], 110, axis=1).astype(int)  # what "edge" put there before the engine ran
+    changed = np.abs(result.image[:, w:].astype(int) - prefill).max(axis=2) > 0
+    assert changed.mean() > 0.95  # every window ran: no strip keeps the pre-fill

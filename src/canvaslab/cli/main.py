@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from canvaslab import __version__
-from canvaslab.cli import console, models, paint, tools
+from canvaslab.cli import console, create, models, paint, tools
 
 app = typer.Typer(
     name="canvaslab",
@@ -37,6 +37,7 @@ def _global(
 
 
 paint.register(app)
+create.register(app)
 tools.register(app)
 app.add_typer(models.app, name="models", rich_help_panel="Tools")
 

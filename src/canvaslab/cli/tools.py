@@ -69,7 +69,8 @@ def replay(
         task = recipe["task"]
         request = build_request(REQUESTS[task], recipe["request"])
         inputs = recipe.get("inputs", {})
-        image_in = source or _recorded(inputs.get("image"), "image", "--image")
+        # generate has no input image to reopen
+        image_in = source or (_recorded(inputs.get("image"), "image", "--image") if "image" in inputs else None)
         mask_in = mask or (_recorded(inputs["mask"], "mask", "--mask") if inputs.get("mask") else None)
         result = run_task(task, image_in, mask_in, request, max_pixels=_pixels_limit(recipe))
         target = output or image.with_name(f"{image.stem}-replay.png")

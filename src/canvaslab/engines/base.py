@@ -81,7 +81,7 @@ class Engine(ABC):
                 "leave some of the image unmasked or use a generative engine"
             )
 
-    def preferred_size(self, generation: Generation) -> int | None:
+    def preferred_size(self, generation: Generation, options: EngineOptions) -> int | None:
         """Long side the engine works best at (a model's native resolution); None: any size is fine."""
         return None
 

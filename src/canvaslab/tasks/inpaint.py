@@ -17,6 +17,7 @@ from canvaslab.tasks.common import (
 )
 from canvaslab.tasks.requests import InpaintArea, InpaintRequest, MaskMode, request_from
 from canvaslab.tasks.result import Result
+from canvaslab.tasks.tiles import fill_tiled, tile_size
 
 
 def inpaint(
@@ -77,9 +78,11 @@ def _fill(rgb: np.ndarray, hole: np.ndarray, request: InpaintRequest, seed: int)
     if request.area == InpaintArea.masked:
         # A1111's "only masked": the crop is scaled to the working size, so small holes get full detail.
         box = crop_box_around(hole, request.padding, multiple=request.multiple or engine.pad_multiple)
-        long_side = request.size or engine.preferred_size(request.generation())
+        long_side = request.size or engine.preferred_size(request.generation(), options)
         patch = run_engine(engine, crop(rgb, box), crop(hole, box), request, options, seed, long_side)
         generated = paste(rgb, patch, box)
+    elif (tile := tile_size(request, engine, options, (rgb.shape[1], rgb.shape[0]))) is not None:
+        generated = fill_tiled(engine, rgb, hole, request, options, seed, tile)
     else:
         generated = run_engine(engine, rgb, hole, request, options, seed, request.size)
     return finish(rgb, generated, hole, request)

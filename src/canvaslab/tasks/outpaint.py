@@ -17,6 +17,7 @@ from canvaslab.tasks.common import (
 )
 from canvaslab.tasks.requests import OutpaintRequest, request_from
 from canvaslab.tasks.result import Result
+from canvaslab.tasks.tiles import fill_tiled, tile_size
 
 
 def outpaint(
@@ -53,7 +54,11 @@ def outpaint(
             canvas, mask = expand_canvas(current, step, fill=request.fill, overlap=request.overlap, seed=step_seed(seed, index))
             if request.fill == InitialFill.patchmatch:
                 canvas = _patchmatch_prefill(canvas, mask, step_seed(seed, index))
-            filled = run_engine(engine, canvas, mask, request, options, step_seed(seed, index), request.size)
+            tile = tile_size(request, engine, options, (canvas.shape[1], canvas.shape[0]))
+            if tile is not None:
+                filled = fill_tiled(engine, canvas, mask, request, options, step_seed(seed, index), tile)
+            else:
+                filled = run_engine(engine, canvas, mask, request, options, step_seed(seed, index), request.size)
             current = finish(canvas, filled, mask, request)
             pads = ((step.top, step.bottom), (step.left, step.right))
             generated_mask = np.pad(generated_mask, pads, constant_values=True) | mask

@@ -16,6 +16,8 @@ from canvaslab.core.grid import make_grid, mask_overlay
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, save_image
 from canvaslab.errors import InputError
 from canvaslab.tasks.common import ImageInput, open_image, resolve_seed, step_seed
+from canvaslab.tasks.edit import edit
+from canvaslab.tasks.generate import generate
 from canvaslab.tasks.inpaint import inpaint
 from canvaslab.tasks.outpaint import outpaint
 from canvaslab.tasks.requests import REQUESTS, TaskRequest
@@ -42,12 +44,33 @@ class OutputSpec:
             raise InputError(f"--quality must be within 1..100, got {self.quality}")
 
 
-def run_task(task: str, image: ImageInput, mask: ImageInput | None, request: TaskRequest, max_pixels: int) -> Result:
+# The comparison grid's columns for each task (one row per seed).
+GRID_COLUMNS: dict[str, tuple[str, ...]] = {
+    "inpaint": ("original", "mask", "result"),
+    "outpaint": ("original", "mask", "result"),
+    "edit": ("original", "result"),
+    "generate": ("result",),
+}
+
+
+def run_task(
+    task: str, image: ImageInput | None, mask: ImageInput | None, request: TaskRequest, max_pixels: int
+) -> Result:
+    if task not in REQUESTS:
+        raise InputError(f"unknown task {task!r}: choose one of {', '.join(REQUESTS)}")
+    if task != "inpaint" and mask is not None:
+        raise InputError(f"{task} takes no mask")
+    if task == "generate":
+        if image is not None:
+            raise InputError("generate takes no input image (edit changes an existing one)")
+        return generate(request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
+    if image is None:
+        raise InputError(f"{task} needs an input image")
     if task == "inpaint":
-        return inpaint(image, mask, request=request, max_pixels=max_pixels)
+        return inpaint(image, mask, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
     if task == "outpaint":
-        return outpaint(image, request=request, max_pixels=max_pixels)
-    raise InputError(f"unknown task {task!r}: choose one of {', '.join(REQUESTS)}")
+        return outpaint(image, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
+    return edit(image, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
 
 
 def row_output(output: Path, seed: int, index: int) -> Path:
@@ -56,10 +79,13 @@ def row_output(output: Path, seed: int, index: int) -> Path:
 
 
 def render(
-    task: str, image: ImageInput, mask: ImageInput | None, request: TaskRequest, output: Path, spec: OutputSpec
+    task: str, image: ImageInput | None, mask: ImageInput | None, request: TaskRequest, output: Path, spec: OutputSpec
 ) -> list[tuple[Result, Path]]:
-    """Run `spec.rows` seeds (seed, seed+1, ...), save each, then the grid, then the main output."""
-    source = open_image(image, spec.max_pixels)
+    """Run `spec.rows` seeds (seed, seed+1, ...), save each, then the grid, then the main output.
+
+    `image` is None for tasks that start from nothing (generate).
+    """
+    source = open_image(image, spec.max_pixels) if image is not None else None
     base_seed = resolve_seed(request.seed)
     results: list[Result] = []
     for index in range(spec.rows):
@@ -70,19 +96,25 @@ def render(
     for result, path in saved[1:]:
         result.save(path, format=spec.format, quality=spec.quality)
     if spec.grid is not None:
-        write_grid(spec.grid, source.rgb, results, spec)
+        write_grid(spec.grid, None if source is None else source.rgb, results, spec, GRID_COLUMNS[task])
     results[0].save(output, format=spec.format, quality=spec.quality)
     return saved
 
 
-def write_grid(path: Path, original: np.ndarray, results: list[Result], spec: OutputSpec) -> Path:
-    """original | original with the generated area painted white | result, one row per seed."""
-    overlay = mask_overlay(results[0].image, results[0].mask)
+def write_grid(
+    path: Path,
+    original: np.ndarray | None,
+    results: list[Result],
+    spec: OutputSpec,
+    columns: tuple[str, ...] = GRID_COLUMNS["inpaint"],
+) -> Path:
+    """One row per seed; columns among original | original with the generated area painted white | result."""
+    overlay = mask_overlay(results[0].image, results[0].mask) if "mask" in columns else None
     grid = make_grid(
-        [[original, overlay, result.image] for result in results],
+        [[{"original": original, "mask": overlay, "result": r.image}[name] for name in columns] for r in results],
         h_spacing=spec.h_spacing,
         v_spacing=spec.v_spacing,
         row_labels=[f"seed {r.seed}" for r in results] if spec.labels else None,
-        col_labels=["original", "mask", "result"] if spec.labels else None,
+        col_labels=list(columns) if spec.labels else None,
     )
     return save_image(path, grid, recipe={"canvaslab_grid": [r.recipe for r in results]})

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+)
 
 from canvaslab import __version__
 from canvaslab.core.canvas import InitialFill, parse_directions
@@ -126,6 +128,11 @@ class TaskRequest(BaseModel):
         None, ge=64, le=8192, description="long side (px) the engine works at; the result is scaled back "
         "[default: the image's size; for --area masked the model's native resolution]",
         json_schema_extra=_panel("Geometry", metavar="PX"),
+    )
+    tile: int | None = Field(
+        None, ge=0, le=8192, description="fill big canvases window by window, each window this many px, "
+        "conditioned on what is already there (0: never) [default: the model's native size once the canvas is "
+        "twice as large]", json_schema_extra=_panel("Geometry", metavar="PX"),
     )
     lora: list[str] = Field(
         default_factory=list, description="LoRA file/folder/hub id with optional weight, PATH[:WEIGHT], repeatable "
@@ -289,7 +296,151 @@ class OutpaintRequest(TaskRequest):
         return settings
 
 
-REQUESTS: dict[str, type[TaskRequest]] = {"inpaint": InpaintRequest, "outpaint": OutpaintRequest}
+class _CreateRequest(TaskRequest):
+    """Shared by `edit` and `generate`: tasks that run a diffusion pipeline directly, without a mask.
+
+    They read only some of the shared fields. `used_fields` lists them; any other field set to a
+    non-default value is refused with one line (never silently ignored), so a shared field added
+    later is refused here until the task learns to use it.
+    """
+
+    task: ClassVar[str]
+    used_fields: ClassVar[frozenset[str]] = frozenset({
+        "engine", "seed", "prompt", "negative_prompt", "options", "model", "steps", "guidance_scale", "scheduler",
+        "lora", "dtype", "device", "offload", "attention_slicing", "vae_tiling", "cache_dir", "local_files_only",
+    })
+
+    engine: str = Field(
+        "diffusion", description="engine that paints: diffusion (the only one for this task so far)",
+        json_schema_extra=_panel("Engine", metavar="NAME"),
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _diffusion_only(cls, value: str) -> str:
+        if value != "diffusion":
+            raise ValueError(f"{cls.task} runs on the diffusion engine only, not {value!r}")
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _refuse_unused(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name
+        if name is None or name in cls.used_fields:
+            return value
+        field = cls.model_fields[name]
+        default = field.get_default(call_default_factory=True)
+        if value != default:
+            flag = str(_schema_extra(field).get("flag", "--" + name.replace("_", "-")))
+            raise ValueError(f"{flag} does not apply to {cls.task}; leave it at its default ({_shown(default)})")
+        return value
+
+    def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
+        settings = super().a1111_settings(size, seed)
+        settings["Denoising strength"] = None  # no init image to denoise (None values are left out)
+        settings["Version"] = f"canvaslab {__version__}"
+        return settings
+
+
+class EditRequest(_CreateRequest):
+    """Change an image from an instruction ("make it winter"), InstructPix2Pix style."""
+
+    task: ClassVar[str] = "edit"
+    used_fields: ClassVar[frozenset[str]] = _CreateRequest.used_fields | {"image_guidance_scale", "align", "multiple"}
+
+    # The instruction is the prompt (A1111 and the pipelines call it that); users write `instruction`.
+    prompt: str = Field(
+        "", validation_alias=AliasChoices("instruction", "prompt"), validate_default=True,
+        description="the edit, as an instruction (\"make it winter\"); recorded as the prompt",
+        json_schema_extra=_panel("Edit", flag="--instruction", metavar="TEXT"),
+    )
+    image_guidance_scale: float = Field(
+        1.5, ge=1, le=50, description="how closely the result keeps to the input image (A1111's Image CFG scale; "
+        "diffusers switches all guidance off below 1)", json_schema_extra=_panel("Sampling"),
+    )
+    model: str | None = Field(
+        "instruct-pix2pix", description="image-editing model: alias (instruct-pix2pix), hub id, diffusers folder "
+        "or .safetensors/.ckpt file", json_schema_extra=_panel("Model", metavar="MODEL"),
+    )
+    align: AlignMode = Field(
+        AlignMode.resize, description="how to reach a multiple of 8: resize or pad; the output always has the "
+        "input's exact size", json_schema_extra=_panel("Geometry"),
+    )
+    multiple: int | None = Field(
+        None, ge=8, le=1024, description="size multiple to work at, a multiple of 8 [default: 8]",
+        json_schema_extra=_panel("Geometry"),
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _needs_instruction(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("edit needs an instruction, e.g. --instruction \"make it winter\"")
+        return value
+
+    @field_validator("multiple")
+    @classmethod
+    def _latent_multiple(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"the VAE works in 8-pixel blocks, so the multiple must be a multiple of 8 (got {value})")
+        return value
+
+    def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
+        return {**super().a1111_settings(size, seed), "Image CFG scale": self.image_guidance_scale}
+
+
+class GenerateRequest(_CreateRequest):
+    """Paint an image from a text prompt."""
+
+    task: ClassVar[str] = "generate"
+    used_fields: ClassVar[frozenset[str]] = _CreateRequest.used_fields | {"width", "height", "size"}
+
+    model: str | None = Field(
+        "sd15", description="text-to-image model: alias (sd15, sd21, sdxl, sdxl-turbo), hub id, diffusers folder "
+        "or .safetensors/.ckpt file", json_schema_extra=_panel("Model", metavar="MODEL"),
+    )
+    width: int | None = Field(
+        None, ge=8, le=8192, description="output width, a multiple of 8 [default: the model's native resolution]",
+        json_schema_extra=_panel("Canvas", metavar="PX"),
+    )
+    height: int | None = Field(
+        None, ge=8, le=8192, description="output height, a multiple of 8 [default: the model's native resolution]",
+        json_schema_extra=_panel("Canvas", metavar="PX"),
+    )
+    size: int | None = Field(
+        None, ge=8, le=8192, description="square output of PX x PX, a multiple of 8 (instead of --width/--height)",
+        json_schema_extra=_panel("Canvas", metavar="PX"),
+    )
+
+    @field_validator("width", "height", "size")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        if value % 8:
+            low, high = value // 8 * 8, value // 8 * 8 + 8
+            hint = f"{low} or {high}" if low else str(high)
+            raise ValueError(f"{info.field_name} must be a multiple of 8 (the VAE works in 8-pixel blocks): try {hint}")
+        # Whichever of the three is validated last sees the others (their order depends on inheritance).
+        others = ("width", "height") if info.field_name == "size" else ("size",)
+        if any(info.data.get(other) is not None for other in others):
+            raise ValueError("give either --size or --width/--height, not both")
+        return value
+
+
+def _schema_extra(field: Any) -> dict[str, Any]:
+    return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    return "none" if value in (None, [], {}) else str(value)
+
+
+REQUESTS: dict[str, type[TaskRequest]] = {
+    "inpaint": InpaintRequest, "outpaint": OutpaintRequest, "edit": EditRequest, "generate": GenerateRequest,
+}
 
 
 def parse_lora(spec: str) -> tuple[str, float]:

@@ -39,11 +39,12 @@ class DiffusionEngine(Engine):
     needs_context: ClassVar[bool] = False  # it can paint a whole canvas from the prompt
     uses_prompt: ClassVar[bool] = True
 
-    def preferred_size(self, generation: Generation) -> int | None:
+    def preferred_size(self, generation: Generation, options: EngineOptions) -> int | None:
         from canvaslab.engines.diffusion.models import detect, resolve_source
 
         source = resolve_source(
-            generation.model or DEFAULT_MODEL, cache_dir=generation.cache_dir, local_files_only=generation.local_files_only
+            generation.model or DEFAULT_MODEL, config=getattr(options, "config", None),
+            cache_dir=generation.cache_dir, local_files_only=generation.local_files_only,
         )
         return detect(source).native_resolution
 
