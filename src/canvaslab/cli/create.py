@@ -16,7 +16,7 @@ from canvaslab.cli import console
 from canvaslab.cli.options import command
 from canvaslab.cli.paint import (
     SUFFIXES, FormatOpt, HSpaceOpt, ImageArg, LabelsOpt, QualityOpt, RowsOpt, VSpaceOpt,
-    _check_format, _output_options, _run_batch, _run_single,
+    check_format, output_options, report_saved, run_command,
 )
 from canvaslab.tasks.render import OutputSpec, render
 from canvaslab.tasks.requests import EditRequest, GenerateRequest, build_request
@@ -61,47 +61,20 @@ def _generate_options(
     """
 
 
-def _run_edit(values: dict[str, Any], **cli: Any) -> None:
-    with console.friendly_errors():
-        request = build_request(EditRequest, values)
-        fmt = cli["format"].value if cli["format"] is not None else None
-        spec_args = dict(
-            format=fmt, quality=cli["quality"], rows=cli["rows"], h_spacing=cli["h_spacing"],
-            v_spacing=cli["v_spacing"], labels=cli["labels"], max_pixels=cli["max_pixels"],
-        )
-        if cli["images"] is not None:
-            _run_batch("edit", request, cli, spec_args)
-        else:
-            _run_single("edit", request, cli, spec_args)
-
-
 def _run_generate(values: dict[str, Any], **cli: Any) -> None:
     with console.friendly_errors():
         request = build_request(GenerateRequest, values)
         fmt = cli["format"].value if cli["format"] is not None else None
         output = cli["output"] or Path(f"generate{SUFFIXES[fmt or 'png']}")
-        _check_format(output, fmt)
+        check_format(output, fmt)
         spec = OutputSpec(
             format=fmt, quality=cli["quality"], rows=cli["rows"], grid=cli["grid"], h_spacing=cli["h_spacing"],
             v_spacing=cli["v_spacing"], labels=cli["labels"],
         )
         saved = render("generate", None, None, request, output, spec)
-        if console.settings.json:
-            console.emit_json({
-                "outputs": [str(path) for _, path in saved],
-                "seeds": [result.seed for result, _ in saved],
-                "grid": str(spec.grid) if spec.grid else None,
-                "notices": sorted({n for result, _ in saved for n in result.notices}),
-                "seconds": round(sum(result.seconds for result, _ in saved), 3),
-            })
-            return
-        for result, path in saved:
-            print(path)
-            console.info(f"[dim]generate -> {path} (seed {result.seed}, {result.seconds:.2f} s)[/]")
-        if spec.grid:
-            print(spec.grid)
+        report_saved("generate", saved, spec)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("edit", rich_help_panel="Tasks")(command(EditRequest, [_edit_inputs, _output_options], _run_edit))
+    app.command("edit", rich_help_panel="Tasks")(command(EditRequest, [_edit_inputs, output_options], run_command("edit")))
     app.command("generate", rich_help_panel="Tasks")(command(GenerateRequest, [_generate_options], _run_generate))

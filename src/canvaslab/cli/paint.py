@@ -17,7 +17,7 @@ from canvaslab.errors import InputError
 from canvaslab.tasks.batch import BatchItem, launcher_shard, pair_folder, parse_shard, run_batch, shard
 from canvaslab.tasks.render import OutputSpec, render
 from canvaslab.tasks.xyz import parse_axis, render_xyz
-from canvaslab.tasks.requests import InpaintRequest, MaskMode, OutpaintRequest, build_request
+from canvaslab.tasks.requests import REQUESTS, InpaintRequest, MaskMode, OutpaintRequest, build_request
 
 
 class OutputFormat(str, enum.Enum):
@@ -79,7 +79,7 @@ def _outpaint_inputs(image: ImageArg = None) -> None:
     """
 
 
-def _output_options(
+def output_options(
     output: OutputOpt = None,
     images: ImagesOpt = None,
     out: OutDirOpt = None,
@@ -101,7 +101,7 @@ def _output_options(
 
 def _run(task: str, values: dict[str, Any], **cli: Any) -> None:
     with console.friendly_errors():
-        model = InpaintRequest if task == "inpaint" else OutpaintRequest
+        model = REQUESTS[task]
         request = build_request(model, values)
         fmt = cli["format"].value if cli["format"] is not None else None
         spec_args = dict(
@@ -125,9 +125,14 @@ def _run_single(task: str, request: Any, cli: dict[str, Any], spec_args: dict[st
         if cli.get(batch_only) is not None:
             raise InputError(f"--{batch_only} is for folders (--images DIR); for one image {advice}")
     output = cli["output"] or Path(f"{image.stem}-{task}{SUFFIXES[spec_args['format'] or 'png']}")
-    _check_format(output, spec_args["format"])
+    check_format(output, spec_args["format"])
     spec = OutputSpec(grid=cli["grid"], **spec_args)
     saved = render(task, image, cli.get("mask"), request, output, spec)
+    report_saved(f"{task} {image}", saved, spec)
+
+
+def report_saved(what: str, saved: list[tuple[Any, Path]], spec: OutputSpec) -> None:
+    """Output paths on stdout (or one JSON object with --json), details on stderr."""
     if console.settings.json:
         console.emit_json({
             "outputs": [str(path) for _, path in saved],
@@ -139,7 +144,7 @@ def _run_single(task: str, request: Any, cli: dict[str, Any], spec_args: dict[st
         return
     for result, path in saved:
         print(path)
-        console.info(f"[dim]{task} {image} -> {path} (seed {result.seed}, {result.seconds:.2f} s)[/]")
+        console.info(f"[dim]{what} -> {path} (seed {result.seed}, {result.seconds:.2f} s)[/]")
     if spec.grid:
         print(spec.grid)
 
@@ -160,7 +165,7 @@ def _run_xyz(task: str, model: Any, request: Any, cli: dict[str, Any], spec_args
     print(path)
 
 
-def _check_format(output: Path, fmt: str | None) -> None:
+def check_format(output: Path, fmt: str | None) -> None:
     if fmt is None:
         return
     suffix = output.suffix.lower()
@@ -253,11 +258,16 @@ def _report_batch(report: Any, pairing: Any) -> None:
         raise typer.Exit(1)
 
 
+def run_command(task: str) -> Any:
+    """The function a task's typer command calls with (request values, CLI-only values)."""
+    return lambda values, **cli: _run(task, values, **cli)
+
+
 def register(app: typer.Typer) -> None:
     app.command("inpaint", rich_help_panel="Tasks")(
-        command(InpaintRequest, [_inpaint_inputs, _output_options], lambda values, **cli: _run("inpaint", values, **cli))
+        command(InpaintRequest, [_inpaint_inputs, output_options], run_command("inpaint"))
     )
     app.command("outpaint", rich_help_panel="Tasks")(
-        command(OutpaintRequest, [_outpaint_inputs, _output_options], lambda values, **cli: _run("outpaint", values, **cli))
+        command(OutpaintRequest, [_outpaint_inputs, output_options], run_command("outpaint"))
     )
 

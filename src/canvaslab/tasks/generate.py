@@ -9,7 +9,8 @@ import numpy as np
 
 from canvaslab.core.image import DEFAULT_MAX_PIXELS
 from canvaslab.core.notices import collect_notices
-from canvaslab.engines.diffusion.create import generate_image, native_resolution
+from canvaslab.engines.diffusion.create import GENERATE_MODEL, generate_image
+from canvaslab.engines.diffusion.engine import native_resolution
 from canvaslab.errors import EngineError, InputError
 from canvaslab.tasks.common import engine_for, make_recipe, resolve_seed
 from canvaslab.tasks.requests import GenerateRequest, request_from
@@ -53,5 +54,5 @@ def _size(request: GenerateRequest, config: str | None) -> tuple[int, int]:
         return request.size, request.size
     if request.width is not None and request.height is not None:
         return request.width, request.height
-    side = native_resolution(request.generation(), config=config)
+    side = native_resolution(request.generation(), config=config, default_model=GENERATE_MODEL)
     return request.width or side, request.height or side

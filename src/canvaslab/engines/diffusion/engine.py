@@ -40,13 +40,7 @@ class DiffusionEngine(Engine):
     uses_prompt: ClassVar[bool] = True
 
     def preferred_size(self, generation: Generation, options: EngineOptions) -> int | None:
-        from canvaslab.engines.diffusion.models import detect, resolve_source
-
-        source = resolve_source(
-            generation.model or DEFAULT_MODEL, config=getattr(options, "config", None),
-            cache_dir=generation.cache_dir, local_files_only=generation.local_files_only,
-        )
-        return detect(source).native_resolution
+        return native_resolution(generation, config=getattr(options, "config", None), default_model=DEFAULT_MODEL)
 
     def describe_sampling(self, generation: Generation) -> dict[str, object]:
         sampler = scheduler_spec(generation.scheduler).a1111_name if generation.scheduler else "model default"
@@ -63,14 +57,11 @@ class DiffusionEngine(Engine):
     def inpaint(
         self, image: np.ndarray, mask: np.ndarray, *, seed: int, options: EngineOptions, generation: Generation
     ) -> np.ndarray:
-        import torch
         from PIL import Image
 
-        from canvaslab.engines.diffusion.lora import apply_loras
-
-        pipe = self._pipeline(generation, options)
-        _use_scheduler(pipe, generation.scheduler)
-        apply_loras(pipe, generation.loras, cache_dir=generation.cache_dir)  # also switches off earlier ones
+        pipe = prepared_pipeline(
+            generation, "inpaint", config=getattr(options, "config", None), default_model=DEFAULT_MODEL
+        )
         height, width = mask.shape
         start = masked_start(pipe, image, mask, generation.masked_content, seed) if generation.strength < 1 else image
         if generation.masked_content != "original" and generation.strength >= 1:
@@ -86,30 +77,58 @@ class DiffusionEngine(Engine):
             strength=generation.strength,
             num_inference_steps=generation.steps,
             guidance_scale=generation.guidance_scale,
-            # A CPU generator gives the same noise whatever the device, so seeds reproduce across machines.
-            generator=torch.Generator("cpu").manual_seed(seed),
+            generator=cpu_generator(seed),
             output_type="np",
         )
-        return np.clip(np.rint(result.images[0] * 255.0), 0, 255).astype(np.uint8)
+        return to_uint8(result.images[0])
 
-    def _pipeline(self, generation: Generation, options: EngineOptions) -> Any:
-        _quiet_libraries()
-        from canvaslab.engines.diffusion.models import load_pipeline
 
-        pipe = load_pipeline(
-            generation.model or DEFAULT_MODEL,
-            task="inpaint",
-            dtype=generation.dtype,
-            device=generation.device,
-            offload=generation.offload,
-            attention_slicing=generation.attention_slicing,
-            vae_tiling=generation.vae_tiling,
-            config=getattr(options, "config", None),
-            cache_dir=generation.cache_dir,
-            local_files_only=generation.local_files_only,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+def prepared_pipeline(generation: Generation, task: str, *, config: str | None, default_model: str) -> Any:
+    """The cached pipeline for `task`, set to the request's scheduler and LoRAs (inpaint, edit, generate)."""
+    _quiet_libraries()
+    from canvaslab.engines.diffusion.lora import apply_loras
+    from canvaslab.engines.diffusion.models import load_pipeline
+
+    pipe = load_pipeline(
+        generation.model or default_model,
+        task=task,  # type: ignore[arg-type]
+        dtype=generation.dtype,  # type: ignore[arg-type]
+        device=generation.device,  # type: ignore[arg-type]
+        offload=generation.offload,  # type: ignore[arg-type]
+        attention_slicing=generation.attention_slicing,
+        vae_tiling=generation.vae_tiling,
+        config=config,
+        cache_dir=generation.cache_dir,
+        local_files_only=generation.local_files_only,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    _use_scheduler(pipe, generation.scheduler)
+    # Always called, also without LoRAs: the cached modules are shared by every task's pipeline.
+    apply_loras(pipe, generation.loras, cache_dir=generation.cache_dir)
+    return pipe
+
+
+def native_resolution(generation: Generation, *, config: str | None, default_model: str) -> int:
+    """The side (px) the model was trained at, read from its configs without loading weights."""
+    from canvaslab.engines.diffusion.models import detect, resolve_source
+
+    source = resolve_source(
+        generation.model or default_model, config=config, cache_dir=generation.cache_dir,
+        local_files_only=generation.local_files_only,
+    )
+    return detect(source).native_resolution
+
+
+def cpu_generator(seed: int) -> Any:
+    import torch
+
+    # A CPU generator gives the same noise whatever the device, so seeds reproduce across machines.
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A pipeline's float image in [0, 1] as uint8."""
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
 def masked_start(pipe: Any, image: np.ndarray, mask: np.ndarray, content: str, seed: int) -> np.ndarray:
