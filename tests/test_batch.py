@@ -151,3 +151,18 @@ def test_bad_shard_is_a_clear_error(tmp_path, photo, box_mask):
     run = run_cli("inpaint", "--images", tmp_path / "imgs", "--masks", tmp_path / "masks", "--out", tmp_path / "o",
                   "--shard", "3/2")
     assert run.returncode == 2 and "outside 0..1" in run.stderr
+
+
+def test_accelerate_launch_splits_a_batch_between_processes(tmp_path, photo, box_mask):
+    pytest.importorskip("accelerate")
+    names = [f"k{i}" for i in range(5)]
+    make_folder(tmp_path, photo[:40, :40], box_mask[:40, :40], names)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "canvaslab"]
+    args = ["--json", "inpaint", "--images", tmp_path / "imgs", "--masks", tmp_path / "masks", "--out",
+            tmp_path / "out", "--engine", "telea"]
+    run = subprocess.run([str(a) for a in launcher + args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    done = sorted(int(line.split(":")[1].strip(" ,")) for line in run.stdout.splitlines() if '"done"' in line)
+    assert done == [2, 3]
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == names
