@@ -9,6 +9,7 @@ outside the mask stay bit-identical even though the VAE round trip changes them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, ClassVar
@@ -110,13 +111,13 @@ def prepared_pipeline(generation: Generation, task: str, *, config: str | None, 
 
 def native_resolution(generation: Generation, *, config: str | None, default_model: str) -> int:
     """The side (px) the model was trained at, read from its configs without loading weights."""
-    from canvaslab.engines.diffusion.models import detect, resolve_source
+    from canvaslab.engines.diffusion.models import resolve_and_detect
 
-    source = resolve_source(
+    _, info = resolve_and_detect(
         generation.model or default_model, config=config, cache_dir=generation.cache_dir,
         local_files_only=generation.local_files_only,
     )
-    return detect(source).native_resolution
+    return info.native_resolution
 
 
 def cpu_generator(seed: int) -> Any:
@@ -193,11 +194,12 @@ def _use_scheduler(pipe: Any, name: str | None) -> None:
     pipe.scheduler = own if name is None else make_scheduler(name, own.config)
 
 
+@functools.lru_cache(maxsize=None)
 def _quiet_libraries() -> None:
     """diffusers/transformers print harmless warnings and loading bars on every call; keep stderr readable.
 
     The environment variables must be set before the libraries are first imported (they read them
-    once when they configure their loggers); users can still override them.
+    once when they configure their loggers); users can still override them. Done once per process.
     """
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

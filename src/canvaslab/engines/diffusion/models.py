@@ -652,8 +652,10 @@ _cache_lock = threading.Lock()
 
 
 def clear_pipeline_cache() -> None:
+    """Forget loaded pipelines and remembered model look-ups (e.g. after changing files in place)."""
     with _cache_lock:
         _cache.clear()
+    _resolved.cache_clear()
 
 
 def load_pipeline(
@@ -685,9 +687,9 @@ def load_pipeline(
     if isinstance(source, ModelSource):
         if config is not None or cache_dir is not None or local_files_only is not None:
             raise InputError("config, cache_dir and local_files_only belong to resolve_source; a ModelSource already has them")
+        info = detect(source)
     else:
-        source = resolve_source(source, config=config, cache_dir=cache_dir, local_files_only=local_files_only)
-    info = detect(source)
+        source, info = resolve_and_detect(source, config=config, cache_dir=cache_dir, local_files_only=local_files_only)
     class_name = pipeline_class_name(info, task, label=f"model {source.name!r}")
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
@@ -708,6 +710,33 @@ def load_pipeline(
             entry.pipelines[class_name] = pipe
         _apply_memory_options(pipe, entry, attention_slicing=attention_slicing, vae_tiling=vae_tiling)
     return pipe
+
+
+def resolve_and_detect(
+    name: str | os.PathLike[str],
+    *,
+    config: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool | None = None,
+) -> tuple[ModelSource, ModelInfo]:
+    """`resolve_source` + `detect`, remembered until the model's path changes on disk.
+
+    Every inference asks for its pipeline; re-reading and re-checking the configs each time costs
+    about a millisecond, which is most of canvaslab's overhead on small models.
+    """
+    path = os.fspath(name)
+    stamp = os.stat(path).st_mtime_ns if os.path.exists(path) else None
+    key = (path, None if config is None else os.fspath(config), None if cache_dir is None else os.fspath(cache_dir),
+           local_files_only, stamp, downloads_disabled(local_files_only))
+    return _resolved(*key)
+
+
+@functools.lru_cache(maxsize=32)
+def _resolved(
+    path: str, config: str | None, cache_dir: str | None, local_files_only: bool | None, stamp: int | None, offline: bool
+) -> tuple[ModelSource, ModelInfo]:
+    source = resolve_source(path, config=config, cache_dir=cache_dir, local_files_only=local_files_only)
+    return source, detect(source)
 
 
 def check_inputs(*, task: str, dtype: str, device: str, offload: str | None) -> None:
