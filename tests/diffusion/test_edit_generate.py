@@ -174,3 +174,17 @@ def test_help_stays_light():
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_cli_edit_over_a_folder_keeps_sizes_and_resumes(tmp_path, odd, tiny_folders):
+    for name in ("a", "sub/b"):
+        write_png(tmp_path / "imgs" / f"{name}.png", odd)
+    args = ["--json", "edit", "--images", tmp_path / "imgs", "--out", tmp_path / "out", "--instruction", "winter",
+            "--model", tiny_folders["sd-pix2pix"], "--steps", 2, "--seed", 3]
+    first = run_cli(*args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["done"] == 2
+    for name in ("a", "sub/b"):
+        assert load_image(tmp_path / "out" / f"{name}.png").rgb.shape == odd.shape
+    again = run_cli(*args)
+    assert json.loads(again.stdout)["skipped_existing"] == 2
