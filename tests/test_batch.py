@@ -146,6 +146,13 @@ def test_two_launcher_processes_split_the_folder_without_overlap(tmp_path, photo
     assert json.loads(again.stdout)["skipped_existing"] == 2  # resumable per shard
 
 
+def test_out_pointing_at_a_file_is_one_error_up_front(tmp_path, photo, box_mask):
+    make_folder(tmp_path, photo, box_mask, ["a", "b"])
+    (tmp_path / "taken").write_text("not a folder")
+    run = run_cli("inpaint", "--images", tmp_path / "imgs", "--masks", tmp_path / "masks", "--out", tmp_path / "taken")
+    assert run.returncode == 2 and "is a file" in run.stderr and "failures" not in run.stderr
+
+
 def test_bad_shard_is_a_clear_error(tmp_path, photo, box_mask):
     make_folder(tmp_path, photo, box_mask, ["a"])
     run = run_cli("inpaint", "--images", tmp_path / "imgs", "--masks", tmp_path / "masks", "--out", tmp_path / "o",

@@ -178,6 +178,8 @@ def _run_batch(task: str, request: Any, cli: dict[str, Any], spec_args: dict[str
         raise InputError("give either an IMAGE or --images DIR, not both")
     if cli["out"] is None:
         raise InputError("--images needs --out DIR for the results")
+    if cli["out"].exists() and not cli["out"].is_dir():
+        raise InputError(f"--out {cli['out']} is a file; give a folder (it is created if missing)")
     if cli.get("mask") is not None:
         raise InputError("with --images, give masks as --masks DIR (or --masks FILE for one mask for all)")
     if cli["output"] is not None:
