@@ -141,3 +141,14 @@ def test_expensive_axis_runs_outermost():
     order = run_order(cell_requests(InpaintRequest(), x, y), x, y)
     assert [cell[0] for cell in order] == [0, 0, 0, 1, 1, 1]  # each model once, all its cells together
     assert y.field == "guidance_scale"
+
+
+@pytest.mark.parametrize("name, quality", [("o.jpg", 80), ("o.webp", 90)])
+def test_replay_check_passes_for_lossy_outputs(tmp_path, pair, name, quality):
+    """JPEG/WebP change pixels on save; replay must compare through the same encoding, not fail."""
+    image, _ = pair
+    out = tmp_path / name
+    assert cli("outpaint", image, "--right", 16, "--seed", 2, "--quality", quality, "-o", out).returncode == 0
+    replay = cli("replay", out, "-o", tmp_path / "again.png", "--check")
+    assert replay.returncode == 0, replay.stderr
+    assert "identical pixels" in replay.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import numpy as np
 import typer
@@ -12,7 +12,7 @@ from rich.table import Table
 
 from canvaslab.cli import console
 from canvaslab.core.grid import grid_from_files
-from canvaslab.core.image import load_image, save_image
+from canvaslab.core.image import encode_image, load_image, save_image
 from canvaslab.core.metadata import read_metadata
 from canvaslab.engines import engine_class, engine_names
 from canvaslab.errors import InputError
@@ -78,10 +78,20 @@ def replay(
         if not engine_class(request.engine).deterministic:
             console.info(f"engine {request.engine} is not deterministic: the pixels will differ")
             return
-        same = np.array_equal(load_image(image).rgb, result.image)
+        original = load_image(image)
+        same = np.array_equal(original.rgb, _as_saved(result, original.format, recipe))
         console.info("[green]identical pixels[/]" if same else "[red]the pixels differ from the original output[/]")
         if check and not same:
             raise typer.Exit(1)
+
+
+def _as_saved(result: Any, original_format: str | None, recipe: dict) -> np.ndarray:
+    """The replayed pixels as the original file stores them: JPEG/WebP go through the same lossy encoding."""
+    if original_format not in ("JPEG", "WEBP"):
+        return result.image
+    quality = int(recipe.get("output", {}).get("quality", 95))
+    encoded = encode_image(result.image, alpha=result.alpha, format=original_format.lower(), quality=quality)
+    return load_image(encoded).rgb
 
 
 def _recorded(entry: dict | None, what: str, flag: str) -> Path:

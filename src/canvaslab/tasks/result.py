@@ -49,7 +49,9 @@ class Result:
         """Write atomically, with the recipe embedded (PNG text chunks or EXIF for JPEG/WebP)."""
         from canvaslab.core.image import save_image
 
+        # The quality travels with the recipe: replay needs it to compare lossy outputs pixel for pixel.
+        recipe = {**self.recipe, "output": {"quality": quality}}
         return save_image(
             path, self.image, alpha=self.alpha, format=format, quality=quality,
-            parameters=self.parameters, recipe=self.recipe,
+            parameters=self.parameters, recipe=recipe,
         )
