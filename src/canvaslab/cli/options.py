@@ -18,16 +18,11 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from canvaslab.tasks.requests import TaskRequest
-
-
-def flag_name(name: str, field: FieldInfo) -> str:
-    return str(_extra(field, "flag", "--" + name.replace("_", "-")))
+from canvaslab.tasks.requests import TaskRequest, field_extra, flag_name
 
 
 def _extra(field: FieldInfo, key: str, default: Any = None) -> Any:
-    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    return extra.get(key, default)
+    return field_extra(field).get(key, default)
 
 
 def _cli_type(annotation: Any) -> Any:

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from canvaslab.core.mask import as_mask
 from canvaslab.errors import InputError
 
 METHODS = ("mean-std", "histogram")
@@ -52,15 +53,6 @@ def _check_image(image: object) -> np.ndarray:
         got = f"shape {image.shape} dtype {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
         raise InputError(f"image must be an HxWx3 (or HxWx4) uint8 array, got {got}")
     return image  # type: ignore[return-value]
-
-
-def _check_region(region: object, shape: tuple[int, int], name: str) -> np.ndarray:
-    if not isinstance(region, np.ndarray) or region.ndim != 2 or region.dtype != bool:
-        got = f"shape {region.shape} dtype {region.dtype}" if isinstance(region, np.ndarray) else type(region).__name__
-        raise InputError(f"{name} must be an HxW bool array, got {got}")
-    if region.shape != shape:
-        raise InputError(f"{name} is {region.shape[1]}x{region.shape[0]} but the image is {shape[1]}x{shape[0]}")
-    return region
 
 
 def _dilate_1d(mask: np.ndarray, radius: int, axis: int) -> np.ndarray:
@@ -102,7 +94,7 @@ def _reference_pixels(
     if not isinstance(reference, np.ndarray):
         raise InputError(f"reference must be an HxW bool mask or an array of RGB pixels, got {type(reference).__name__}")
     if reference.ndim == 2 and reference.dtype == bool:
-        mask = _check_region(reference, region.shape, "reference")
+        mask = as_mask(reference, shape=region.shape, name="reference")
         # The region's own pixels carry the cast being removed, so they never count as reference.
         pixels = image[mask & ~region][:, :3]
         if pixels.size == 0:
@@ -172,7 +164,7 @@ def match_colors(
     * `strength`: 0 keeps the fill as it is, 1 applies the full match, in between blends linearly.
     """
     image = _check_image(image)
-    region = _check_region(region, image.shape[:2], "region")
+    region = as_mask(region, shape=image.shape[:2], name="region")
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     strength = float(strength)

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from canvaslab.core.image import load_image
+from canvaslab.core.mask import as_mask
 from canvaslab.errors import InputError
 
 Color = tuple[int, int, int]
@@ -69,14 +70,6 @@ def _check_rgb(image: object, name: str) -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InputError(f"{name} is empty, got shape {image.shape}")
     return image
-
-
-def _check_mask(mask: object, shape: tuple[int, int], name: str) -> np.ndarray:
-    if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.dtype != bool:
-        raise InputError(f"{name} must be an HxW bool array, got {_describe(mask)}")
-    if mask.shape != shape:
-        raise InputError(f"{name} is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}")
-    return mask
 
 
 def _describe(value: object) -> str:
@@ -126,7 +119,7 @@ def mask_overlay(
     mural convention for a loss). `mask` is an HxW bool array of the image's size.
     """
     rgb = _check_rgb(rgb, "rgb")
-    mask = _check_mask(mask, rgb.shape[:2], "mask")
+    mask = as_mask(mask, shape=rgb.shape[:2], name="mask")
     paint = np.asarray(_check_color(color, "color"), np.float64)
     opacity = float(opacity)
     if not 0.0 <= opacity <= 1.0:
@@ -402,7 +395,7 @@ def comparison_grid(
     `rows` gives a single row of original and overlay (a preview of the mask).
     """
     original = _check_rgb(original, "original")
-    mask = _check_mask(mask, original.shape[:2], "mask")
+    mask = as_mask(mask, shape=original.shape[:2], name="mask")
     if isinstance(rows, np.ndarray) or not isinstance(rows, Sequence):
         raise InputError(f"rows must be a list of rows of result images, got {_describe(rows)}")
     lead: list[np.ndarray] = []

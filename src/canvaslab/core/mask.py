@@ -15,13 +15,11 @@ import numpy as np
 from canvaslab.errors import InputError
 
 
-def as_mask(mask: np.ndarray, *, shape: tuple[int, int] | None = None, name: str = "mask") -> np.ndarray:
+def as_mask(mask: object, *, shape: tuple[int, int] | None = None, name: str = "mask") -> np.ndarray:
     """Check that `mask` is an HxW boolean array (optionally of `shape`) and return it."""
-    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
-        got = getattr(mask, "shape", type(mask).__name__)
-        raise InputError(f"{name} must be a 2-D array (height x width), got {got}")
-    if mask.dtype != bool:
-        raise InputError(f"{name} must be a boolean array, got dtype {mask.dtype}")
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.dtype != bool:
+        got = f"shape {mask.shape} dtype {mask.dtype}" if isinstance(mask, np.ndarray) else type(mask).__name__
+        raise InputError(f"{name} must be a 2-D (height x width) boolean array, got {got}")
     if shape is not None and mask.shape != tuple(shape):
         raise InputError(f"{name} is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}")
     return mask

@@ -331,7 +331,7 @@ class _CreateRequest(TaskRequest):
         field = cls.model_fields[name]
         default = field.get_default(call_default_factory=True)
         if value != default:
-            flag = str(_schema_extra(field).get("flag", "--" + name.replace("_", "-")))
+            flag = flag_name(name, field)
             raise ValueError(f"{flag} does not apply to {cls.task}; leave it at its default ({_shown(default)})")
         return value
 
@@ -428,8 +428,14 @@ class GenerateRequest(_CreateRequest):
         return value
 
 
-def _schema_extra(field: Any) -> dict[str, Any]:
+def field_extra(field: Any) -> dict[str, Any]:
+    """A field's canvaslab extras (panel, flag, metavar)."""
     return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+
+
+def flag_name(name: str, field: Any) -> str:
+    """The CLI flag of a request field: its `flag` extra, or --field-name."""
+    return str(field_extra(field).get("flag", "--" + name.replace("_", "-")))
 
 
 def _shown(value: Any) -> str:
