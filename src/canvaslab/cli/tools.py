@@ -12,7 +12,7 @@ from rich.table import Table
 
 from canvaslab.cli import console
 from canvaslab.core.grid import grid_from_files
-from canvaslab.core.image import encode_image, load_image, save_image
+from canvaslab.core.image import DEFAULT_MAX_PIXELS, encode_image, load_image, save_image
 from canvaslab.core.metadata import read_metadata
 from canvaslab.engines import engine_class, engine_names
 from canvaslab.errors import InputError
@@ -102,8 +102,6 @@ def _recorded(entry: dict | None, what: str, flag: str) -> Path:
 
 
 def _pixels_limit(recipe: dict) -> int:
-    from canvaslab.core.image import DEFAULT_MAX_PIXELS
-
     width, height = recipe.get("size", (0, 0))
     return max(DEFAULT_MAX_PIXELS, int(width) * int(height))
 

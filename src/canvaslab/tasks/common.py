@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -89,6 +90,12 @@ def finish(original: np.ndarray, generated: np.ndarray, mask: np.ndarray, reques
     return composite(original, generated, mask, request.feather)
 
 
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, once per file version: seed rows and grids record the same input many times."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def describe_input(source: Any, loaded: LoadedImage | None = None) -> dict[str, Any]:
     """How the recipe remembers an input: an absolute path (replay reopens it) and a content hash."""
     entry: dict[str, Any] = {"path": None}
@@ -98,7 +105,8 @@ def describe_input(source: Any, loaded: LoadedImage | None = None) -> dict[str, 
         path = Path(source).resolve()
         entry["path"] = str(path)
         try:
-            entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            stat = path.stat()
+            entry["sha256"] = _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
         except OSError:
             pass
     elif loaded is not None:
