@@ -394,7 +394,7 @@ def test_mismatched_task_is_refused_with_a_suggestion():
     with pytest.raises(InputError, match="text-to-image model .* cannot run task 'edit'"):
         models.pipeline_class_name(info("sd1", 4), "edit")
     with pytest.raises(EngineError, match="3 conditioning frames"):
-        models.pipeline_class_name(info("sd1", 16), "edit")
+        models.pipeline_class_name(info("sdxl", 16), "edit")  # SD 1.x/2.x multi-frame models run (frames.py)
 
 
 # -- loading -----------------------------------------------------------------------------------

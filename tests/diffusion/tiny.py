@@ -260,6 +260,31 @@ def save_pipeline_folder(kind: Kind, path: Path, *, prediction_type: str = "epsi
     return path
 
 
+def build_frames_pipeline(frames: int):
+    """The tiny InstructPix2Pix pipeline widened to a multi-frame editing model (UNet of 4 + 4N channels).
+
+    `expand_conv_in` keeps the old weights and zeroes the new ones, which would make frames 2..N
+    invisible; seeded small random values there make every frame change the output, as a trained
+    model's would.
+    """
+    from canvaslab.train.expand import expand_conv_in
+
+    pipe = build_pipeline("sd-pix2pix")
+    expand_conv_in(pipe.unet, 4 + 4 * frames)
+    generator = torch.Generator("cpu").manual_seed(SEED + frames)
+    with torch.no_grad():
+        new = pipe.unet.conv_in.weight[:, 8:]
+        new.copy_(torch.randn(new.shape, generator=generator) * 0.1)
+    return pipe
+
+
+def save_frames_folder(path: Path, *, frames: int = 3) -> Path:
+    """Save `build_frames_pipeline(frames)` as a diffusers folder (the layout canvaslab's trainer writes)."""
+    path = Path(path)
+    build_frames_pipeline(frames).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 # -- single files in the original (LDM / A1111) layout -------------------------------------------
 #
 # diffusers converts original checkpoints to its own layout when loading (`from_single_file`);

@@ -18,7 +18,10 @@ from canvaslab.cli.paint import (
     SUFFIXES, FormatOpt, HSpaceOpt, ImageArg, LabelsOpt, QualityOpt, RowsOpt, VSpaceOpt,
     check_format, output_options, report_saved, run_command,
 )
-from canvaslab.tasks.render import OutputSpec, render
+from canvaslab.errors import InputError
+from canvaslab.tasks.common import open_image, resolve_seed, step_seed
+from canvaslab.tasks.edit import edit, frame_files
+from canvaslab.tasks.render import GRID_COLUMNS, OutputSpec, render, row_output, write_grid
 from canvaslab.tasks.requests import EditRequest, GenerateRequest, build_request
 
 
@@ -26,6 +29,7 @@ def _edit_inputs(image: ImageArg = None) -> None:
     """Change an image from an instruction, InstructPix2Pix style (or every image in a folder).
 
     The output has the input's size. --image-guidance-scale keeps it closer to the input, --guidance-scale follows the instruction more.
+    A multi-frame model (UNet of 4+4N channels) takes a folder of N frames with --frames instead of IMAGE.
 
     Examples:
 
@@ -34,7 +38,60 @@ def _edit_inputs(image: ImageArg = None) -> None:
       canvaslab edit photo.jpg --instruction "turn it into a painting" --rows 3 --grid grid.png --labels
 
       canvaslab edit --images imgs/ --out edited/ --instruction "make it night"
+
+      canvaslab edit --frames video01/ --model my-84ch-model/ --instruction "drop the cup" -o next.png
     """
+
+
+def _run_edit(values: dict[str, Any], **cli: Any) -> None:
+    """One image, a folder of images (--images) or, with --frames, one multi-frame edit."""
+    if values.get("frames") is None:
+        run_command("edit")(values, **cli)
+        return
+    with console.friendly_errors():
+        request = build_request(EditRequest, values)
+        _check_frames_flags(cli)
+        fmt = cli["format"].value if cli["format"] is not None else None
+        folder = Path(request.frames)  # type: ignore[arg-type]
+        output = cli["output"] or Path(f"{folder.resolve().name}-edit{SUFFIXES[fmt or 'png']}")
+        check_format(output, fmt)
+        spec = OutputSpec(
+            format=fmt, quality=cli["quality"], rows=cli["rows"], grid=cli["grid"], h_spacing=cli["h_spacing"],
+            v_spacing=cli["v_spacing"], labels=cli["labels"], max_pixels=cli["max_pixels"],
+        )
+        saved = _render_frames(request, output, spec)
+        report_saved(f"edit --frames {folder}", saved, spec)
+
+
+def _check_frames_flags(cli: dict[str, Any]) -> None:
+    if cli["image"] is not None:
+        raise InputError("give either an IMAGE or --frames DIR, not both")
+    if cli["images"] is not None:
+        raise InputError("--frames DIR is one multi-frame edit; --images DIR edits a folder of single images: pick one")
+    if cli["grid_x"] is not None or cli["grid_y"] is not None:
+        raise InputError("parameter grids (--grid-x/--grid-y) need one IMAGE; they do not take --frames yet")
+    for batch_only in ("out", "shard"):
+        if cli.get(batch_only) is not None:
+            raise InputError(f"--{batch_only} is for folders of single images (--images DIR); with --frames use -o FILE")
+    if cli["workers"] != 1:
+        raise InputError("--workers is for folders of single images (--images DIR); --frames runs one edit")
+
+
+def _render_frames(request: EditRequest, output: Path, spec: OutputSpec) -> list[tuple[Any, Path]]:
+    """Seed rows, grid and main output as `render` writes them; the grid's "original" is the last frame."""
+    base_seed = resolve_seed(request.seed)
+    results = [
+        edit(request=request.model_copy(update={"seed": step_seed(base_seed, i)}), max_pixels=spec.max_pixels)
+        for i in range(spec.rows)
+    ]
+    saved = [(r, row_output(output, r.seed, i)) for i, r in enumerate(results)]
+    for result, path in saved[1:]:
+        result.save(path, format=spec.format, quality=spec.quality)
+    if spec.grid is not None:
+        last = open_image(frame_files(Path(request.frames))[-1], spec.max_pixels)  # type: ignore[arg-type]
+        write_grid(spec.grid, last.rgb, results, spec, GRID_COLUMNS["edit"])
+    results[0].save(output, format=spec.format, quality=spec.quality)  # last: its existence marks completion
+    return saved
 
 
 def _generate_options(
@@ -76,5 +133,5 @@ def _run_generate(values: dict[str, Any], **cli: Any) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("edit", rich_help_panel="Tasks")(command(EditRequest, [_edit_inputs, output_options], run_command("edit")))
+    app.command("edit", rich_help_panel="Tasks")(command(EditRequest, [_edit_inputs, output_options], _run_edit))
     app.command("generate", rich_help_panel="Tasks")(command(GenerateRequest, [_generate_options], _run_generate))

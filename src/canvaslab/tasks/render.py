@@ -64,7 +64,7 @@ def run_task(
         if image is not None:
             raise InputError("generate takes no input image (edit changes an existing one)")
         return generate(request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
-    if image is None:
+    if image is None and not (task == "edit" and getattr(request, "frames", None)):
         raise InputError(f"{task} needs an input image")
     if task == "inpaint":
         return inpaint(image, mask, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]

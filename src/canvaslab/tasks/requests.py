@@ -11,6 +11,7 @@ it is not ``--field-name``).
 from __future__ import annotations
 
 import json
+import os
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -346,13 +347,20 @@ class EditRequest(_CreateRequest):
     """Change an image from an instruction ("make it winter"), InstructPix2Pix style."""
 
     task: ClassVar[str] = "edit"
-    used_fields: ClassVar[frozenset[str]] = _CreateRequest.used_fields | {"image_guidance_scale", "align", "multiple"}
+    used_fields: ClassVar[frozenset[str]] = _CreateRequest.used_fields | {
+        "image_guidance_scale", "align", "multiple", "frames",
+    }
 
     # The instruction is the prompt (A1111 and the pipelines call it that); users write `instruction`.
     prompt: str = Field(
         "", validation_alias=AliasChoices("instruction", "prompt"), validate_default=True,
         description="the edit, as an instruction (\"make it winter\"); recorded as the prompt",
         json_schema_extra=_panel("Edit", flag="--instruction", metavar="TEXT"),
+    )
+    frames: str | None = Field(
+        None, description="folder of input frames for a multi-frame editing model (UNet of 4+4N channels: N frames, "
+        "in natural name order 0, 1, ..., 10); the result is the frame they lead to, at their size. Instead of IMAGE",
+        json_schema_extra=_panel("Edit", metavar="DIR"),
     )
     image_guidance_scale: float = Field(
         1.5, ge=1, le=50, description="how closely the result keeps to the input image (A1111's Image CFG scale; "
@@ -376,6 +384,16 @@ class EditRequest(_CreateRequest):
     def _needs_instruction(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("edit needs an instruction, e.g. --instruction \"make it winter\"")
+        return value
+
+    @field_validator("frames", mode="before")
+    @classmethod
+    def _frames_path(cls, value: Any) -> Any:
+        """Accept a Path (the Python API) as well as a string; the recipe stores a string."""
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("--frames needs a folder of images")
         return value
 
     @field_validator("multiple")

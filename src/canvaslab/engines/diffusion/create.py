@@ -3,17 +3,22 @@
 These tasks have no mask (and `generate` no input image), so they do not go through the `Engine`
 interface; the tasks call these functions with the request's `Generation` plus what only they need
 (size, image guidance). The model, scheduler, LoRA and memory handling are the diffusion engine's:
-`load_pipeline` picks StableDiffusion(XL)Pipeline or the InstructPix2Pix pipelines and refuses a model
-made for another task in one line.
+`load_pipeline` picks StableDiffusion(XL)Pipeline, the InstructPix2Pix pipelines or, for models
+conditioned on N > 1 frames, canvaslab's `StableDiffusionFrameEditPipeline` (frames.py), and refuses
+a model made for another task in one line.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from canvaslab.engines.base import Generation
 from canvaslab.engines.diffusion.engine import cpu_generator, prepared_pipeline, to_uint8
+from canvaslab.errors import InputError
 
 GENERATE_MODEL = "sd15"
 EDIT_MODEL = "instruct-pix2pix"
@@ -44,13 +49,39 @@ def edit_image(
     from PIL import Image
 
     pipe = prepared_pipeline(generation, "edit", config=config, default_model=EDIT_MODEL)
-    height, width = image.shape[:2]
+    _check_frame_count(pipe, generation, 1)
+    return _run_edit(pipe, generation, Image.fromarray(image), image.shape[:2], image_guidance_scale, seed)
+
+
+def edit_frames(
+    frames: Sequence[np.ndarray], generation: Generation, *, image_guidance_scale: float, seed: int,
+    config: str | None = None,
+) -> np.ndarray:
+    """The frame `frames` lead to (N images HxWx3 uint8 of one size, sides multiples of 8, in order), as
+    `generation.prompt` instructs; same size.
+
+    The model's UNet must take 4 + 4N input channels. With N = 1 (an InstructPix2Pix model) this runs
+    the stock pipeline on the one frame and gives exactly what `edit_image` gives.
+    """
+    from PIL import Image
+
+    if not frames or len({frame.shape for frame in frames}) != 1:
+        raise InputError(f"edit_frames needs one or more frames of one size, got shapes {[f.shape for f in frames]}")
+    pipe = prepared_pipeline(generation, "edit", config=config, default_model=EDIT_MODEL)
+    _check_frame_count(pipe, generation, len(frames))
+    images = [Image.fromarray(frame) for frame in frames]
+    return _run_edit(pipe, generation, images, frames[0].shape[:2], image_guidance_scale, seed)
+
+
+def _run_edit(pipe: Any, generation: Generation, image: Any, shape: tuple[int, ...], image_guidance_scale: float,
+              seed: int) -> np.ndarray:
+    height, width = shape[:2]
     # The SDXL pipeline would resize the image to its default 1024 px unless told the size; SD 1.x takes none.
     size = {"height": height, "width": width} if "height" in inspect.signature(pipe.__call__).parameters else {}
     result = pipe(
         prompt=generation.prompt,
         negative_prompt=generation.negative_prompt or None,
-        image=Image.fromarray(image),
+        image=image,
         **size,
         num_inference_steps=generation.steps,
         guidance_scale=generation.guidance_scale,
@@ -59,3 +90,31 @@ def edit_image(
         output_type="np",
     )
     return to_uint8(result.images[0])
+
+
+def frame_count(pipe: Any) -> int:
+    """N, the images an edit pipeline's UNet is conditioned on (4 + 4N input channels; 1 = InstructPix2Pix)."""
+    latent = pipe.vae.config.latent_channels
+    return (pipe.unet.config.in_channels - latent) // latent
+
+
+def _check_frame_count(pipe: Any, generation: Generation, given: int) -> None:
+    expected = frame_count(pipe)
+    if given != expected:
+        unet = pipe.unet.config.in_channels
+        raise InputError(
+            f"model {generation.model or EDIT_MODEL} takes {expected} input frame{'s' if expected != 1 else ''} "
+            f"({unet}-channel UNet), got {given}; pass exactly {expected} (edit: --frames DIR)"
+        )
+
+
+def model_frame_count(generation: Generation, *, config: str | None = None) -> tuple[int, int]:
+    """(N, UNet input channels) of the request's edit model, read from its configs without loading weights,
+    so that a wrong number of frames fails before anything heavy happens."""
+    from canvaslab.engines.diffusion.models import resolve_and_detect
+
+    _, info = resolve_and_detect(
+        generation.model or EDIT_MODEL, config=config, cache_dir=generation.cache_dir,
+        local_files_only=generation.local_files_only,
+    )
+    return info.condition_frames, info.in_channels

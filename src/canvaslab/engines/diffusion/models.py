@@ -610,6 +610,10 @@ _PIPELINES: dict[tuple[str, ModelKind, Task], str] = {
     ("sdxl", "edit", "edit"): "StableDiffusionXLInstructPix2PixPipeline",
 }
 
+# Multi-frame editing (4 + 4N channels, N > 1) has no diffusers pipeline: canvaslab's own runs it.
+FRAME_EDIT_PIPELINE = "StableDiffusionFrameEditPipeline"
+_OWN_PIPELINES = {FRAME_EDIT_PIPELINE: "canvaslab.engines.diffusion.frames"}  # class name -> module
+
 _KIND_WORDS = {"txt2img": "a text-to-image", "inpaint": "an inpainting", "edit": "an image-editing"}
 
 
@@ -623,11 +627,23 @@ def pipeline_class_name(info: ModelInfo, task: Task, *, label: str = "the model"
             f"{task!r}; pick a model made for it (e.g. {_suggest(info.family, task)})"
         )
     if info.kind == "edit" and info.condition_frames > 1:
-        raise EngineError(
-            f"{label} edits with {info.condition_frames} conditioning frames ({info.in_channels}-channel UNet); "
-            "diffusers has no pipeline for that and canvaslab's frame-conditioned edit pipeline is not available yet"
-        )
+        if group == "sdxl":
+            raise EngineError(
+                f"{label} is an SDXL model editing from {info.condition_frames} conditioning frames "
+                f"({info.in_channels}-channel UNet); multi-frame editing runs SD 1.x/2.x models only so far"
+            )
+        return FRAME_EDIT_PIPELINE
     return name
+
+
+def pipeline_class(name: str) -> type:
+    """The pipeline class called `name`: canvaslab's own (multi-frame editing) or a diffusers one."""
+    import importlib
+
+    import diffusers
+
+    module = importlib.import_module(_OWN_PIPELINES[name]) if name in _OWN_PIPELINES else diffusers
+    return getattr(module, name)
 
 
 def _suggest(family: Family, task: Task) -> str:
@@ -785,10 +801,9 @@ def _remember(key: tuple, entry: _CacheEntry) -> None:
 def _load_base(source: ModelSource, info: ModelInfo, class_name: str, torch_dtype: torch.dtype, device: str,
                offload: Offload | None) -> DiffusionPipeline:
     """Load, fix the scheduler's prediction type, mind the VAE's precision, then place on the device."""
-    import diffusers
     import torch
 
-    cls = getattr(diffusers, class_name)
+    cls = pipeline_class(class_name)
     pipe = _load_weights(cls, source, info, torch_dtype)
     _check_no_missing_weights(pipe, source)
     _check_tokenizers(pipe, source)
@@ -924,9 +939,7 @@ def keep_vae_in_fp32(vae: torch.nn.Module) -> None:
 
 def _derive(base: DiffusionPipeline, class_name: str) -> DiffusionPipeline:
     """Another pipeline class over the same loaded modules (no reload, no extra memory)."""
-    import diffusers
-
-    return getattr(diffusers, class_name).from_pipe(base)
+    return pipeline_class(class_name).from_pipe(base)
 
 
 def _apply_memory_options(pipe: DiffusionPipeline, entry: _CacheEntry, *, attention_slicing: bool,
@@ -968,6 +981,7 @@ __all__ = [
     "keep_vae_in_fp32",
     "kind_of_channels",
     "load_pipeline",
+    "pipeline_class",
     "pipeline_class_name",
     "read_checkpoint_header",
     "resolve_device",
