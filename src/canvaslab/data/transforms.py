@@ -64,6 +64,14 @@ def fit_example(
     )
 
 
+def centre_crop_origin(source_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of the centred crop `fit_example` takes from a (width, height) `source_size` image for
+    `size`, without decoding it (SDXL micro-conditioning of samples whose latents are cached)."""
+    width, height = _check_size(size)
+    scaled_w, scaled_h = _cover(source_size[0], source_size[1], width, height)
+    return (scaled_h - height) // 2, (scaled_w - width) // 2
+
+
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size):
         raise InputError(f"a training size must be (width, height) in positive pixels, not {size!r}")

@@ -1,5 +1,6 @@
-"""Training: turning base checkpoints into inpainting/editing models and fine-tuning them.
+"""Training: fine-tune inpainting and editing models (`canvaslab train inpaint|edit`).
 
-`expand` widens a plain 4-channel UNet's input so it can take a mask and masked image (9 channels)
-or the latents of images to edit (4 + 4N channels) while still reproducing the base model at step 0.
+`config` reads and validates the YAML, `components` loads and widens the base model (`expand`),
+`trainer.train` runs the accelerate loop with the losses of `objectives`, and `checkpoints`,
+`validation`, `export` and `cache` do what their names say. docs/training.md describes it all.
 """

@@ -1,0 +1,124 @@
+"""The final export: something inference loads as is, written atomically to `OUTPUT/final/`.
+
+- `lora` (default in lora mode): `pytorch_lora_weights.safetensors` in diffusers' LoRA format, which
+  `canvaslab inpaint|edit --lora` and diffusers' `load_lora_weights` read. When training widened
+  conv_in (a 4-channel base turned into an inpainting or editing model), a LoRA alone cannot hold the
+  new input channels, so the folder is also a complete diffusers model: the base with the trained
+  conv_in, LoRA not merged. Load it with `--model OUTPUT/final --lora OUTPUT/final` (diffusers:
+  `from_pretrained(final)` then `load_lora_weights(final)`).
+- `diffusers` (default in partial/full mode): a complete diffusers folder with the trained weights
+  (LoRA merged when trained with one), loadable by `--model OUTPUT/final` and `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Any
+
+from canvaslab.errors import InputError
+from canvaslab.train.components import Components
+from canvaslab.train.config import TrainConfig
+from canvaslab.train.validation import build_pipeline
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def export_kind(config: TrainConfig) -> str:
+    if config.export == "auto":
+        return "lora" if config.train.mode == "lora" else "diffusers"
+    if config.export == "lora" and config.train.mode != "lora":
+        raise InputError(f"export=lora needs train.mode=lora (this run trains in {config.train.mode} mode); use export=diffusers")
+    return config.export
+
+
+def export_model(config: TrainConfig, components: Components, accelerator: Any) -> Path:
+    final = config.output_dir / "final"
+    staging = config.output_dir / ".final.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    kind = export_kind(config)
+    unet = accelerator.unwrap_model(components.unet)
+    encoders = [accelerator.unwrap_model(e) for e in components.text_encoders]
+    if kind == "lora":
+        _save_lora(staging, components, unet, encoders, config)
+        if components.expanded:
+            _save_pipeline(staging, components, _without_lora(unet), [_without_lora(e) for e in encoders])
+    else:
+        _save_pipeline(staging, components, _merged(unet), [_merged(e) for e in encoders])
+    if final.exists():
+        old = config.output_dir / ".final.old"
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old)
+    else:
+        staging.rename(final)
+    return final
+
+
+def _has_lora(module: Any) -> bool:
+    return bool(getattr(module, "peft_config", None))
+
+
+def _merged(module: Any) -> Any:
+    """A copy with the LoRA folded into the weights (the module itself when it has none)."""
+    if not _has_lora(module):
+        return module
+    clone = copy.deepcopy(module)
+    if hasattr(clone, "fuse_lora"):  # diffusers models
+        clone.fuse_lora()
+        clone.unload_lora()
+        return clone
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, child in list(clone.named_modules()):  # transformers text encoders with add_adapter
+        if isinstance(child, BaseTunerLayer):
+            child.merge()
+    return _strip_lora(clone)
+
+
+def _without_lora(module: Any) -> Any:
+    if not _has_lora(module):
+        return module
+    clone = copy.deepcopy(module)
+    if hasattr(clone, "unload_lora"):
+        clone.unload_lora()
+        return clone
+    return _strip_lora(clone)
+
+
+def _strip_lora(module: Any) -> Any:
+    """Replace every LoRA layer by its (possibly merged) base layer."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, BaseTunerLayer):
+            parent_name, _, attr = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, attr, child.get_base_layer())
+    if hasattr(module, "peft_config"):
+        del module.peft_config
+    if hasattr(module, "_hf_peft_config_loaded"):
+        module._hf_peft_config_loaded = False
+    return module
+
+
+def _save_lora(folder: Path, components: Components, unet: Any, encoders: list[Any], config: TrainConfig) -> None:
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    pipe_cls = type(build_pipeline(components, unet=_without_lora(unet)))
+    layers: dict[str, Any] = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))}
+    if config.train.text_encoder:
+        names = ["text_encoder_lora_layers", "text_encoder_2_lora_layers"]
+        for name, encoder in zip(names, encoders):
+            layers[name] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+    pipe_cls.save_lora_weights(str(folder), weight_name=LORA_FILE, **layers)
+
+
+def _save_pipeline(folder: Path, components: Components, unet: Any, encoders: list[Any]) -> None:
+    pipe = build_pipeline(components, unet=unet, text_encoders=encoders)
+    pipe.save_pretrained(str(folder), safe_serialization=True)

@@ -1,0 +1,484 @@
+"""The training loop: one function for every objective, mode and launcher.
+
+Runs as is on one CPU/GPU and under `accelerate launch` (DDP, DeepSpeed, FSDP): accelerate owns the
+device placement, mixed precision, gradient accumulation and distributed wrapping; we own the data
+order (`BucketBatchSampler` deals batches to processes, so each sample is seen once per epoch),
+the per-step random stream (seeded by step and process: a resumed run draws the same noise) and the
+checkpoint contents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from canvaslab.core.image import atomic_write_bytes
+from canvaslab.errors import EngineError, InputError
+from canvaslab.train import checkpoints as ckpt
+from canvaslab.train.batches import EpochBatches, TrainingSamples, collate, plan_layout
+from canvaslab.train.components import Components, encode_text, load_components, make_trainable, trained_modules
+from canvaslab.train.config import TrainConfig, dump_config
+from canvaslab.train.objectives import StepInputs, diffusion_loss
+
+Reporter = Callable[[str], None]
+
+
+@dataclass
+class TrainReport:
+    steps: int
+    losses: list[float] = field(default_factory=list)  # mean loss of each optimizer step, across processes
+    checkpoints: list[str] = field(default_factory=list)
+    validations: list[str] = field(default_factory=list)
+    export: str | None = None
+    stopped_by: str | None = None  # signal name when interrupted
+    resumed_from: str | None = None
+    seconds: float = 0.0
+    samples_seen: list[str] = field(default_factory=list)  # with log.samples: this process's sample keys, in order
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to save a checkpoint and stop at the end of the current step."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def open_training_data(config: TrainConfig) -> Any:
+    from canvaslab.data.datasets import open_dataset
+
+    if config.objective == "inpaint":
+        return open_dataset(config.data.path, "inpaint", columns=config.data.columns or None)
+    kind = "frames" if (config.model.frames or 0) > 1 or _is_frames_dataset(config.data.path) else "edit"
+    return open_dataset(config.data.path, kind, columns=config.data.columns or None)
+
+
+def _is_frames_dataset(path: str) -> bool:
+    """A parquet/Arrow file (or folder of them) with a `frames` column is a multi-frame dataset."""
+    candidates = [Path(path)] if Path(path).is_file() else sorted(Path(path).glob("*.parquet"))[:1]
+    for candidate in candidates:
+        if candidate.suffix in (".parquet", ".arrow"):
+            try:
+                import pyarrow.parquet as pq
+
+                return "frames" in pq.read_schema(candidate).names
+            except Exception:  # noqa: BLE001 - not parquet: the dataset opener reports it properly
+                return False
+    return False
+
+
+def _accelerator(config: TrainConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise InputError("train.mixed_precision=fp16 needs a CUDA GPU; on the CPU use bf16 or no")
+    trackers = [t for t in config.log.trackers]
+    if "wandb" in trackers:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise InputError("log.trackers includes wandb, which is not installed; pip install wandb or drop it")
+    if "tensorboard" in trackers:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise InputError("log.trackers includes tensorboard, which is not installed; pip install tensorboard "
+                             "or set log.trackers=[]")
+    output = config.output_dir
+    # Without a GPU, accelerate only sets up gloo when told it runs on the CPU; otherwise every process
+    # of `accelerate launch --num_processes N` would silently train alone on all the data.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
+    return Accelerator(
+        cpu=launched and not torch.cuda.is_available(),
+        gradient_accumulation_steps=config.train.gradient_accumulation,
+        mixed_precision=config.train.mixed_precision,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
+    )
+
+
+def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, text_params: list[torch.nn.Parameter]) -> Any:
+    section = config.train
+    groups = [{"params": params, "lr": section.learning_rate}]
+    if text_params:
+        groups.append({"params": text_params, "lr": section.text_encoder_lr or section.learning_rate})
+    kwargs = dict(betas=(section.adam_beta1, section.adam_beta2), weight_decay=section.weight_decay, eps=section.adam_epsilon)
+    if section.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise InputError("train.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes); or use adamw") from None
+        return bnb.optim.AdamW8bit(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def step_generator(seed: int, epoch: int, process: int, batch: int) -> torch.Generator:
+    """The random stream of one micro-batch (noise, timesteps, dropout draws): a function of where the
+    run is, not of what ran before, so a resumed run draws exactly what an unbroken one would."""
+    return torch.Generator().manual_seed(hash((seed, epoch, process, batch)) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: int | None = None) -> TrainReport:
+    """Train as `config` says and return what happened. `stop_after` (tests) ends the loop after that
+    many optimizer steps of this call without the final validation/export, like a killed process."""
+    say = report or (lambda text: None)
+    from canvaslab.engines.diffusion.engine import _quiet_libraries
+
+    _quiet_libraries()
+    started = time.perf_counter()
+    output = config.output_dir
+    accelerator = _accelerator(config)
+    main = accelerator.is_main_process
+    from accelerate.utils import set_seed
+
+    set_seed(config.train.seed)  # adapter initialisation: identical on every process
+    if config.train.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # -- data and models
+    data = open_training_data(config)
+    if len(data) == 0:
+        raise InputError(f"dataset {config.data.path!r} has no samples")
+    components = load_components(config, dataset_frames=data.frames if config.objective == "edit" else 0)
+    params = make_trainable(components, config)
+    unet_params = [p for p in components.unet.parameters() if p.requires_grad]
+    text_params = [p for e in components.text_encoders for p in e.parameters() if p.requires_grad] if config.train.text_encoder else []
+    layout = plan_layout(data, config)
+
+    from canvaslab.data.buckets import BucketBatchSampler
+
+    sampler = EpochBatches(BucketBatchSampler(
+        layout.bucket_ids, config.train.batch_size, seed=config.train.seed, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, shuffle=True,
+    ))
+    if len(sampler) == 0:
+        raise InputError("the dataset is smaller than one batch per process; lower train.batch_size")
+
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.train.mixed_precision]
+    device = accelerator.device
+    components.vae.to(device, dtype=weight_dtype)
+    for encoder in components.text_encoders:
+        if not config.train.text_encoder:
+            encoder.to(device, dtype=weight_dtype)
+
+    lr = config.train.learning_rate
+    if config.train.scale_lr:
+        lr *= config.train.batch_size * config.train.gradient_accumulation * accelerator.num_processes
+        config.train.learning_rate = lr
+    optimizer = _optimizer(unet_params, config, text_params)
+    from diffusers.optimization import get_scheduler
+
+    scheduler = get_scheduler(
+        config.train.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=config.train.warmup_steps * accelerator.num_processes,
+        num_training_steps=config.train.max_steps * accelerator.num_processes,
+    )
+    _deepspeed_batch_size(accelerator, config)
+    modules = trained_modules(components, config)
+    prepared = accelerator.prepare(*modules, optimizer, scheduler)
+    unet, optimizer, scheduler = prepared[0], prepared[-2], prepared[-1]
+    trained = list(prepared[: len(modules)])
+    # The loss must call the prepared (e.g. DDP-wrapped) encoders so their gradients are synchronised.
+    loss_components = dataclasses.replace(components, text_encoders=trained[1:]) if config.train.text_encoder else components
+
+    ema = None
+    if config.train.ema.enabled:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=config.train.ema.decay, use_ema_warmup=config.train.ema.warmup)
+        accelerator.register_for_checkpointing(ema)
+    state = ckpt.TrainerState()
+    accelerator.register_for_checkpointing(state)
+    _register_weight_hooks(accelerator, config, components)
+
+    # -- resume
+    resumed = ckpt.resolve_resume(output, config.resume)
+    if resumed is not None:
+        accelerator.load_state(str(resumed))
+        say(f"resumed from {resumed} at step {state.step} (epoch {state.epoch}, batch {state.batch})")
+    elif config.resume == "latest":
+        say(f"no checkpoint in {output / 'checkpoints'} yet: starting from step 0")
+
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(output / "config.yaml", dump_config(config).encode())
+        accelerator.init_trackers(config.log.project, config=_flat_config(config))
+
+    # -- caches
+    samples: torch.utils.data.Dataset = TrainingSamples(data, layout, config)
+    text_cache = None
+    if config.cache.latents:
+        samples = _latent_cache(config, components, data, layout, accelerator, say, weight_dtype)
+    if config.cache.text:
+        from canvaslab.train.cache import TextCache
+
+        text_cache = TextCache()
+        captions = [data[i].caption for i in range(len(data))] if len(data) < 100_000 else []
+        text_cache.build(components, captions + [""], device)
+    null_text = None
+    if components.frames:
+        with torch.no_grad():
+            null_text = encode_text(components, [""], device) if text_cache is None else text_cache.lookup([""], device)
+
+    loader = torch.utils.data.DataLoader(
+        samples, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.workers,
+        persistent_workers=False,
+        # Its own generator: creating an iterator must not draw from the global RNG, which the
+        # checkpoint restores for dropout; otherwise a resumed run would drift from an unbroken one.
+        generator=torch.Generator().manual_seed(config.train.seed),
+    )
+
+    stop = _StopFlag()
+    stop.install()
+    result = TrainReport(steps=state.step, resumed_from=str(resumed) if resumed else None)
+    steps_this_call = 0
+    running: list[float] = []
+    tick = time.perf_counter()
+    try:
+        while state.step < config.train.max_steps:
+            sampler.set_epoch(state.epoch)
+            sampler.set_start(state.batch)
+            finished_epoch = True
+            for batch in loader:
+                micro = state.batch
+                inputs = StepInputs(device, weight_dtype,
+                                    step_generator(config.train.seed, state.epoch, accelerator.process_index, micro))
+                if config.log.samples:
+                    result.samples_seen.extend(batch["key"])
+                with accelerator.accumulate(*trained):
+                    loss = diffusion_loss(loss_components, unet, batch, config, inputs, text_cache=text_cache, null_text=null_text)
+                    mean_loss = accelerator.gather(loss.detach()[None]).mean().item()
+                    if not math.isfinite(mean_loss):
+                        raise EngineError(
+                            f"the loss became {mean_loss} at step {state.step + 1}; lower train.learning_rate, use "
+                            "bf16 instead of fp16, or resume from the last checkpoint with resume=latest"
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.train.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, config.train.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batch += 1
+                running.append(mean_loss)
+                if not accelerator.sync_gradients:
+                    continue
+                state.step += 1
+                steps_this_call += 1
+                if ema is not None:
+                    ema.step(params)
+                step_loss = sum(running) / len(running)
+                running.clear()
+                result.losses.append(step_loss)
+                accelerator.log({"loss": step_loss, "lr": scheduler.get_last_lr()[0]}, step=state.step)
+                if main and (state.step % config.log.every == 0 or state.step == config.train.max_steps):
+                    rate = config.log.every / max(time.perf_counter() - tick, 1e-9)
+                    tick = time.perf_counter()
+                    say(f"step {state.step}/{config.train.max_steps}  loss {step_loss:.4f}  "
+                        f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.2f} steps/s")
+                interrupted = _any_process(accelerator, stop.signal is not None)
+                if config.validation.every and state.step % config.validation.every == 0:
+                    result.validations += _validate(config, components, accelerator, ema, params, data, layout, state.step, say)
+                last = state.step >= config.train.max_steps
+                if state.step % config.checkpoints.every == 0 or interrupted or last:
+                    result.checkpoints.append(_save(accelerator, config, state, say))
+                if interrupted:
+                    result.stopped_by = stop.signal or "signal"
+                    say(f"stopped by {result.stopped_by} at step {state.step}; resume with resume=latest")
+                    break
+                if last or (stop_after is not None and steps_this_call >= stop_after):
+                    finished_epoch = False
+                    break
+            else:
+                finished_epoch = True
+            if result.stopped_by or (stop_after is not None and steps_this_call >= stop_after):
+                break
+            if finished_epoch and state.step < config.train.max_steps:
+                state.epoch += 1
+                state.batch = 0
+        if config.log.samples:
+            log = output / "logs" / f"samples_rank{accelerator.process_index}.txt"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.writelines(f"{key}\n" for key in result.samples_seen)
+        done = state.step >= config.train.max_steps and not result.stopped_by and stop_after is None
+        if done:
+            if config.validation.every == 0 or state.step % config.validation.every:
+                result.validations += _validate(config, components, accelerator, ema, params, data, layout, state.step, say)
+            if config.export != "none":
+                result.export = _export(config, components, accelerator, ema, params, say)
+    finally:
+        stop.restore()
+        accelerator.end_training()
+    result.steps = state.step
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# -- pieces of the loop ------------------------------------------------------------------------------
+
+
+def _any_process(accelerator: Any, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
+
+
+def _deepspeed_batch_size(accelerator: Any, config: TrainConfig) -> None:
+    """DeepSpeed reads the micro-batch size from a prepared DataLoader; ours is not prepared (we shard)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
+
+
+def _register_weight_hooks(accelerator: Any, config: TrainConfig, components: Components) -> None:
+    """In lora/partial mode, checkpoints hold the trainable tensors only, not a copy of the base model."""
+    from accelerate.utils import DistributedType
+
+    if config.train.mode == "full" or accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        return
+
+    def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+
+    def save_hook(models: list[Any], weights: list[Any], output_dir: str) -> None:
+        from safetensors.torch import save_file
+
+        if accelerator.is_main_process:
+            for i, model in enumerate(models):
+                save_file(trainable_state(model), str(Path(output_dir) / f"trainable_{i}.safetensors"))
+        weights.clear()  # accelerate would otherwise save each full model
+
+    def load_hook(models: list[Any], input_dir: str) -> None:
+        from safetensors.torch import load_file
+
+        for i in range(len(models)):
+            model = models.pop()  # accelerate then skips its own loading of this model
+            index = len(models)
+            saved = load_file(str(Path(input_dir) / f"trainable_{index}.safetensors"))
+            target = accelerator.unwrap_model(model)
+            expected = {n for n, p in target.named_parameters() if p.requires_grad}
+            if set(saved) != expected:
+                raise InputError(f"checkpoint {input_dir} was saved with other trainable parameters "
+                                 "(different train.mode, LoRA targets or rank); resume with the same config")
+            with torch.no_grad():
+                named = dict(target.named_parameters())
+                for name, tensor in saved.items():
+                    named[name].copy_(tensor)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _save(accelerator: Any, config: TrainConfig, state: ckpt.TrainerState, say: Reporter) -> str:
+    folder = ckpt.checkpoint_dir(config.output_dir, state.step)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(folder))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.mark_complete(folder, state, {"processes": accelerator.num_processes, "mode": config.train.mode})
+        ckpt.prune(config.output_dir, config.checkpoints.keep)
+        say(f"saved checkpoint {folder}")
+    accelerator.wait_for_everyone()
+    return str(folder)
+
+
+def _latent_cache(config: TrainConfig, components: Components, data: Any, layout: Any, accelerator: Any,
+                  say: Reporter, dtype: torch.dtype) -> torch.utils.data.Dataset:
+    from canvaslab.train.cache import CachedSamples, LatentCache, cache_identity, encode_sample
+
+    folder = Path(config.cache.dir) if config.cache.dir else config.output_dir / "cache" / "latents"
+    cache = LatentCache(folder, cache_identity(config, components, data.keys()))
+    if accelerator.is_main_process and not cache.valid():
+        cache.reset()
+    accelerator.wait_for_everyone()
+    full = TrainingSamples(data, layout, config)
+    mine = list(range(accelerator.process_index, len(data), accelerator.num_processes))
+    todo = cache.missing(mine)
+    if todo:
+        say(f"caching latents of {len(todo)} samples in {folder}")
+    for index in todo:
+        cache.store(index, encode_sample(components, full[(0, index)], accelerator.device, dtype))
+    accelerator.wait_for_everyone()
+    # Editing needs no pixels once cached; inpainting still needs them for the masked image.
+    return CachedSamples(TrainingSamples(data, layout, config, pixels=config.objective == "inpaint"), cache)
+
+
+def _validate(config: TrainConfig, components: Components, accelerator: Any, ema: Any, params: list, data: Any,
+              layout: Any, step: int, say: Reporter) -> list[str]:
+    from canvaslab.train.validation import render_validation
+
+    accelerator.wait_for_everyone()
+    written: list[str] = []
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.store(params)
+            ema.copy_to(params)
+        try:
+            path = render_validation(config, components, accelerator, data, layout, step)
+        finally:
+            if ema is not None:
+                ema.restore(params)
+        if path is not None:
+            written.append(str(path))
+            say(f"validation grid {path}")
+    accelerator.wait_for_everyone()
+    return written
+
+
+def _export(config: TrainConfig, components: Components, accelerator: Any, ema: Any, params: list, say: Reporter) -> str | None:
+    from canvaslab.train.export import export_model
+
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(params)
+        path = export_model(config, components, accelerator)
+        say(f"exported {path}")
+    accelerator.wait_for_everyone()
+    return str(path) if path else None
+
+
+def _flat_config(config: TrainConfig) -> dict[str, Any]:
+    """Trackers take flat scalar hyper-parameters."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[prefix] = value if value is not None else "null"
+        else:
+            flat[prefix] = json.dumps(value)
+
+    walk("", config.model_dump(mode="json"))
+    return flat

@@ -1,0 +1,97 @@
+"""Training configs: YAML + dotted overrides, strict keys, one-line errors, --print-config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("yaml")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from canvaslab.cli.main import app  # noqa: E402
+from canvaslab.errors import InputError  # noqa: E402
+from canvaslab.train.config import load_config, parse_override  # noqa: E402
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_overrides_parse_values_as_yaml():
+    assert parse_override("train.max_steps=200") == (["train", "max_steps"], 200)
+    assert parse_override("validation.prompts=[a cat, a dog]") == (["validation", "prompts"], ["a cat", "a dog"])
+    assert parse_override("resume=null") == (["resume"], None)
+    assert parse_override("output=runs/a=b") == (["output"], "runs/a=b")
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        parse_override("train.max_steps")
+
+
+def test_file_then_overrides(tmp_path: Path):
+    path = write(tmp_path, "data:\n  path: murals\ntrain:\n  mode: full\n  max_steps: 10\n")
+    config = load_config(path, ["train.max_steps=20", "masks.mixture={boxes: 2}"], objective="inpaint")
+    assert config.train.mode == "full" and config.train.max_steps == 20
+    assert config.masks.mixture == {"boxes": 2}
+    assert config.data.path == "murals" and config.objective == "inpaint"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.max_step=3", "unknown config key 'train.max_step'; allowed here: .*max_steps"),
+        ("train.mode=lora2", "config train.mode"),
+        ("train.max_steps=0", "config train.max_steps"),
+        ("data.bucket_step=60", "multiple of 8"),
+        ("cache.latents=true", "cannot follow random crops"),
+    ],
+)
+def test_bad_values_are_one_line_errors(tmp_path: Path, override: str, message: str):
+    path = write(tmp_path, "data:\n  path: d\n  random_flip: true\n")
+    with pytest.raises(InputError, match=message) as info:
+        load_config(path, [override], objective="inpaint")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_data_path_and_wrong_objective(tmp_path: Path):
+    with pytest.raises(InputError, match="'data' is required"):
+        load_config(write(tmp_path, "train:\n  max_steps: 3\n"), [], objective="inpaint")
+    with pytest.raises(InputError, match="run `canvaslab train edit`"):
+        load_config(write(tmp_path, "objective: edit\ndata:\n  path: d\n"), [], objective="inpaint")
+
+
+def test_print_config_shows_the_resolved_values(tmp_path: Path):
+    path = write(tmp_path, "data:\n  path: murals\n")
+    result = CliRunner().invoke(app, ["train", "inpaint", str(path), "train.max_steps=7", "--print-config"])
+    assert result.exit_code == 0, result.output
+    assert "max_steps: 7" in result.output and "path: murals" in result.output
+    defaults = CliRunner().invoke(app, ["train", "--print-config"])
+    assert defaults.exit_code == 0 and "mode: lora" in defaults.output
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path: Path):
+    result = CliRunner().invoke(app, ["train", "inpaint", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+    result = CliRunner().invoke(app, ["train", "edit", "data.path=x", "train.bogus=1"])
+    assert result.exit_code == 2 and "unknown config key 'train.bogus'" in result.output
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_training_configs_validate(path: Path):
+    config = load_config(path, [], objective=None)
+    assert config.data.path and config.train.max_steps > 0
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_accelerate_configs_load(path: Path):
+    pytest.importorskip("accelerate")
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 1

@@ -1,0 +1,272 @@
+"""The trainer on tiny models: every objective and mode runs, loss falls, resume is exact, exports load.
+
+Models are tiny SD/SDXL pipelines saved as diffusers folders and loaded through the same public
+loader as real checkpoints; data comes from `canvaslab data mini`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import HAVE_STACK, base_config
+
+pytestmark = pytest.mark.skipif(not HAVE_STACK, reason="the training stack (torch, diffusers, peft, accelerate) is not installed")
+
+if HAVE_STACK:
+    import torch
+
+    from canvaslab.errors import EngineError
+
+    from .helpers import fixed_loss, load_unet, run
+
+
+# -- learning ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "lr", "factor"), [("full", 1e-3, 0.8), ("partial", 2e-2, 0.95), ("lora", 1e-2, 0.95)])
+def test_loss_falls_when_overfitting_a_tiny_batch(bases, mini, tmp_path, mode, lr, factor):
+    config = base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "run", export="diffusers",
+                         train={"mode": mode, "learning_rate": lr, "batch_size": 4, "max_steps": 30},
+                         data={"buckets": False}, masks={"p_everything": 0.0})
+    report = run(config)
+    assert report.steps == 30 and len(report.losses) == 30
+    before = fixed_loss(config)
+    after = fixed_loss(config, load_unet(tmp_path / "run" / "final"))
+    assert after < factor * before, (before, after)
+
+
+def test_partial_mode_changes_attention_projections_only(bases, mini, tmp_path):
+    config = base_config(bases["sd-txt2img"], mini["inpaint-folder"], tmp_path / "run", export="diffusers",
+                         train={"mode": "partial", "max_steps": 2})
+    run(config)
+    before = load_unet(bases["sd-txt2img"]).state_dict()
+    after = load_unet(tmp_path / "run" / "final").state_dict()
+    assert after["conv_in.weight"].shape[1] == 9  # widened for inpainting, and trained
+    changed = {name for name in before if name.startswith("conv_in") or not torch.equal(before[name], after[name])}
+    assert {n for n in changed if not n.startswith("conv_in")} and all(
+        (".attn1." in n or ".attn2." in n) and any(p in n for p in (".to_q.", ".to_k.", ".to_v.", ".to_out.0."))
+        for n in changed if not n.startswith("conv_in")
+    )
+
+
+# -- exact resume --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("objective", ["inpaint", "edit"])
+def test_stopping_and_resuming_continues_exactly(bases, mini, tmp_path, objective):
+    """A run stopped after a checkpoint and resumed gives the very losses of an uninterrupted run:
+    model, optimizer, LR schedule, EMA, LoRA dropout RNG and data position all restored."""
+    base, data = (bases["sd-txt2img"], mini["inpaint-folder"]) if objective == "inpaint" else (bases["sd-pix2pix"], mini["edit-jsonl"])
+    sections = dict(objective=objective, train={
+        "max_steps": 6, "gradient_accumulation": 2, "lr_scheduler": "cosine", "warmup_steps": 2,
+        "ema": {"enabled": True, "decay": 0.9}, "lora": {"dropout": 0.2}, "noise_offset": 0.05, "snr_gamma": 5.0,
+    }, data={"random_flip": True, "random_crop": True, "caption_dropout": 0.2}, checkpoints={"every": 3})
+    whole = run(base_config(base, data, tmp_path / "whole", **sections))
+    first = run(base_config(base, data, tmp_path / "parts", **sections), stop_after=3)
+    assert first.losses == whole.losses[:3]
+    assert (tmp_path / "parts" / "checkpoints" / "step_000003" / "trainer_state.json").is_file()
+    second = run(base_config(base, data, tmp_path / "parts", resume="latest", **sections))
+    assert second.resumed_from and second.resumed_from.endswith("step_000003")
+    assert second.losses == whole.losses[3:]  # bit for bit
+    # 8 samples, batch 2, accumulation 2: 2 steps per epoch, so the resume also crossed an epoch boundary.
+
+
+def test_only_the_newest_checkpoints_are_kept_and_unfinished_ones_ignored(bases, mini, tmp_path):
+    config = base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "run",
+                         checkpoints={"every": 1, "keep": 2}, train={"max_steps": 4})
+    run(config)
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_000003", "step_000004"]
+    (root / "step_000009").mkdir()  # killed while saving: no trainer_state.json
+    from canvaslab.train.checkpoints import resolve_resume
+
+    assert resolve_resume(tmp_path / "run", "latest") == root / "step_000004"
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "canvaslab", *args]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(bases, mini, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "inpaint", f"model.base={bases['sd-inpaint']}", f"data.path={mini['inpaint-folder']}",
+            "data.resolution=64", "train.batch_size=2", "log.every=1", "log.trackers=[]", "validation.count=0",
+            "export=none", "checkpoints.every=1000", f"output={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(_cli(*args, "train.max_steps=100000"), stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stderr:  # wait until training is really under way
+            if line.startswith("step 2/"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == 143, rest
+    finally:
+        proc.kill()
+    assert "stopped by SIGTERM" in rest
+    state = json.loads(next((out / "checkpoints").glob("step_*/trainer_state.json")).read_text())
+    assert state["step"] >= 2
+    done = subprocess.run(_cli(*args, f"train.max_steps={state['step'] + 1}", "resume=latest"),
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from" in done.stderr and f"step {state['step'] + 1}/" in done.stderr
+
+
+def test_nan_loss_stops_with_a_clear_message(bases, mini, tmp_path):
+    config = base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "run",
+                         train={"mode": "full", "learning_rate": 1e30, "max_steps": 50, "max_grad_norm": None})
+    with pytest.raises(EngineError, match=r"the loss became (nan|inf) at step \d+; lower train.learning_rate"):
+        run(config)
+
+
+# -- objectives, models, exports ----------------------------------------------------------------------
+
+
+def _inpaint(model: Path, *, lora: Path | None, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    import canvaslab
+
+    return canvaslab.inpaint(image, mask, engine="diffusion", model=str(model), lora=[str(lora)] if lora else [],
+                             steps=3, seed=1).image
+
+
+def test_lora_export_loads_in_the_engine_and_in_plain_diffusers(bases, mini, tmp_path):
+    config = base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "run", export="auto",
+                         train={"mode": "lora", "learning_rate": 5e-2, "max_steps": 3, "text_encoder": True})
+    report = run(config)
+    final = Path(report.export)
+    assert (final / "pytorch_lora_weights.safetensors").is_file() and not (final / "unet").exists()
+    image = np.full((64, 64, 3), 120, np.uint8)
+    image[:, 32:] = 30
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    plain = _inpaint(bases["sd-inpaint"], lora=None, image=image, mask=mask)
+    tuned = _inpaint(bases["sd-inpaint"], lora=final, image=image, mask=mask)
+    assert not np.array_equal(plain, tuned)
+    assert np.array_equal(tuned[~mask], image[~mask])
+
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(bases["sd-inpaint"], safety_checker=None, requires_safety_checker=False)
+    before = {n: p.clone() for n, p in pipe.text_encoder.named_parameters()}
+    pipe.load_lora_weights(final)
+    assert pipe.get_list_adapters() == {"unet": ["default_0"], "text_encoder": ["default_0"]}
+    del before
+
+
+def test_widened_lora_run_exports_a_model_folder_with_its_lora(bases, mini, tmp_path):
+    """A 4-channel base trained into an inpainting model: the LoRA travels with the widened model."""
+    from canvaslab.engines.diffusion.models import resolve_and_detect
+
+    config = base_config(bases["sd-txt2img"], mini["inpaint-folder"], tmp_path / "run", export="auto",
+                         train={"mode": "lora", "learning_rate": 5e-2, "max_steps": 3})
+    final = Path(run(config).export)
+    _, info = resolve_and_detect(str(final))
+    assert (info.kind, info.in_channels) == ("inpaint", 9)
+    image = np.full((64, 64, 3), 90, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[8:40, 8:56] = True
+    without = _inpaint(final, lora=None, image=image, mask=mask)
+    with_lora = _inpaint(final, lora=final, image=image, mask=mask)
+    assert not np.array_equal(without, with_lora)
+
+
+def test_multi_frame_edit_model_trains_and_runs_with_edit_frames(bases, mini, tmp_path):
+    import canvaslab
+
+    config = base_config(bases["sd-txt2img"], mini["frames-parquet"], tmp_path / "run", objective="edit",
+                         export="diffusers", train={"mode": "partial", "max_steps": 2},
+                         validation={"count": 1, "steps": 2})
+    report = run(config)
+    assert report.validations and Path(report.validations[0]).is_file()
+    final = Path(report.export)
+    assert json.loads((final / "unet" / "config.json").read_text())["in_channels"] == 4 + 4 * 3
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 56, 3), 60 * i, np.uint8)).save(frames / f"{i:02d}.png")
+    result = canvaslab.edit(frames=str(frames), instruction="make it red", model=str(final), steps=2, seed=0)
+    assert result.image.shape == (40, 56, 3)
+
+
+def test_sdxl_inpainting_with_v_prediction_min_snr_and_noise_offset(bases, mini, tmp_path):
+    config = base_config(bases["sdxl-txt2img"], mini["inpaint-parquet"], tmp_path / "run", export="diffusers",
+                         model={"prediction_type": "v_prediction"},
+                         train={"mode": "lora", "max_steps": 3, "snr_gamma": 5.0, "noise_offset": 0.1},
+                         validation={"count": 1, "steps": 2})
+    report = run(config)
+    assert all(np.isfinite(report.losses)) and report.validations
+    from canvaslab.engines.diffusion.models import resolve_and_detect
+
+    _, info = resolve_and_detect(report.export)
+    assert (info.family, info.kind, info.prediction_type) == ("sdxl", "inpaint", "v_prediction")
+
+
+def test_latent_and_text_caches_give_the_same_losses(bases, mini, tmp_path):
+    sections = dict(objective="edit", train={"max_steps": 4})
+    plain = run(base_config(bases["sd-pix2pix"], mini["edit-parquet"], tmp_path / "plain", **sections))
+    cached_config = base_config(bases["sd-pix2pix"], mini["edit-parquet"], tmp_path / "cached",
+                                cache={"latents": True, "text": True}, **sections)
+    messages: list[str] = []
+    cached = run(cached_config, report=messages.append)
+    np.testing.assert_allclose(cached.losses, plain.losses, rtol=1e-4)
+    files = sorted((tmp_path / "cached" / "cache" / "latents").glob("*.safetensors"))
+    assert len(files) == 8 and any("caching latents of 8" in m for m in messages)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    messages.clear()
+    run(cached_config | {"output": str(tmp_path / "cached")}, report=messages.append)
+    assert not any("caching" in m for m in messages)
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_validation_grid_and_tensorboard_log(bases, mini, tmp_path):
+    config = base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "run",
+                         validation={"every": 2, "count": 2, "steps": 2}, log={"trackers": ["tensorboard"]},
+                         train={"max_steps": 2})
+    report = run(config)
+    assert [Path(p).name for p in report.validations] == ["step_000002.png"]
+    from PIL import Image
+
+    grid = Image.open(report.validations[0])
+    assert grid.width > 2 * 64 and grid.height > 2 * 64  # 2 rows x (input, output)
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_two_processes_see_each_sample_once_per_epoch(bases, mini, tmp_path):
+    out = tmp_path / "run"
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "2cpu-gloo.yaml"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(shipped), "-m", "canvaslab"]
+    args = ["train", "inpaint", f"model.base={bases['sd-inpaint']}", f"data.path={mini['inpaint-folder']}",
+            "data.resolution=64", "data.buckets=false", "train.batch_size=2", "train.max_steps=2",
+            "log.samples=true", "log.trackers=[]", "validation.count=0", "checkpoints.every=1", f"output={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [(out / "logs" / f"samples_rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 4  # 8 samples, 2 per batch, 2 processes: one epoch
+    assert not set(seen[0]) & set(seen[1])
+    from canvaslab.data.datasets import open_dataset
+
+    assert sorted(seen[0] + seen[1]) == sorted(open_dataset(mini["inpaint-folder"], "inpaint").keys())
+    assert (out / "final" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_sdxl_edit_from_cached_latents_decodes_no_images(bases, mini, tmp_path):
+    """With cached latents an editing run needs no pixels; SDXL's size conditioning comes from headers."""
+    config = base_config(bases["sdxl-txt2img"], mini["edit-jsonl"], tmp_path / "run", objective="edit",
+                         cache={"latents": True}, train={"max_steps": 2, "batch_size": 2})
+    plain = run(base_config(bases["sdxl-txt2img"], mini["edit-jsonl"], tmp_path / "plain", objective="edit",
+                            train={"max_steps": 2, "batch_size": 2}))
+    cached = run(config)
+    np.testing.assert_allclose(cached.losses, plain.losses, rtol=1e-4)
