@@ -154,29 +154,66 @@ def test_lora_export_loads_in_the_engine_and_in_plain_diffusers(bases, mini, tmp
     assert np.array_equal(tuned[~mask], image[~mask])
 
     from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
 
     pipe = StableDiffusionInpaintPipeline.from_pretrained(bases["sd-inpaint"], safety_checker=None, requires_safety_checker=False)
-    before = {n: p.clone() for n, p in pipe.text_encoder.named_parameters()}
+    pipe.set_progress_bar_config(disable=True)
+
+    def paint():
+        return pipe(prompt="a square", image=Image.fromarray(image), mask_image=Image.fromarray(mask.astype(np.uint8) * 255),
+                    num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+    before = paint()
     pipe.load_lora_weights(final)
     assert pipe.get_list_adapters() == {"unet": ["default_0"], "text_encoder": ["default_0"]}
-    del before
+    assert not np.array_equal(before, paint())
 
 
-def test_widened_lora_run_exports_a_model_folder_with_its_lora(bases, mini, tmp_path):
-    """A 4-channel base trained into an inpainting model: the LoRA travels with the widened model."""
+def _edit(model: Path, lora: Path | None, image: np.ndarray) -> np.ndarray:
+    import canvaslab
+
+    return canvaslab.edit(image, instruction="swap the colours", model=str(model), lora=[str(lora)] if lora else [],
+                          steps=2, seed=3).image
+
+
+def test_widened_lora_carries_its_conv_in(bases, mini, tmp_path):
+    """A 4-channel base trained into an inpainting model with LoRA: the LoRA file alone, on the plain base,
+    gives the trained model; the folder is the widened model for plain diffusers; nothing leaks."""
+    from canvaslab.engines.diffusion.lora import WIDENED_PREFIX
     from canvaslab.engines.diffusion.models import resolve_and_detect
+    from safetensors import safe_open
 
     config = base_config(bases["sd-txt2img"], mini["inpaint-folder"], tmp_path / "run", export="auto",
                          train={"mode": "lora", "learning_rate": 5e-2, "max_steps": 3})
     final = Path(run(config).export)
+    lora_file = final / "pytorch_lora_weights.safetensors"
+    with safe_open(str(lora_file), framework="pt") as handle:
+        assert handle.get_tensor(WIDENED_PREFIX + "conv_in.weight").shape[1] == 9
     _, info = resolve_and_detect(str(final))
     assert (info.kind, info.in_channels) == ("inpaint", 9)
     image = np.full((64, 64, 3), 90, np.uint8)
     mask = np.zeros((64, 64), bool)
     mask[8:40, 8:56] = True
-    without = _inpaint(final, lora=None, image=image, mask=mask)
-    with_lora = _inpaint(final, lora=final, image=image, mask=mask)
-    assert not np.array_equal(without, with_lora)
+    base_only = _inpaint(bases["sd-txt2img"], lora=None, image=image, mask=mask)
+    from_file = _inpaint(bases["sd-txt2img"], lora=lora_file, image=image, mask=mask)
+    from_folder = _inpaint(final, lora=final, image=image, mask=mask)
+    assert not np.array_equal(base_only, from_file)
+    np.testing.assert_allclose(from_file.astype(float), from_folder.astype(float), atol=1)
+    # the cached base model is back to 4 channels once the LoRA is not asked for
+    assert np.array_equal(_inpaint(bases["sd-txt2img"], lora=None, image=image, mask=mask), base_only)
+
+
+def test_editing_lora_on_a_plain_base_runs_edit(bases, mini, tmp_path):
+    from canvaslab.errors import InputError
+
+    config = base_config(bases["sd-txt2img"], mini["edit-jsonl"], tmp_path / "run", objective="edit", export="lora",
+                         train={"mode": "lora", "learning_rate": 5e-2, "max_steps": 2})
+    lora_file = Path(run(config).export) / "pytorch_lora_weights.safetensors"
+    image = np.full((48, 64, 3), 150, np.uint8)
+    edited = _edit(bases["sd-txt2img"], lora_file, image)
+    assert edited.shape == image.shape
+    with pytest.raises(InputError, match="text-to-image model"):
+        _edit(bases["sd-txt2img"], None, image)
 
 
 def test_multi_frame_edit_model_trains_and_runs_with_edit_frames(bases, mini, tmp_path):
@@ -270,3 +307,26 @@ def test_sdxl_edit_from_cached_latents_decodes_no_images(bases, mini, tmp_path):
                             train={"max_steps": 2, "batch_size": 2}))
     cached = run(config)
     np.testing.assert_allclose(cached.losses, plain.losses, rtol=1e-4)
+
+
+def test_dreambooth_prior_preservation_generates_missing_class_images_once(bases, mini, tmp_path):
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(classes / "mine.png")  # the user's own: kept
+    sections = dict(prior={"enabled": True, "class_prompt": "a photo of a square", "class_dir": str(classes),
+                           "count": 3, "steps": 2, "weight": 1.0}, train={"max_steps": 2})
+    messages: list[str] = []
+    with_prior = run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "a", **sections),
+                     report=messages.append)
+    assert sorted(p.name for p in classes.glob("*.png")) == ["class_00000.png", "class_00001.png", "mine.png"]
+    assert (classes / "class_00000.txt").read_text() == "a photo of a square"
+    assert any("generating 2 class images" in m for m in messages)
+    without = run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "b", train={"max_steps": 2}))
+    assert with_prior.losses != without.losses  # the class batch adds its own loss
+    stamps = {p.name: p.stat().st_mtime_ns for p in classes.iterdir()}
+    messages.clear()
+    run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "c", **sections), report=messages.append)
+    assert {p.name: p.stat().st_mtime_ns for p in classes.iterdir()} == stamps
+    assert not any("generating" in m for m in messages)

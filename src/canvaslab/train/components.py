@@ -106,6 +106,9 @@ def make_trainable(components: Components, config: TrainConfig) -> list[torch.nn
     else:
         unet.requires_grad_(False)
         if section.mode == "lora":
+            if components.expanded and "conv_in" in section.lora.targets:
+                raise InputError("the widened conv_in is trained whole (its new weights start at zero); "
+                                 "remove conv_in from train.lora.targets")
             _add_lora(unet, section.lora.rank, section.lora.alpha, section.lora.dropout, section.lora.targets)
         else:
             for name, param in unet.named_parameters():

@@ -147,6 +147,19 @@ class LogSection(_Section):
     samples: bool = Field(False, description="write each process's sample keys in order to OUTPUT/logs/samples_rankN.txt")
 
 
+class PriorSection(_Section):
+    """DreamBooth prior preservation: also train on images of the class the base model makes, so
+    fine-tuning on a few images of one subject does not make the model forget the class."""
+
+    enabled: bool = False
+    class_prompt: str = Field("", description="prompt of the class images, e.g. 'a photo of a mural'")
+    class_dir: str | None = Field(None, description="class images (default: OUTPUT/class_images); missing ones are generated")
+    count: int = Field(100, ge=1, le=100_000, description="class images wanted; the base model generates the missing ones")
+    weight: float = Field(1.0, ge=0, description="weight of the class images' loss")
+    steps: int = Field(25, ge=1, le=500, description="sampling steps when generating class images")
+    guidance_scale: float = Field(7.5, ge=0)
+
+
 class TrainConfig(_Section):
     objective: Objective = "inpaint"
     output: str = Field("runs/train", description="run folder: checkpoints, validation grids, logs, export")
@@ -162,6 +175,7 @@ class TrainConfig(_Section):
     validation: ValidationSection = Field(default_factory=ValidationSection)
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
     log: LogSection = Field(default_factory=LogSection)
+    prior: PriorSection = Field(default_factory=PriorSection)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -172,6 +186,10 @@ class TrainConfig(_Section):
             )
         if self.cache.text and self.train.text_encoder:
             raise ValueError("cache.text needs a frozen text encoder; set train.text_encoder=false or cache.text=false")
+        if self.prior.enabled and self.objective != "inpaint":
+            raise ValueError("prior preservation (DreamBooth) is for inpainting; set prior.enabled=false")
+        if self.prior.enabled and not self.prior.class_prompt.strip():
+            raise ValueError("prior.enabled needs prior.class_prompt, e.g. 'a photo of a mural'")
         if self.objective == "inpaint" and self.model.frames is not None:
             raise ValueError("model.frames is for edit training; inpainting models always take 9 channels")
         if self.validation.masks and len(self.validation.masks) != len(self.validation.images):

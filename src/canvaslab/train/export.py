@@ -2,10 +2,11 @@
 
 - `lora` (default in lora mode): `pytorch_lora_weights.safetensors` in diffusers' LoRA format, which
   `canvaslab inpaint|edit --lora` and diffusers' `load_lora_weights` read. When training widened
-  conv_in (a 4-channel base turned into an inpainting or editing model), a LoRA alone cannot hold the
-  new input channels, so the folder is also a complete diffusers model: the base with the trained
-  conv_in, LoRA not merged. Load it with `--model OUTPUT/final --lora OUTPUT/final` (diffusers:
-  `from_pretrained(final)` then `load_lora_weights(final)`).
+  conv_in (a 4-channel base turned into an inpainting or editing model), the file also carries the
+  trained conv_in (`lora.WIDENED_PREFIX` keys, which diffusers ignores), so `--model BASE --lora FILE`
+  just works in canvaslab; for plain diffusers, which cannot widen a UNet from a LoRA, the folder is
+  also the complete widened model (trained conv_in, LoRA not merged): `from_pretrained(final)` then
+  `load_lora_weights(final)`.
 - `diffusers` (default in partial/full mode): a complete diffusers folder with the trained weights
   (LoRA merged when trained with one), loadable by `--model OUTPUT/final` and `from_pretrained`.
 """
@@ -117,6 +118,26 @@ def _save_lora(folder: Path, components: Components, unet: Any, encoders: list[A
         for name, encoder in zip(names, encoders):
             layers[name] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
     pipe_cls.save_lora_weights(str(folder), weight_name=LORA_FILE, **layers)
+    if components.expanded:
+        _carry_conv_in(folder / LORA_FILE, unet)
+
+
+def _carry_conv_in(path: Path, unet: Any) -> None:
+    """Add the trained, widened conv_in to the LoRA file (see engines/diffusion/lora.py): canvaslab swaps it in
+    when the LoRA is used; diffusers' loader ignores these keys."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from canvaslab.engines.diffusion.lora import WIDENED_PREFIX
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    conv = _without_lora(unet).conv_in
+    tensors[WIDENED_PREFIX + "conv_in.weight"] = conv.weight.detach().cpu().contiguous()
+    if conv.bias is not None:
+        tensors[WIDENED_PREFIX + "conv_in.bias"] = conv.bias.detach().cpu().contiguous()
+    save_file(tensors, str(path), metadata={**metadata, "canvaslab_in_channels": str(conv.in_channels)})
 
 
 def _save_pipeline(folder: Path, components: Components, unet: Any, encoders: list[Any]) -> None:

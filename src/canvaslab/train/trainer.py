@@ -137,10 +137,11 @@ def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, text_param
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def step_generator(seed: int, epoch: int, process: int, batch: int) -> torch.Generator:
+def step_generator(seed: int, epoch: int, process: int, batch: int, stream: int = 0) -> torch.Generator:
     """The random stream of one micro-batch (noise, timesteps, dropout draws): a function of where the
-    run is, not of what ran before, so a resumed run draws exactly what an unbroken one would."""
-    return torch.Generator().manual_seed(hash((seed, epoch, process, batch)) & 0x7FFF_FFFF_FFFF_FFFF)
+    run is, not of what ran before, so a resumed run draws exactly what an unbroken one would.
+    (Integers only: Python randomises the hashes of strings per process.)"""
+    return torch.Generator().manual_seed(hash((seed, epoch, process, batch, stream)) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: int | None = None) -> TrainReport:
@@ -166,6 +167,11 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
     if len(data) == 0:
         raise InputError(f"dataset {config.data.path!r} has no samples")
     components = load_components(config, dataset_frames=data.frames if config.objective == "edit" else 0)
+    prior = None
+    if config.prior.enabled:  # before any adapter exists: class images come from the base model
+        from canvaslab.train.prior import PriorBatches, ensure_class_images
+
+        prior = PriorBatches(config, ensure_class_images(config, components, accelerator, say))
     params = make_trainable(components, config)
     unet_params = [p for p in components.unet.parameters() if p.requires_grad]
     text_params = [p for e in components.text_encoders for p in e.parameters() if p.requires_grad] if config.train.text_encoder else []
@@ -239,7 +245,9 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
         from canvaslab.train.cache import TextCache
 
         text_cache = TextCache()
-        captions = [data[i].caption for i in range(len(data))] if len(data) < 100_000 else []
+        captions = [data.record(i).caption for i in range(len(data))]  # no image decoded
+        if prior is not None:
+            captions += [prior.data.record(i).caption for i in range(len(prior.data))]
         text_cache.build(components, captions + [""], device)
     null_text = None
     if components.frames:
@@ -273,6 +281,12 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
                     result.samples_seen.extend(batch["key"])
                 with accelerator.accumulate(*trained):
                     loss = diffusion_loss(loss_components, unet, batch, config, inputs, text_cache=text_cache, null_text=null_text)
+                    if prior is not None:
+                        prior_inputs = StepInputs(device, weight_dtype, step_generator(
+                            config.train.seed, state.epoch, accelerator.process_index, micro, stream=1))
+                        prior_batch = prior.batch(state.epoch, accelerator.process_index, micro)
+                        loss = loss + config.prior.weight * diffusion_loss(
+                            loss_components, unet, prior_batch, config, prior_inputs, text_cache=text_cache)
                     mean_loss = accelerator.gather(loss.detach()[None]).mean().item()
                     if not math.isfinite(mean_loss):
                         raise EngineError(

@@ -87,8 +87,13 @@ class DiffusionEngine(Engine):
 def prepared_pipeline(generation: Generation, task: str, *, config: str | None, default_model: str) -> Any:
     """The cached pipeline for `task`, set to the request's scheduler and LoRAs (inpaint, edit, generate)."""
     _quiet_libraries()
-    from canvaslab.engines.diffusion.lora import apply_loras
+    from canvaslab.engines.diffusion.lora import apply_loras, resolve_lora, widened_channels
     from canvaslab.engines.diffusion.models import load_pipeline
+
+    # A LoRA trained on a widened UNet input (e.g. a 4-channel base made an editing model) decides the
+    # pipeline class: the base alone would be refused for the task.
+    widened = [c for spec, weight in generation.loras if weight != 0
+               for c in [widened_channels(resolve_lora(spec, cache_dir=generation.cache_dir))] if c]
 
     pipe = load_pipeline(
         generation.model or default_model,
@@ -101,6 +106,7 @@ def prepared_pipeline(generation: Generation, task: str, *, config: str | None, 
         config=config,
         cache_dir=generation.cache_dir,
         local_files_only=generation.local_files_only,
+        in_channels=max(widened) if widened else None,
     )
     pipe.set_progress_bar_config(disable=True)
     _use_scheduler(pipe, generation.scheduler)

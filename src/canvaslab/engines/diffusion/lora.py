@@ -18,6 +18,16 @@ diffusers/peft behaviour this relies on (measured with diffusers 0.42, peft 0.21
   compute, and NaN/inf in a LoRA would leak through the multiplication.
 - a LoRA for another architecture fails inside `load_lora_weights` with a size-mismatch RuntimeError
   after peft has already injected layers into some modules; `_load` deletes the half-loaded adapter.
+- keys outside the `unet.`/`text_encoder*.` prefixes that contain "lora" are ignored by
+  `load_lora_weights`, silently: a LoRA file can carry other tensors for canvaslab without bothering
+  plain diffusers.
+
+Widened LoRAs: a LoRA trained on a base whose UNet input was widened (4 -> 9 channels for inpainting,
+4 -> 4+4N for editing; `canvaslab train`) carries the whole trained conv_in under `WIDENED_PREFIX`.
+While such a LoRA is active, the UNet's conv_in is swapped for the carried one (and the config's
+`in_channels` follows); when it is not, the original conv_in is back. `prepared_pipeline` reads the
+channel count from the file header first, so a plain 4-channel base can run an edit with an
+editing LoRA (`widened_channels`).
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ from canvaslab.errors import EngineError, InputError, ModelNotAvailableError
 MAX_LOADED_LORAS = 4
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' savers and trainers use
 _ADAPTERS_ATTRIBUTE = "_canvaslab_loras"  # on the UNet: adapter name -> resolved file, oldest use first
+_CONV_IN_ATTRIBUTE = "_canvaslab_conv_in"  # on the UNet: (original conv_in, its in_channels, active carrier file)
+WIDENED_PREFIX = "canvaslab_lora_widened."  # + "conv_in.weight" / "conv_in.bias"
 _lock = threading.Lock()
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
@@ -147,7 +159,11 @@ def _check_file(path: Path, spec: str) -> Path:
 
 
 def _safetensors_keys(path: Path, spec: str) -> list[str]:
-    # The header alone (8-byte length + JSON) tells the tensor names; the weights stay unread.
+    return list(_safetensors_shapes(path, spec))
+
+
+def _safetensors_shapes(path: Path, spec: str) -> dict[str, list[int]]:
+    # The header alone (8-byte length + JSON) tells the tensor names and shapes; the weights stay unread.
     try:
         with open(path, "rb") as fh:
             (length,) = struct.unpack("<Q", fh.read(8))
@@ -156,7 +172,7 @@ def _safetensors_keys(path: Path, spec: str) -> list[str]:
             header = json.loads(fh.read(length))
     except (OSError, ValueError, struct.error):
         raise InputError(f"LoRA {spec} is not a readable .safetensors file; is it complete?") from None
-    return [key for key in header if key != "__metadata__"]
+    return {key: value.get("shape", []) for key, value in header.items() if key != "__metadata__"}
 
 
 # -- applying ------------------------------------------------------------------------------------
@@ -182,6 +198,7 @@ def apply_loras(pipe: Any, loras: Sequence[tuple[str, float]], *, cache_dir: str
             loaded[name] = loaded.pop(name)  # most recently used last
         active = {name: weight for name, weight in weights.items() if weight != 0.0}
         _evict(pipe, loaded, keep=set(active))
+        _set_conv_in(pipe, [lora for lora, weight in files if weight != 0.0 and widened_channels(lora)])
         if not _has_peft_layers(pipe):
             return
         if not active:
@@ -189,6 +206,55 @@ def apply_loras(pipe: Any, loras: Sequence[tuple[str, float]], *, cache_dir: str
             return
         pipe.enable_lora()  # set_adapters alone does not undo an earlier disable_lora
         pipe.set_adapters(list(active), adapter_weights=list(active.values()))
+
+
+def widened_channels(lora: LoraFile) -> int | None:
+    """The UNet input channels a widened LoRA was trained with (from the header), or None."""
+    shape = _safetensors_shapes(lora.path, lora.spec).get(WIDENED_PREFIX + "conv_in.weight")
+    return int(shape[1]) if shape else None
+
+
+def _set_conv_in(pipe: Any, carriers: list[LoraFile]) -> None:
+    """Swap in the conv_in of the active widened LoRA, or put the model's own back."""
+    import torch
+
+    unet = pipe.unet
+    saved = getattr(unet, _CONV_IN_ATTRIBUTE, None)
+    if len({c.path for c in carriers}) > 1:
+        raise InputError(f"LoRAs {', '.join(c.spec for c in carriers)} each widen the UNet's input; use one at a time")
+    if not carriers:
+        if saved is not None:
+            unet.conv_in = saved[0]
+            unet.register_to_config(in_channels=saved[1])
+            delattr(unet, _CONV_IN_ATTRIBUTE)
+        return
+    lora = carriers[0]
+    source = f"{lora.path}|{lora.adapter_name}"
+    if saved is not None and saved[2] == source:
+        return
+    original = saved[0] if saved is not None else unet.conv_in
+    from safetensors import safe_open
+
+    with safe_open(str(lora.path), framework="pt") as handle:
+        weight = handle.get_tensor(WIDENED_PREFIX + "conv_in.weight")
+        names = set(handle.keys())
+        bias = handle.get_tensor(WIDENED_PREFIX + "conv_in.bias") if WIDENED_PREFIX + "conv_in.bias" in names else None
+    if weight.shape[0] != original.out_channels or weight.shape[2:] != original.weight.shape[2:] or weight.shape[1] < original.in_channels:
+        raise InputError(
+            f"LoRA {lora.spec} was trained for a UNet input of {tuple(weight.shape)}, which does not extend this "
+            f"model's {tuple(original.weight.shape)}; is it for another model?"
+        )
+    conv = torch.nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=original.kernel_size, stride=original.stride,
+                           padding=original.padding, bias=bias is not None, device=original.weight.device,
+                           dtype=original.weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    conv.requires_grad_(False)
+    unet.conv_in = conv
+    unet.register_to_config(in_channels=weight.shape[1])
+    setattr(unet, _CONV_IN_ATTRIBUTE, (original, original.in_channels, source))
 
 
 def loaded_loras(pipe: Any) -> dict[str, str]:
@@ -256,4 +322,5 @@ def _one_line(exc: BaseException) -> str:
     return text[:300]
 
 
-__all__ = ["LORA_FILE", "MAX_LOADED_LORAS", "LoraFile", "apply_loras", "loaded_loras", "resolve_lora"]
+__all__ = ["LORA_FILE", "MAX_LOADED_LORAS", "WIDENED_PREFIX", "LoraFile", "apply_loras", "loaded_loras", "resolve_lora",
+           "widened_channels"]

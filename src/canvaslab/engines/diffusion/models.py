@@ -24,6 +24,7 @@ with casts at its boundaries.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -686,6 +687,7 @@ def load_pipeline(
     config: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     local_files_only: bool | None = None,
+    in_channels: int | None = None,
 ) -> DiffusionPipeline:
     """Load (or reuse) the diffusers pipeline that runs `task` with `source`.
 
@@ -698,6 +700,8 @@ def load_pipeline(
     in fp32, which avoids the NaN/black images SD VAEs can give in fp16.
     offload: "model" (whole models move to the GPU in turn) or "sequential" (layer by layer; slowest,
     least memory); both need CUDA. attention_slicing and vae_tiling trade speed for memory.
+    in_channels: choose the pipeline class as if the UNet took this many input channels (a widened
+    LoRA, see lora.py, swaps in a wider conv_in before the pipeline runs).
     """
     check_inputs(task=task, dtype=dtype, device=device, offload=offload)
     if isinstance(source, ModelSource):
@@ -706,6 +710,9 @@ def load_pipeline(
         info = detect(source)
     else:
         source, info = resolve_and_detect(source, config=config, cache_dir=cache_dir, local_files_only=local_files_only)
+    if in_channels is not None and in_channels != info.in_channels:
+        kind, frames = kind_of_channels(in_channels, f"{source.name!r} with a widening LoRA")
+        info = dataclasses.replace(info, kind=kind, in_channels=in_channels, condition_frames=frames)
     class_name = pipeline_class_name(info, task, label=f"model {source.name!r}")
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
