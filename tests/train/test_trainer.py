@@ -330,3 +330,26 @@ def test_dreambooth_prior_preservation_generates_missing_class_images_once(bases
     run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "c", **sections), report=messages.append)
     assert {p.name: p.stat().st_mtime_ns for p in classes.iterdir()} == stamps
     assert not any("generating" in m for m in messages)
+
+
+def test_bf16_gradient_checkpointing_and_text_encoder_training_run_on_the_cpu(bases, mini, tmp_path):
+    config = base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "run", export="diffusers",
+                         train={"mode": "full", "mixed_precision": "bf16", "gradient_checkpointing": True,
+                                "text_encoder": True, "max_steps": 2})
+    report = run(config)
+    assert report.steps == 2 and all(np.isfinite(report.losses))
+    before = load_unet(bases["sd-inpaint"]).state_dict()
+    after = load_unet(tmp_path / "run" / "final").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fp16_on_cpu_and_missing_bitsandbytes_are_clear_errors(bases, mini, tmp_path):
+    import importlib.util
+
+    from canvaslab.errors import InputError
+
+    with pytest.raises(InputError, match="fp16 needs a CUDA GPU"):
+        run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "a", train={"mixed_precision": "fp16"}))
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(InputError, match="adamw8bit needs bitsandbytes"):
+            run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "b", train={"optimizer": "adamw8bit"}))

@@ -127,6 +127,8 @@ def make_trainable(components: Components, config: TrainConfig) -> list[torch.nn
         if section.text_encoder:
             for encoder in components.text_encoders:
                 encoder.gradient_checkpointing_enable()
+    for module in trained_modules(components, config):
+        module.train()  # from_pretrained leaves models in eval mode: LoRA dropout would silently do nothing
     params = [p for module in trained_modules(components, config) for p in module.parameters() if p.requires_grad]
     if not params:
         raise InputError("nothing to train: the mode and targets select no parameters (check train.lora.targets)")

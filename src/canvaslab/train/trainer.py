@@ -110,6 +110,12 @@ def _accelerator(config: TrainConfig) -> Any:
             raise InputError("log.trackers includes tensorboard, which is not installed; pip install tensorboard "
                              "or set log.trackers=[]")
     output = config.output_dir
+    # accelerate keeps its settings in process-wide singletons; a second `train` in one process (notebooks,
+    # tests, sweeps) with another precision or accumulation would be refused. The process group stays.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     # Without a GPU, accelerate only sets up gloo when told it runs on the CPU; otherwise every process
     # of `accelerate launch --num_processes N` would silently train alone on all the data.
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
