@@ -126,7 +126,8 @@ def make_trainable(components: Components, config: TrainConfig) -> list[torch.nn
         unet.enable_gradient_checkpointing()
         if section.text_encoder:
             for encoder in components.text_encoders:
-                encoder.gradient_checkpointing_enable()
+                # transformers 5 renamed it; older versions only have the first name
+                getattr(encoder, "activation_checkpointing_enable", encoder.gradient_checkpointing_enable)()
     for module in trained_modules(components, config):
         module.train()  # from_pretrained leaves models in eval mode: LoRA dropout would silently do nothing
     params = [p for module in trained_modules(components, config) for p in module.parameters() if p.requires_grad]

@@ -273,7 +273,7 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
     result = TrainReport(steps=state.step, resumed_from=str(resumed) if resumed else None)
     steps_this_call = 0
     running: list[float] = []
-    tick = time.perf_counter()
+    tick, ticked = time.perf_counter(), state.step
     try:
         while state.step < config.train.max_steps:
             sampler.set_epoch(state.epoch)
@@ -318,10 +318,11 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
                 result.losses.append(step_loss)
                 accelerator.log({"loss": step_loss, "lr": scheduler.get_last_lr()[0]}, step=state.step)
                 if main and (state.step % config.log.every == 0 or state.step == config.train.max_steps):
-                    rate = config.log.every / max(time.perf_counter() - tick, 1e-9)
-                    tick = time.perf_counter()
+                    rate = (state.step - ticked) / max(time.perf_counter() - tick, 1e-9)
+                    tick, ticked = time.perf_counter(), state.step
+                    left = (config.train.max_steps - state.step) / max(rate, 1e-9)
                     say(f"step {state.step}/{config.train.max_steps}  loss {step_loss:.4f}  "
-                        f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.2f} steps/s")
+                        f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.2f} steps/s  eta {_duration(left)}")
                 interrupted = _any_process(accelerator, stop.signal is not None)
                 if config.validation.every and state.step % config.validation.every == 0:
                     result.validations += _validate(config, components, accelerator, ema, params, data, layout, state.step, say)
@@ -362,6 +363,11 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
 
 
 # -- pieces of the loop ------------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _any_process(accelerator: Any, flag: bool) -> bool:
