@@ -27,3 +27,42 @@ def tiny_model(config: UnifiedConfig | None = None, *, seed: int = 0, attn_imple
 def tiny_magvit(config: MagvitConfig | None = None, *, seed: int = 0) -> Magvit:
     torch.manual_seed(seed)
     return randomize(Magvit(config or tiny_magvit_config()), seed + 1, scale=0.02).eval()
+
+
+# -- a tiny text tokenizer (characters), built offline -------------------------------------------
+
+TINY_CHARS = " abcdefghijklmnopqrstuvwxyz0123456789.,?!'-:;()"
+
+
+def save_tiny_tokenizer(folder):
+    """A character-level tokenizer that fits the tiny config's 96-token text vocabulary (bos 1, eos 2),
+    saved as tokenizer files and loadable with AutoTokenizer, offline."""
+    from pathlib import Path
+
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<|bos|>": 1, "<|eos|>": 2, **{c: i + 3 for i, c in enumerate(TINY_CHARS)}}
+    model = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    model.normalizer = normalizers.Lowercase()
+    model.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    model.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=model, unk_token="<unk>", bos_token="<|bos|>", eos_token="<|eos|>",
+                                   pad_token="<|eos|>")
+    folder = Path(folder)
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def save_tiny_bundle(folder, *, seed: int = 0):
+    """A self-contained tiny unified checkpoint: model, tokenizer files and magvit/ (what training writes)."""
+    from pathlib import Path
+
+    from canvaslab.engines.unified.loading import save_magvit, save_unified_model
+
+    folder = Path(folder)
+    save_unified_model(tiny_model(seed=seed), folder)
+    save_tiny_tokenizer(folder)
+    save_magvit(tiny_magvit(seed=seed), folder / "magvit")
+    return folder
