@@ -6,6 +6,7 @@
     wider = canvaslab.outpaint("photo.jpg", right=256, steps=2)
     winter = canvaslab.edit("photo.jpg", instruction="make it winter")
     image = canvaslab.generate(prompt="a lighthouse at dawn", seed=7)
+    answers = canvaslab.understand("photo.jpg", questions=["What is in the picture?"])  # Show-o
 
 Names are imported on first use so that `import canvaslab` stays fast.
 """
@@ -22,11 +23,13 @@ _LAZY = {
     "outpaint": "canvaslab.tasks.outpaint",
     "edit": "canvaslab.tasks.edit",
     "generate": "canvaslab.tasks.generate",
+    "understand": "canvaslab.tasks.understand",
     "Result": "canvaslab.tasks.result",
     "InpaintRequest": "canvaslab.tasks.requests",
     "OutpaintRequest": "canvaslab.tasks.requests",
     "EditRequest": "canvaslab.tasks.requests",
     "GenerateRequest": "canvaslab.tasks.requests",
+    "UnderstandRequest": "canvaslab.tasks.requests",
     "load_image": "canvaslab.core.image",
     "load_mask": "canvaslab.core.image",
     "read_metadata": "canvaslab.core.metadata",

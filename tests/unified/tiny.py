@@ -66,3 +66,46 @@ def save_tiny_bundle(folder, *, seed: int = 0):
     save_tiny_tokenizer(folder)
     save_magvit(tiny_magvit(seed=seed), folder / "magvit")
     return folder
+
+
+_shared_bundle = None
+
+
+def shared_bundle_folder(tmp_path_factory):
+    """One saved tiny bundle per test session, for the test modules that run tasks on it (the unified
+    engine caches the loaded bundle by folder, so sharing the folder also shares the loaded model)."""
+    global _shared_bundle
+    if _shared_bundle is None:
+        _shared_bundle = save_tiny_bundle(tmp_path_factory.getbasetemp() / "shared-tiny-bundle")
+    return _shared_bundle
+
+
+def save_chatty_bundle(folder):
+    """A tiny bundle whose lm_head prefers text tokens (image codes and special tokens pushed down), so
+    greedy answers are strings of the tiny vocabulary that depend on the image and the question; the
+    plain random model mostly answers with image codes, which decode to empty text."""
+    from pathlib import Path
+
+    from canvaslab.engines.unified.loading import save_unified_model
+
+    folder = save_tiny_bundle(Path(folder))
+    model = tiny_model()
+    with torch.no_grad():
+        model.showo.lm_head.bias[model.config.llm_vocab_size :] -= 100.0
+        model.showo.lm_head.weight.mul_(20.0)  # hidden states, not the bias, pick the token
+    save_unified_model(model, folder)
+    return folder
+
+
+def save_clip_variant_bundle(folder):
+    """A tiny bundle of Show-o's CLIP-ViT variant (`w_clip_vit`, with `mm_projector.*`)."""
+    from pathlib import Path
+
+    from canvaslab.engines.unified.config import tiny_unified_config
+    from canvaslab.engines.unified.loading import save_magvit, save_unified_model
+
+    folder = Path(folder)
+    save_unified_model(tiny_model(tiny_unified_config(w_clip_vit=True)), folder)
+    save_tiny_tokenizer(folder)
+    save_magvit(tiny_magvit(), folder / "magvit")
+    return folder

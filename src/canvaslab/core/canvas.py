@@ -106,6 +106,35 @@ def plan_expansion(
     return Expansion(**{side: amount[side] if side in directions else 0 for side in SIDES})
 
 
+def parse_sequence(items: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Sides per step, in order: 'left,left,right', the reference's 'left *** up', or 'left+up' for two at once.
+
+    Returns one entry per step, its sides joined by '+' in canonical names: ('left', 'left', 'left+top').
+    """
+    text = items if isinstance(items, str) else ",".join(str(item) for item in items)
+    entries = [entry for entry in text.replace("***", ",").split(",") if entry.strip()]
+    return tuple("+".join(parse_directions(entry.split("+"))) for entry in entries)
+
+
+def plan_sequence(size: tuple[int, int], expand: float, sequence: tuple[str, ...]) -> list[Expansion]:
+    """One expansion per `parse_sequence` entry, each adding `expand` of the input's width (left/right) or
+    height (top/bottom) on its sides, so repeated steps on one side add equal strips (as in the reference)."""
+    if not 0 < expand <= 8:
+        raise InputError(f"--expand must be a fraction in (0, 8], got {expand}")
+    width, height = size
+    amount = {"left": round(width * expand), "right": round(width * expand),
+              "top": round(height * expand), "bottom": round(height * expand)}
+    steps = [Expansion(**{side: amount[side] for side in entry.split("+")}) for entry in sequence]
+    if not steps or any(step.is_empty for step in steps):
+        raise InputError(f"--sequence {' '.join(sequence) or '(empty)'} with --expand {expand} adds no pixels in some step")
+    return steps
+
+
+def total_expansion(steps: list[Expansion]) -> Expansion:
+    """The sum of several expansions: what they add together."""
+    return Expansion(*(sum(getattr(step, side) for step in steps) for side in SIDES))
+
+
 def split_steps(total: Expansion, steps: int) -> list[Expansion]:
     """Divide an expansion into `steps` nearly equal ones (earlier steps take the remainder)."""
     if steps < 1:

@@ -14,6 +14,7 @@ _REGISTRY: dict[str, str] = {
     "telea": "canvaslab.engines.classical.engines:TeleaEngine",
     "ns": "canvaslab.engines.classical.engines:NavierStokesEngine",
     "diffusion": "canvaslab.engines.diffusion.engine:DiffusionEngine",
+    "unified": "canvaslab.engines.unified.engine:UnifiedEngine",
 }
 
 DEFAULT_ENGINE = "patchmatch"

@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from canvaslab.core.canvas import InitialFill, expand_canvas, plan_expansion, split_steps
+from canvaslab.core.canvas import (
+    Expansion, InitialFill, expand_canvas, plan_expansion, plan_sequence, split_steps, total_expansion,
+)
 from canvaslab.core.image import DEFAULT_MAX_PIXELS
-from canvaslab.core.notices import collect_notices
+from canvaslab.core.notices import collect_notices, notice
 from canvaslab.engines import Generation, get_engine
 from canvaslab.errors import InputError
 from canvaslab.tasks.common import (
@@ -27,38 +29,41 @@ def outpaint(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     **params: Any,
 ) -> Result:
-    """Extend `image` by the request's sides (pixels or a fraction), in `steps` steps.
+    """Extend `image` by the request's sides (pixels or a fraction), in `steps` steps, or one
+    `sequence` entry per step (any mix of sides, in order).
 
     Each step regenerates an `overlap` band of the previous image along the extended sides and
-    feathers it in, so the seam does not show. Pixels of the input outside those bands are kept
-    bit-identical; `Result.mask` marks everything that was generated.
+    feathers it in, so the seam does not show. Step i is painted from `prompts[i]` (the last one
+    for later steps) or `prompt`. Pixels of the input outside those bands are kept bit-identical;
+    `Result.mask` marks everything that was generated.
     """
     request = request_from(OutpaintRequest, request, params)
     started = time.perf_counter()
     with collect_notices() as notes:
         # 1. inputs and plan
         source = open_image(image, max_pixels)
-        total = plan_expansion(
-            source.size, left=request.left, right=request.right, top=request.top, bottom=request.bottom,
-            expand=request.expand, directions=tuple(request.direction),
-        )
+        steps = plan_steps(request, source.size)
+        total = total_expansion(steps)
         new_size = total.new_size(source.size)
         if new_size[0] * new_size[1] > max_pixels:
             raise InputError(f"the outpainted canvas would be {new_size[0]}x{new_size[1]}, over the {max_pixels}-pixel limit")
         seed = resolve_seed(request.seed)
         engine, options = engine_for(request)
+        if request.prompts and not engine.uses_prompt:
+            notice(f"engine {engine.name!r} does not read prompts: the step prompts are only recorded in the recipe")
         # 2. extend step by step, each step conditioned on the result of the last
         current = source.rgb
         generated_mask = np.zeros(source.rgb.shape[:2], dtype=bool)
-        for index, step in enumerate(split_steps(total, request.steps)):
+        for index, step in enumerate(steps):
+            step_request = request.model_copy(update={"prompt": request.step_prompt(index)})
             canvas, mask = expand_canvas(current, step, fill=request.fill, overlap=request.overlap, seed=step_seed(seed, index))
             if request.fill == InitialFill.patchmatch:
                 canvas = _patchmatch_prefill(canvas, mask, step_seed(seed, index))
-            tile = tile_size(request, engine, options, (canvas.shape[1], canvas.shape[0]))
+            tile = tile_size(step_request, engine, options, (canvas.shape[1], canvas.shape[0]))
             if tile is not None:
-                filled = fill_tiled(engine, canvas, mask, request, options, step_seed(seed, index), tile)
+                filled = fill_tiled(engine, canvas, mask, step_request, options, step_seed(seed, index), tile)
             else:
-                filled = run_engine(engine, canvas, mask, request, options, step_seed(seed, index), request.size)
+                filled = run_engine(engine, canvas, mask, step_request, options, step_seed(seed, index), request.size)
             current = finish(canvas, filled, mask, request)
             pads = ((step.top, step.bottom), (step.left, step.right))
             generated_mask = np.pad(generated_mask, pads, constant_values=True) | mask
@@ -72,6 +77,21 @@ def outpaint(
         image=current, mask=generated_mask, seed=seed, recipe=recipe, parameters=text, alpha=alpha,
         notices=list(notes), seconds=time.perf_counter() - started,
     )
+
+
+def plan_steps(request: OutpaintRequest, size: tuple[int, int]) -> list[Expansion]:
+    """What each step adds: the `sequence` entries, or the total split into `steps` nearly equal ones."""
+    if request.sequence:
+        steps = plan_sequence(size, request.expand or 0.0, tuple(request.sequence))
+    else:
+        total = plan_expansion(
+            size, left=request.left, right=request.right, top=request.top, bottom=request.bottom,
+            expand=request.expand, directions=tuple(request.direction),
+        )
+        steps = split_steps(total, request.steps)
+    if len(request.prompts) > len(steps):
+        raise InputError(f"got {len(request.prompts)} step prompts for {len(steps)} outpaint steps: give at most one per step")
+    return steps
 
 
 def _patchmatch_prefill(canvas: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:

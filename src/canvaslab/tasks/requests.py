@@ -10,17 +10,18 @@ it is not ``--field-name``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from enum import Enum
 from typing import Any, ClassVar
 
 from pydantic import (
-    AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+    AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
 )
 
 from canvaslab import __version__
-from canvaslab.core.canvas import InitialFill, parse_directions
+from canvaslab.core.canvas import InitialFill, parse_directions, parse_sequence
 from canvaslab.core.geometry import AlignMode
 from canvaslab.engines import DEFAULT_ENGINE, Generation, engine_names
 from canvaslab.engines.diffusion.schedulers import SCHEDULERS
@@ -78,6 +79,22 @@ class InpaintArea(str, Enum):
 
 def _panel(name: str, **extra: Any) -> dict[str, Any]:
     return {"panel": name, **extra}
+
+
+def options_from_pairs(value: Any) -> Any:
+    """Engine options: the CLI's ["key=value", ...] as well as a dict."""
+    if isinstance(value, (list, tuple)):
+        return parse_key_values(value)
+    return value
+
+
+def split_joined(value: Any) -> Any:
+    """A string or list of strings, each split at the Show-o scripts' ' *** ' separator, blanks dropped."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        return [part.strip() for item in value for part in str(item).split(" *** ") if part.strip()]
+    return value
 
 
 class TaskRequest(BaseModel):
@@ -195,13 +212,7 @@ class TaskRequest(BaseModel):
             local_files_only=True if self.local_files_only else None,
         )
 
-    @field_validator("options", mode="before")
-    @classmethod
-    def _options_from_pairs(cls, value: Any) -> Any:
-        """Accept the CLI's ["key=value", ...] as well as a dict."""
-        if isinstance(value, (list, tuple)):
-            return parse_key_values(value)
-        return value
+    _options_from_pairs = field_validator("options", mode="before")(options_from_pairs)
 
     def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
         """The settings line of the A1111 `parameters` text (fields A1111 knows, then ours)."""
@@ -272,6 +283,62 @@ class OutpaintRequest(TaskRequest):
         8.0, ge=0, le=512, description="blend width (PX) inside the regenerated area, hiding the seam",
         json_schema_extra=_panel("Compositing"),
     )
+    sequence: list[str] = Field(
+        default_factory=list, description="one step per entry, in order, each extending its side(s) by --expand of "
+        "the input's size: left,left,right, or 'left *** up' as the Show-o scripts write it, or left+up for two "
+        "sides in one step (instead of --direction and --steps)", json_schema_extra=_panel("Canvas", metavar="SIDES"),
+    )
+    prompts: list[str] = Field(
+        default_factory=list, description="a prompt per outpaint step, repeatable (or joined with ' *** '); the last "
+        "one is reused for later steps (instead of --prompt)",
+        json_schema_extra=_panel("Engine", flag="--step-prompt", metavar="TEXT"),
+    )
+    sampling_steps: int = Field(
+        20, ge=1, le=1000, description="denoising steps (diffusion) or MaskGIT iterations (unified) of each "
+        "outpaint step", json_schema_extra=_panel("Sampling"),
+    )
+
+    @field_validator("sequence", mode="before")
+    @classmethod
+    def _parse_sequence(cls, value: Any) -> Any:
+        if isinstance(value, (str, list, tuple)):
+            try:
+                return list(parse_sequence(value if isinstance(value, str) else [str(v) for v in value]))
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _split_prompts(cls, value: Any) -> Any:
+        """The Show-o scripts' ' *** ' separator works inside one --step-prompt too."""
+        return split_joined(value)
+
+    @model_validator(mode="after")
+    def _one_way_per_setting(self) -> OutpaintRequest:
+        if self.prompts and self.prompt:
+            raise ValueError("give either --prompt (every step) or --step-prompt (one per step), not both")
+        if self.sequence:
+            if self.expand is None:
+                raise ValueError("--sequence needs --expand FRACTION: how much of the input's size each step adds")
+            if self.direction or any((self.left, self.right, self.top, self.bottom)):
+                raise ValueError("--sequence names the sides of every step: leave --direction and "
+                                 "--left/--right/--top/--bottom out")
+            if self.steps not in (1, len(self.sequence)):
+                raise ValueError(f"--sequence makes {len(self.sequence)} steps: leave --steps out")
+            if len(self.sequence) > 64:
+                raise ValueError(f"--sequence has {len(self.sequence)} steps; at most 64")
+        return self
+
+    def step_prompt(self, index: int) -> str:
+        """The prompt of outpaint step `index` (0-based): its own, the last one given, or --prompt."""
+        if not self.prompts:
+            return self.prompt
+        return self.prompts[min(index, len(self.prompts) - 1)]
+
+    def generation(self) -> Generation:
+        """As for every task, but `steps` here counts outpaint steps: the sampler runs `sampling_steps`."""
+        return dataclasses.replace(super().generation(), steps=self.sampling_steps)
 
     @field_validator("direction", mode="before")
     @classmethod
@@ -287,12 +354,17 @@ class OutpaintRequest(TaskRequest):
 
     def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
         settings = super().a1111_settings(size, seed)
-        if self.expand is not None:
+        if self.sequence:
+            settings["Outpaint expand"] = f"{_number(self.expand or 0)} {' '.join(self.sequence)}"
+        elif self.expand is not None:
             settings["Outpaint expand"] = f"{_number(self.expand)} {'+'.join(self.direction)}"
         else:
             sides = [f"{side} {getattr(self, side)}" for side in ("left", "right", "top", "bottom") if getattr(self, side)]
             settings["Outpaint"] = " ".join(sides)
-        settings.update({"Outpaint steps": self.steps, "Overlap": self.overlap, "Initial fill": self.fill.value})
+        steps = len(self.sequence) if self.sequence else self.steps
+        settings.update({"Outpaint steps": steps, "Overlap": self.overlap, "Initial fill": self.fill.value})
+        if self.prompts:
+            settings["Step prompts"] = " *** ".join(self.prompts)
         settings["Version"] = f"canvaslab {__version__}"
         return settings
 
@@ -306,6 +378,7 @@ class _CreateRequest(TaskRequest):
     """
 
     task: ClassVar[str]
+    engines: ClassVar[tuple[str, ...]] = ("diffusion",)
     used_fields: ClassVar[frozenset[str]] = frozenset({
         "engine", "seed", "prompt", "negative_prompt", "options", "model", "steps", "guidance_scale", "scheduler",
         "lora", "dtype", "device", "offload", "attention_slicing", "vae_tiling", "cache_dir", "local_files_only",
@@ -318,9 +391,9 @@ class _CreateRequest(TaskRequest):
 
     @field_validator("engine")
     @classmethod
-    def _diffusion_only(cls, value: str) -> str:
-        if value != "diffusion":
-            raise ValueError(f"{cls.task} runs on the diffusion engine only, not {value!r}")
+    def _supported_engine(cls, value: str) -> str:
+        if value not in cls.engines:
+            raise ValueError(f"{cls.task} runs on the {' or '.join(cls.engines)} engine, not {value!r}")
         return value
 
     @field_validator("*")
@@ -411,22 +484,28 @@ class GenerateRequest(_CreateRequest):
     """Paint an image from a text prompt."""
 
     task: ClassVar[str] = "generate"
+    engines: ClassVar[tuple[str, ...]] = ("diffusion", "unified")
     used_fields: ClassVar[frozenset[str]] = _CreateRequest.used_fields | {"width", "height", "size"}
 
+    engine: str = Field(
+        "diffusion", description="engine that paints: diffusion (Stable Diffusion) or unified (Show-o, MaskGIT)",
+        json_schema_extra=_panel("Engine", metavar="NAME"),
+    )
     model: str | None = Field(
-        "sd15", description="text-to-image model: alias (sd15, sd21, sdxl, sdxl-turbo), hub id, diffusers folder "
-        "or .safetensors/.ckpt file", json_schema_extra=_panel("Model", metavar="MODEL"),
+        None, description="text-to-image model: alias (sd15, sd21, sdxl, sdxl-turbo; unified: show-o, show-o-512), "
+        "hub id, model folder or .safetensors/.ckpt file [default: sd15; unified: show-o]",
+        json_schema_extra=_panel("Model", metavar="MODEL"),
     )
     width: int | None = Field(
-        None, ge=8, le=8192, description="output width, a multiple of 8 [default: the model's native resolution]",
+        None, ge=8, le=8192, description="output width, a multiple of 8 (unified: 16) [default: the model's native resolution]",
         json_schema_extra=_panel("Canvas", metavar="PX"),
     )
     height: int | None = Field(
-        None, ge=8, le=8192, description="output height, a multiple of 8 [default: the model's native resolution]",
+        None, ge=8, le=8192, description="output height, a multiple of 8 (unified: 16) [default: the model's native resolution]",
         json_schema_extra=_panel("Canvas", metavar="PX"),
     )
     size: int | None = Field(
-        None, ge=8, le=8192, description="square output of PX x PX, a multiple of 8 (instead of --width/--height)",
+        None, ge=8, le=8192, description="square output of PX x PX, a multiple of 8 (unified: 16) (instead of --width/--height)",
         json_schema_extra=_panel("Canvas", metavar="PX"),
     )
 
@@ -444,6 +523,94 @@ class GenerateRequest(_CreateRequest):
         if any(info.data.get(other) is not None for other in others):
             raise ValueError("give either --size or --width/--height, not both")
         return value
+
+
+class UnderstandRequest(BaseModel):
+    """Answer questions about images with the unified model (Show-o); greedy unless --sample."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_assignment=True)
+
+    questions: list[str] = Field(
+        default_factory=list, validate_default=True, description="a question asked about every image, repeatable (' *** ' also separates "
+        "questions, as in the Show-o scripts)", json_schema_extra=_panel("Questions", flag="--question", metavar="TEXT"),
+    )
+    engine: str = Field(
+        "unified", description="engine that answers: unified (the only one for this task)",
+        json_schema_extra=_panel("Engine", metavar="NAME"),
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="random seed for --sample (omit for a random one; it is recorded)",
+        json_schema_extra=_panel("Engine"),
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="engine options as KEY=VALUE, repeatable: magvit=FOLDER, tokenizer=FOLDER",
+        json_schema_extra=_panel("Engine", flag="--opt", metavar="KEY=VALUE"),
+    )
+    model: str | None = Field(
+        None, description="unified model: alias (show-o, show-o-512), hub id in the local cache or folder "
+        "[default: show-o]", json_schema_extra=_panel("Model", metavar="MODEL"),
+    )
+    sample: bool = Field(
+        False, description="sample each answer token instead of taking the most likely one",
+        json_schema_extra=_panel("Decoding"),
+    )
+    temperature: float | None = Field(
+        None, gt=0, le=10, description="with --sample: divide the logits by T (lower = surer) [default: 1]",
+        json_schema_extra=_panel("Decoding", metavar="T"),
+    )
+    top_k: int | None = Field(
+        None, ge=1, le=100000, description="with --sample: draw only among the K most likely tokens",
+        json_schema_extra=_panel("Decoding", metavar="K"),
+    )
+    max_new_tokens: int = Field(100, ge=1, le=4096, description="longest answer, in tokens", json_schema_extra=_panel("Decoding"))
+    kv_cache: bool = Field(
+        True, description="reuse keys/values of earlier tokens (same answers, much faster)",
+        json_schema_extra=_panel("Decoding", flag="--kv-cache/--no-kv-cache"),
+    )
+    batch_size: int = Field(
+        8, ge=1, le=1024, description="image-question pairs decoded together", json_schema_extra=_panel("Decoding"),
+    )
+    dtype: DType = Field(DType.auto, description="weights precision (auto: fp16 on GPU, fp32 on CPU)", json_schema_extra=_panel("Model"))
+    device: Device = Field(Device.auto, description="where to run", json_schema_extra=_panel("Model"))
+
+    @field_validator("questions", mode="before")
+    @classmethod
+    def _split_questions(cls, value: Any) -> Any:
+        return split_joined(value)
+
+    @field_validator("questions")
+    @classmethod
+    def _needs_a_question(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("understand needs a question, e.g. --question \"What is in the picture?\"")
+        return value
+
+    @field_validator("engine")
+    @classmethod
+    def _unified_only(cls, value: str) -> str:
+        if value != "unified":
+            raise ValueError(f"understand runs on the unified engine only, not {value!r}")
+        return value
+
+    _options_from_pairs = field_validator("options", mode="before")(options_from_pairs)
+
+    @field_validator("options")
+    @classmethod
+    def _loading_options_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        other = sorted(set(value) - {"magvit", "tokenizer"})
+        if other:
+            raise ValueError(f"option {other[0]} does not apply to understand (it takes magvit and tokenizer)")
+        return value
+
+    @model_validator(mode="after")
+    def _sampling_settings_need_sample(self) -> UnderstandRequest:
+        if not self.sample and (self.temperature is not None or self.top_k is not None):
+            raise ValueError("--temperature and --top-k only apply with --sample")
+        return self
+
+    def generation(self) -> Generation:
+        """The model-loading part the engine reads (model, dtype, device)."""
+        return Generation(model=self.model, dtype=self.dtype.value, device=self.device.value)
 
 
 def field_extra(field: Any) -> dict[str, Any]:
