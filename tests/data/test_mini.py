@@ -1,17 +1,22 @@
 """data mini: every layout written, deterministic per seed, learnable structure, refuses to overwrite."""
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from canvaslab.cli.main import app
 from canvaslab.data.datasets import open_dataset
-from canvaslab.data.mini import COLOURS, LAYOUTS, draw_scene, write_mini
+from canvaslab.data.mini import CLASS_NAMES, COLOURS, LAYOUTS, draw_scene, write_mini
+from canvaslab.data.streaming import ParquetStream
 from canvaslab.errors import InputError
 
 
@@ -23,6 +28,9 @@ def test_all_layouts_are_written_and_open(tmp_path):
     written = write_mini(tmp_path / "out", count=3, size=24, frames=2)
     assert [d.layout for d in written] == [layout for layouts in LAYOUTS.values() for layout in layouts]
     for dataset in written:
+        if dataset.kind == "unified":  # streamed by the unified trainer, not an open_dataset layout
+            assert len(list(ParquetStream(dataset.path))) == 3
+            continue
         data = open_dataset(dataset.path, dataset.kind)
         assert len(data) == 3 and data.problems == []
         assert data.frames == {"inpaint": 0, "edit": 1, "frames": 2}[dataset.kind]
@@ -88,3 +96,46 @@ def test_data_help_does_not_load_pyarrow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def colour_counts(png):
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
+    names = {rgb: name for name, rgb in COLOURS.items()}
+    counts = Counter(names[tuple(int(v) for v in p)] for p in pixels)
+    return pixels, counts
+
+
+def test_unified_rows_describe_their_pictures(tmp_path):
+    written = write_mini(tmp_path / "out", kind="unified", count=12, size=32, seed=1)
+    assert [(d.layout, d.path.relative_to(tmp_path / "out").as_posix()) for d in written] == [
+        ("unified-t2i", "unified/t2i.parquet"), ("unified-lm", "unified/lm.parquet"), ("unified-mmu", "unified/mmu.parquet")]
+    t2i, lm, mmu = (list(ParquetStream(d.path, shuffle=False)) for d in written)
+    assert len(t2i) == len(lm) == len(mmu) == 12
+    assert pq.ParquetFile(written[0].path).num_row_groups == 3, "small row groups, so streams can shard them"
+    for row in t2i:
+        pixels, counts = colour_counts(row["image"])
+        assert pixels.shape[0] == 32 * 32
+        colour, shape = row["class_name"].split(" ")
+        background = row["caption"].rsplit(" on a ", 1)[1].removesuffix(" background")
+        assert CLASS_NAMES[row["label"]] == row["class_name"] and row["caption"].startswith(f"a {row['class_name']} on a ")
+        assert counts.most_common(1)[0][0] == background and counts[colour] >= 32 * 32 // 20
+    features = json.loads(pq.read_schema(written[0].path).metadata[b"huggingface"])["info"]["features"]
+    assert features["label"]["names"] == list(CLASS_NAMES)
+    for row in lm:
+        assert row["text"].startswith("the ") and "corners" in row["text"]
+    for row in mmu:
+        _, counts = colour_counts(row["image"])
+        if row["question"] == "what colour is the background?":
+            assert counts.most_common(1)[0][0] == row["answer"]
+        if row["question"] == "what colour is the shape?":
+            assert len(counts) == 2 and counts.most_common()[1][0] == row["answer"]
+    assert {row["question"] for row in mmu} > {"what colour is the shape?"}, "several kinds of question"
+
+
+def test_unified_is_deterministic_and_on_the_cli(tmp_path):
+    for name in ("a", "b"):
+        write_mini(tmp_path / name, kind="unified", count=4, size=16, seed=2)
+    assert digest_tree(tmp_path / "a") == digest_tree(tmp_path / "b")
+    result = CliRunner().invoke(app, ["data", "mini", str(tmp_path / "cli"), "--kind", "unified", "--count", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [str(tmp_path / "cli" / "unified" / f"{kind}.parquet") for kind in ("t2i", "lm", "mmu")]

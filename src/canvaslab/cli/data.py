@@ -1,4 +1,5 @@
-"""`canvaslab data check|mini|frames-to-dataset`: validate, generate and convert training data.
+"""`canvaslab data check|mini|frames-to-dataset|parquet-to-classes|captions-to-sqlite|join-captions`:
+validate, generate and convert training data.
 
 The data modules import pyarrow and `datasets` only when a table is read or written, so
 `canvaslab data --help` stays as light as the rest of the CLI.
@@ -20,7 +21,10 @@ from canvaslab.errors import InputError
 if TYPE_CHECKING:
     from canvaslab.data.check import CheckReport
 
-app = typer.Typer(help="Training data: check a dataset, write a tiny synthetic one, convert video clips.", no_args_is_help=True)
+app = typer.Typer(
+    help="Training data: check a dataset, write a tiny synthetic one, convert video clips, labelled parquet and caption archives.",
+    no_args_is_help=True,
+)
 
 SHOWN_PROBLEMS = 50  # rows of the problem table; --json has them all
 _STYLES = {"error": "red", "warning": "yellow", "note": "cyan"}
@@ -36,6 +40,7 @@ class MiniKind(str, enum.Enum):
     inpaint = "inpaint"
     edit = "edit"
     frames = "frames"
+    unified = "unified"
     all = "all"
 
 
@@ -133,12 +138,112 @@ def frames_to_dataset(
         print(written.path)
 
 
+class ClassesFormat(str, enum.Enum):
+    folders = "folders"
+    webdataset = "webdataset"
+
+
+class KeyMode(str, enum.Enum):
+    auto = "auto"
+    row = "row"
+
+
+class CaptionKey(str, enum.Enum):
+    stem = "stem"
+    path = "path"
+
+
+@app.command("parquet-to-classes")
+def parquet_to_classes(
+    source: Annotated[str, typer.Argument(help="parquet file, folder, glob or fsspec URL (image + integer label)", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="folder to write into (an interrupted run resumes there)", show_default=False)],
+    output_format: Annotated[ClassesFormat, typer.Option("--format", help="class folders OUT/<class>/<key>.jpg or WebDataset tar shards")] = ClassesFormat.folders,
+    classes: Annotated[Optional[Path], typer.Option("--classes", help="class names: JSON list or one per line \\[default: the parquet's Hugging Face features, else label numbers]")] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="samples per WebDataset shard")] = 1000,
+    image_column: Annotated[str, typer.Option("--image-column", help="column of image bytes or {bytes, path} structs")] = "image",
+    label_column: Annotated[str, typer.Option("--label-column", help="column of integer labels")] = "label",
+    key_column: Annotated[str, typer.Option("--key-column", help="column naming each sample, when the table has one")] = "key",
+    keys: Annotated[KeyMode, typer.Option("--keys", help="auto: key column, else image path stem, else <file>-<row>; row: always <file>-<row>")] = KeyMode.auto,
+) -> None:
+    """Convert ImageNet-style parquet into class folders or WebDataset shards named by class."""
+    with console.friendly_errors():
+        from canvaslab.data import convert
+
+        options = {"classes": classes, "image_column": image_column, "label_column": label_column,
+                   "key_column": key_column, "keys": keys.value}
+        with _progress("converting") as advance:
+            if output_format is ClassesFormat.folders:
+                report = convert.parquet_to_class_folders(source, out, progress=advance, **options)
+            else:
+                report = convert.parquet_to_webdataset(source, out, shard_size=shard_size, progress=advance, **options)
+        shards = f" in {report.shards} shards" if output_format is ClassesFormat.webdataset else ""
+        names = f"{len(report.classes)} named classes" if report.classes else "no class names (folders are label numbers)"
+        _summary(report.out, {"out": str(report.out), "rows": report.rows, "written": report.written, "skipped": report.skipped,
+                              "unlabelled": report.unlabelled, "shards": report.shards, "classes": len(report.classes)},
+                 f"{report.rows} rows: {report.written} written{shards}, {report.skipped} already there, "
+                 f"{report.unlabelled} unlabelled left out; {names}")
+
+
+@app.command("captions-to-sqlite")
+def captions_to_sqlite(
+    archive: Annotated[Path, typer.Argument(help="tar archive (.tar.gz, .tar.xz, .tar) of <key>.txt caption files", show_default=False)],
+    database: Annotated[Path, typer.Argument(help="sqlite file to create or add to", show_default=False)],
+    key: Annotated[CaptionKey, typer.Option("--key", help="stem: file name without .txt (as image shards name samples); path: path in the archive")] = CaptionKey.stem,
+    batch_rows: Annotated[int, typer.Option("--batch-rows", min=1, help="captions per transaction")] = 10_000,
+) -> None:
+    """Stream a caption archive into an on-disk key-value store (sqlite), without loading it in memory."""
+    with console.friendly_errors():
+        from canvaslab.data.convert import captions_to_sqlite as load
+
+        with _progress("reading captions") as advance:
+            report = load(archive, database, key=key.value, batch_rows=batch_rows, progress=advance)
+        _summary(report.database, {"database": str(report.database), "files": report.files, "added": report.added,
+                                   "replaced": report.replaced, "ignored": report.ignored, "total": report.total},
+                 f"{report.files} captions read: {report.added} new keys, {report.replaced} replaced, "
+                 f"{report.ignored} other members ignored; {report.total} keys in the database")
+
+
+@app.command("join-captions")
+def join_captions(
+    images: Annotated[str, typer.Argument(help="image shards: WebDataset .tar files or parquet (file, folder or glob)", show_default=False)],
+    captions: Annotated[Path, typer.Argument(help="sqlite file from captions-to-sqlite", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="folder for the captioned WebDataset shards", show_default=False)],
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="samples per shard")] = 1000,
+    keep_missing: Annotated[bool, typer.Option("--keep-missing", help="keep samples without a caption (empty .txt)")] = False,
+) -> None:
+    """Attach captions to image shards by key and write captioned WebDataset shards; report keys without one."""
+    with console.friendly_errors():
+        from canvaslab.data import convert
+
+        join = convert.join_captions(images, captions, keep_missing=keep_missing)
+        with _progress("joining") as advance:
+            report = convert.write_captioned_shards(join, out, shard_size=shard_size, progress=advance)
+        examples = f" (e.g. {', '.join(join.missing[:5])})" if join.missing else ""
+        _summary(report.out, {"out": str(report.out), "samples": join.samples, "written": report.written,
+                              "skipped": report.skipped, "shards": report.shards, "missing": join.missing_count,
+                              "missing_keys": join.missing},
+                 f"{join.samples} samples: {report.written} written in {report.shards} shards, {report.skipped} already "
+                 f"there, {join.missing_count} without a caption{examples}")
+
+
+def _summary(path: Path, data: dict, line: str) -> None:
+    """--json: the figures on stdout; else the line on stderr and the output's path on stdout (for scripts)."""
+    if console.settings.json:
+        console.emit_json(data)
+        return
+    console.info(line)
+    print(path)
+
+
 class _progress:
-    """A progress bar on stderr while items are decoded; silent with --quiet or --json."""
+    """A progress bar on stderr while items are processed; silent with --quiet or --json."""
+
+    def __init__(self, label: str = "checking") -> None:
+        self.label = label
 
     def __enter__(self) -> object:
         self.bar = Progress(
-            TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=console.err, transient=True,
             disable=console.settings.quiet or console.settings.json or not console.err.is_terminal,
         )
@@ -146,7 +251,7 @@ class _progress:
         self.task = self.bar.add_task("check", total=None)
 
         def advance(done: int, total: int) -> None:
-            self.bar.update(self.task, completed=done, total=total)
+            self.bar.update(self.task, completed=done, total=total or None)
 
         return advance
 

@@ -5,6 +5,10 @@ plain background, described by the caption; inpainting masks cover a named shape
 is a fixed colour operation of its input named by the instruction ("invert the colors"); a clip
 shows one shape moving in a straight line and its target is the next position. Sizes alternate
 between square, wide and tall (multiples of 8), so aspect buckets get used too.
+
+The unified kind writes the three row kinds of the unified (Show-o style) trainer as parquet files in
+one folder: t2i (a square picture of one class "<colour> <shape>", its caption, label and class name),
+lm (short true sentences about the shapes) and mmu (a picture, a question about it and its answer).
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ LAYOUTS = {
     "inpaint": ("inpaint-folder", "inpaint-parquet"),
     "edit": ("edit-jsonl", "edit-folder", "edit-parquet"),
     "frames": ("frames-parquet",),
+    "unified": ("unified-t2i", "unified-lm", "unified-mmu"),
 }
 MINI_KINDS = (*LAYOUTS, "all")
+# Layouts that share a folder (default: a folder named after the layout).
+LAYOUT_FOLDERS = {"unified-t2i": "unified", "unified-lm": "unified", "unified-mmu": "unified"}
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -85,7 +92,7 @@ def write_mini(
     for chosen in kinds:
         for layout in LAYOUTS[chosen]:
             rng = np.random.default_rng([seed, len(written)])  # each layout's own stream
-            path = _WRITERS[layout](out / layout, rng, count, size, frames)
+            path = _WRITERS[layout](out / LAYOUT_FOLDERS.get(layout, layout), rng, count, size, frames)
             written.append(MiniDataset(chosen, layout, path, count))
     return written
 
@@ -304,6 +311,90 @@ def _path_start(rng: np.random.Generator, travel: int, direction: int, span: int
     return int(rng.integers(low, max(low, high) + 1))
 
 
+# --- unified: t2i, lm and mmu rows --------------------------------------------------------------
+
+# One class per (shape colour, shape): the label is the index, the name what a caption calls it.
+CLASS_NAMES = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
+CORNERS = {"square": "four", "triangle": "three", "circle": "no"}
+RELATIONS = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def draw_class_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int, str]:
+    """A square picture of one big shape on a plain background: (pixels, label, background colour)."""
+    label = int(rng.integers(len(CLASS_NAMES)))
+    colour, shape_name = CLASS_NAMES[label].split(" ")
+    background = str(rng.choice([name for name in COLOURS if name != colour]))
+    side = int(rng.integers(size // 3, size // 2 + 1))  # big enough to read at 16x16 image tokens
+    left, top = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
+    shape = _Shape(shape_name, colour, (left, top, left + side, top + side))
+    return _render(size, size, background, [shape]), label, background
+
+
+def _unified_parquet(path: Path, rows: list[dict], schema: object) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Small row groups so even 8 rows span several: the streaming reader's row-group sharding gets used.
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=4)
+    return path
+
+
+def _write_unified_t2i(root: Path, rng: np.random.Generator, count: int, size: int, frames: int) -> Path:
+    """t2i.parquet: key, image (PNG bytes), caption, label (int), class_name; class names in the HF features."""
+    import pyarrow as pa
+
+    rows = []
+    for index in range(count):
+        image, label, background = draw_class_image(rng, size)
+        name = CLASS_NAMES[label]
+        rows.append({"key": f"t2i{index:04d}", "image": _png(image), "caption": f"a {name} on a {background} background",
+                     "label": label, "class_name": name})
+    string = {"dtype": "string", "_type": "Value"}
+    features = {"key": string, "image": {"dtype": "binary", "_type": "Value"}, "caption": string,
+                "label": {"names": list(CLASS_NAMES), "_type": "ClassLabel"}, "class_name": string}
+    schema = pa.schema([("key", pa.string()), ("image", pa.binary()), ("caption", pa.string()),
+                        ("label", pa.int64()), ("class_name", pa.string())],
+                       metadata={"huggingface": json.dumps({"info": {"features": features}})})
+    return _unified_parquet(root / "t2i.parquet", rows, schema)
+
+
+def _write_unified_lm(root: Path, rng: np.random.Generator, count: int, size: int, frames: int) -> Path:
+    """lm.parquet: key, text: short sentences that are true in the shapes' world."""
+    import pyarrow as pa
+
+    rows = []
+    for index in range(count):
+        shapes = rng.choice(len(CLASS_NAMES), size=2, replace=False)
+        first, second = CLASS_NAMES[int(shapes[0])], CLASS_NAMES[int(shapes[1])]
+        relation = str(rng.choice(list(RELATIONS)))
+        corners = first.split(" ")[1]
+        text = (f"the {first} is {relation} the {second}, so the {second} is {RELATIONS[relation]} the {first}. "
+                f"a {corners} has {CORNERS[corners]} corners.")
+        rows.append({"key": f"lm{index:04d}", "text": text})
+    return _unified_parquet(root / "lm.parquet", rows, pa.schema([("key", pa.string()), ("text", pa.string())]))
+
+
+def _write_unified_mmu(root: Path, rng: np.random.Generator, count: int, size: int, frames: int) -> Path:
+    """mmu.parquet: key, image (PNG bytes), question, answer: what the picture shows."""
+    import pyarrow as pa
+
+    rows = []
+    for index in range(count):
+        image, label, background = draw_class_image(rng, size)
+        colour, shape = CLASS_NAMES[label].split(" ")
+        questions = {
+            "what colour is the shape?": colour,
+            "what shape is in the picture?": f"a {shape}",
+            "what colour is the background?": background,
+            "what is in the picture?": f"a {colour} {shape} on a {background} background",
+        }
+        question = str(rng.choice(list(questions)))
+        rows.append({"key": f"mmu{index:04d}", "image": _png(image), "question": question, "answer": questions[question]})
+    schema = pa.schema([("key", pa.string()), ("image", pa.binary()), ("question", pa.string()), ("answer", pa.string())])
+    return _unified_parquet(root / "mmu.parquet", rows, schema)
+
+
 _WRITERS: dict[str, Callable[[Path, np.random.Generator, int, int, int], Path]] = {
     "inpaint-folder": _write_inpaint_folder,
     "inpaint-parquet": _write_inpaint_parquet,
@@ -311,4 +402,7 @@ _WRITERS: dict[str, Callable[[Path, np.random.Generator, int, int, int], Path]] 
     "edit-folder": _write_edit_folder,
     "edit-parquet": _write_edit_parquet,
     "frames-parquet": _write_frames,
+    "unified-t2i": _write_unified_t2i,
+    "unified-lm": _write_unified_lm,
+    "unified-mmu": _write_unified_mmu,
 }
