@@ -15,7 +15,7 @@ import typer
 from canvaslab.cli import console
 
 app = typer.Typer(
-    help="Fine-tune inpainting and instruction-editing models (LoRA, partial, full) from a YAML config.",
+    help="Fine-tune inpainting and instruction-editing models (LoRA, partial, full) and the unified model from a YAML config.",
     no_args_is_help=False,
     invoke_without_command=True,
 )
@@ -30,6 +30,7 @@ _EXAMPLES = """
     canvaslab train inpaint configs/train/inpaint-lora.yaml data.path=murals/ output=runs/murals
     canvaslab train edit configs/train/edit-lora.yaml train.max_steps=2000 resume=latest
     canvaslab train inpaint my.yaml --print-config
+    canvaslab train unified configs/train/unified-stage1.yaml data.t2i=[imagenet/*.parquet]
     accelerate launch --num_processes 4 -m canvaslab train edit configs/train/edit-zero2-fp16.yaml
 """
 
@@ -61,9 +62,12 @@ def _run(objective: str, config: Optional[Path], overrides: Optional[list[str]],
         if print_config:
             print(dump_config(resolved), end="")
             return
-        from canvaslab.train.trainer import train
+        if objective == "unified":
+            from canvaslab.train.unified import train_unified as run
+        else:
+            from canvaslab.train.trainer import train as run
 
-        report = train(resolved, report=_say)
+        report = run(resolved, report=_say)
         if console.settings.json:
             console.emit_json({"steps": report.steps, "final_loss": report.losses[-1] if report.losses else None,
                                "checkpoints": report.checkpoints, "validations": report.validations,
@@ -83,6 +87,12 @@ def _say(text: str) -> None:
 def inpaint(ctx: typer.Context, config: ConfigArg = None, overrides: OverridesArg = None, print_config: PrintOpt = False) -> None:
     """Train an inpainting model: noisy latents + mask + masked-image latents (a 4-channel base is widened to 9)."""
     _run("inpaint", config, overrides, print_config, ctx)
+
+
+@app.command("unified", epilog=_EXAMPLES)
+def unified(ctx: typer.Context, config: ConfigArg = None, overrides: OverridesArg = None, print_config: PrintOpt = False) -> None:
+    """Train the unified (Show-o) model: t2i, language and understanding rows mixed per step (stage configs)."""
+    _run("unified", config, overrides, print_config, ctx)
 
 
 @app.command("edit", epilog=_EXAMPLES)

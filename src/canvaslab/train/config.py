@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from canvaslab.errors import InputError
 
 Objective = Literal["inpaint", "edit"]
+OBJECTIVES = ("inpaint", "edit", "unified")
 
 
 class _Section(BaseModel):
@@ -249,8 +250,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path | None, overrides: list[str] = (), *, objective: Objective | None = None
-) -> TrainConfig:
+    path: str | Path | None, overrides: list[str] = (), *, objective: str | None = None
+) -> Any:
     """Read `path` (YAML), apply `key=value` overrides, set the objective, validate.
 
     Relative paths in the file (data.path, output, validation images...) stay relative to the
@@ -268,19 +269,31 @@ def load_config(
     return validate_config(data)
 
 
-def validate_config(data: dict[str, Any]) -> TrainConfig:
+def config_model(objective: Any) -> type[BaseModel]:
+    """The config class of an objective: TrainConfig (inpaint, edit) or UnifiedTrainConfig."""
+    if objective == "unified":
+        from canvaslab.train.unified_config import UnifiedTrainConfig
+
+        return UnifiedTrainConfig
+    if objective not in (None, "inpaint", "edit"):
+        raise InputError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    return TrainConfig
+
+
+def validate_config(data: dict[str, Any]) -> Any:
+    model = config_model(data.get("objective"))
     try:
-        return TrainConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
-        raise InputError(describe_error(error)) from None
+        raise InputError(describe_error(error, model)) from None
 
 
-def describe_error(error: ValidationError) -> str:
+def describe_error(error: ValidationError, model: type[BaseModel] | None = None) -> str:
     """The first validation problem as one line: where, what, and what is allowed."""
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
-        allowed = _allowed_keys(first["loc"][:-1])
+        allowed = _allowed_keys(first["loc"][:-1], model or TrainConfig)
         return f"unknown config key {where!r}; allowed here: {', '.join(allowed)}"
     if first["type"] == "missing":
         return f"config key {where!r} is required"
@@ -288,8 +301,7 @@ def describe_error(error: ValidationError) -> str:
     return f"config {where}: {message}" if where != "config" else f"config: {message}"
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: type[BaseModel] = TrainConfig
+def _allowed_keys(loc: tuple, model: type[BaseModel]) -> list[str]:
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -299,7 +311,7 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
-def dump_config(config: TrainConfig) -> str:
+def dump_config(config: BaseModel) -> str:
     """The resolved config as YAML (what `--print-config` shows and each run saves)."""
     import yaml
 

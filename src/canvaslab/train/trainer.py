@@ -429,7 +429,8 @@ def _save(accelerator: Any, config: TrainConfig, state: ckpt.TrainerState, say: 
     accelerator.save_state(str(folder))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        ckpt.mark_complete(folder, state, {"processes": accelerator.num_processes, "mode": config.train.mode})
+        ckpt.mark_complete(folder, state, {"processes": accelerator.num_processes,
+                                           "mode": getattr(config.train, "mode", "full")})
         ckpt.prune(config.output_dir, config.checkpoints.keep)
         say(f"saved checkpoint {folder}")
     accelerator.wait_for_everyone()

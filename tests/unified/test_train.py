@@ -1,0 +1,137 @@
+"""`canvaslab train unified` on a tiny model: the loop trains, resumes exactly, stops on signals, exports a
+folder every unified command loads, and 2 processes split the rows."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+pytest.importorskip("accelerate")
+
+from canvaslab.train.config import validate_config  # noqa: E402
+
+from . import tiny  # noqa: E402
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220), "yellow": (230, 220, 40)}
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _square(colour: str, size: int = 64) -> np.ndarray:
+    image = np.full((size, size, 3), 128, np.uint8)
+    image[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = COLOURS[colour]
+    return image
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("unified-data")
+    names = list(COLOURS) * 4
+    t2i = pa.table({"image": [_png(_square(c)) for c in names], "caption": [f"a {c} square" for c in names],
+                    "class_name": [c for c in names]})
+    lm = pa.table({"text": [f"the {c} square is {c}." for c in names]})
+    mmu = pa.table({"image": [_png(_square(c)) for c in names], "question": ["what colour?"] * len(names),
+                    "answer": names})
+    paths = {}
+    for name, table in (("t2i", t2i), ("lm", lm), ("mmu", mmu)):
+        paths[name] = root / f"{name}.parquet"
+        pq.write_table(table, paths[name], row_group_size=4)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return tiny.save_tiny_bundle(tmp_path_factory.mktemp("unified-base") / "tiny")
+
+
+def config(base: Path, data: dict[str, Path], output: Path, **train) -> dict:
+    return {
+        "objective": "unified", "output": str(output), "model": {"base": str(base)},
+        "data": {"t2i": [str(data["t2i"])], "lm": [str(data["lm"])], "mmu": [str(data["mmu"])], "resolution": 64,
+                 "max_text_len": 16, "max_seq_len": 24, "shuffle_buffer": 8},
+        "train": {"batch_size_t2i": 2, "batch_size_lm": 2, "batch_size_mmu": 2, "learning_rate": 3e-3,
+                  "lr_scheduler": "constant", "max_steps": 6, **train},
+        "checkpoints": {"every": 1000, "keep": 2}, "log": {"trackers": [], "every": 1000},
+    }
+
+
+def run(cfg: dict, **kwargs):
+    from canvaslab.train.unified import train_unified
+
+    return train_unified(validate_config(cfg), **kwargs)
+
+
+def test_a_few_steps_train_every_kind_and_export_a_loadable_folder(base, data, tmp_path):
+    report = run(config(base, data, tmp_path / "run", max_steps=30))
+    assert report.steps == 30 and all(np.isfinite(report.losses))
+    assert set(report.parts[0]) == {"t2i", "lm", "mmu", "mask_ratio"}
+    first = np.mean([p["lm"] + p["mmu"] for p in report.parts[:5]])
+    last = np.mean([p["lm"] + p["mmu"] for p in report.parts[-5:]])
+    assert last < 0.7 * first, (first, last)
+    from canvaslab.engines.unified.bundle import load_bundle
+
+    bundle = load_bundle(report.export)
+    assert bundle.config.num_vq_tokens == 16 and (Path(report.export) / "magvit" / "config.json").is_file()
+
+
+def test_stopping_and_resuming_continues_exactly(base, data, tmp_path):
+    sections = dict(max_steps=6, gradient_accumulation=2)
+    cfg = config(base, data, tmp_path / "whole", **sections)
+    cfg["checkpoints"]["every"] = 3
+    whole = run(cfg)
+    parts = {**cfg, "output": str(tmp_path / "parts")}
+    first = run(parts, stop_after=3)
+    assert first.losses == whole.losses[:3]
+    second = run({**parts, "resume": "latest"})
+    assert second.resumed_from.endswith("step_000003")
+    assert second.losses == whole.losses[3:]
+
+
+def test_validation_renders_prompts_and_answers(base, data, tmp_path):
+    image = tmp_path / "q.png"
+    from PIL import Image
+
+    Image.fromarray(_square("red")).save(image)
+    cfg = config(base, data, tmp_path / "run", max_steps=2)
+    cfg["validation"] = {"prompts": ["a red square", "a blue square"], "images": [str(image)], "steps": 2,
+                         "max_new_tokens": 4}
+    report = run(cfg)
+    names = sorted(Path(p).name for p in report.validations)
+    assert names == ["step_000002-answers.txt", "step_000002.png"]
+    assert str(image) in (tmp_path / "run" / "validation" / "step_000002-answers.txt").read_text()
+
+
+def test_batch_size_without_a_source_is_refused():
+    from canvaslab.errors import InputError
+
+    with pytest.raises(InputError, match="data.mmu names no parquet source"):
+        validate_config({"objective": "unified", "data": {"t2i": ["x.parquet"]}, "train": {"batch_size_mmu": 2, "batch_size_lm": 0}})
+
+
+def test_two_processes_train_on_disjoint_rows(base, data, tmp_path):
+    out = tmp_path / "run"
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "2cpu-gloo.yaml"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(shipped), "-m", "canvaslab"]
+    args = ["train", "unified", f"model.base={base}", f"data.t2i=[{data['t2i']}]", f"data.lm=[{data['lm']}]",
+            f"data.mmu=[{data['mmu']}]", "data.resolution=64", "data.max_text_len=16", "data.max_seq_len=24",
+            "train.batch_size_t2i=2", "train.batch_size_lm=1", "train.batch_size_mmu=1", "train.max_steps=2",
+            "log.trackers=[]", f"output={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "final" / "config.json").is_file()
