@@ -135,3 +135,13 @@ def test_two_processes_train_on_disjoint_rows(base, data, tmp_path):
     done = subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "final" / "config.json").is_file()
+
+
+def test_checkpoints_load_as_models_like_the_export(base, data, tmp_path):
+    from canvaslab.engines.unified.bundle import load_bundle
+
+    report = run(config(base, data, tmp_path / "run", max_steps=2))
+    checkpoint = load_bundle(report.checkpoints[-1])
+    final = load_bundle(report.export)
+    ids = torch.randint(0, 60, (1, 12))
+    assert torch.equal(checkpoint.model(ids), final.model(ids))

@@ -258,6 +258,10 @@ def train_unified(config: UnifiedTrainConfig, *, report: Any = None, stop_after:
             last = state.step >= section.max_steps
             if state.step % config.checkpoints.every == 0 or interrupted or last:
                 result.checkpoints.append(_save(accelerator, config, state, say))
+                if accelerator.is_main_process:  # a checkpoint is also a model every unified command loads
+                    from canvaslab.engines.unified.bundle import write_checkpoint_metadata
+
+                    write_checkpoint_metadata(bundle, result.checkpoints[-1])
             if interrupted:
                 result.stopped_by = stop.signal or "signal"
                 say(f"stopped by {result.stopped_by} at step {state.step}; resume with resume=latest")

@@ -49,6 +49,7 @@ class UnifiedBundle:
     magvit: Magvit
     tokenizer: Any  # a transformers tokenizer
     source: str  # the model as the user named it
+    magvit_source: str = ""  # where the MAGVIT was loaded from (recorded in checkpoints)
 
     @property
     def config(self) -> UnifiedConfig:
@@ -99,11 +100,24 @@ def load_bundle(
     config = read_unified_config(folder)
     text = load_text_tokenizer(folder, config, tokenizer)
     unified = load_unified_model(folder, dtype=dtype, device=device)
-    vq = load_magvit(_magvit_source(folder, magvit), dtype=dtype, device=device)
+    vq_source = _magvit_source(folder, magvit)
+    vq = load_magvit(vq_source, dtype=dtype, device=device)
     if vq.quantize.codebook_size != config.codebook_size:
         raise InputError(f"the MAGVIT tokenizer has {vq.quantize.codebook_size} codes but the model expects "
                          f"{config.codebook_size}; pass the MAGVIT the model was trained with")
-    return UnifiedBundle(unified, vq, text, str(model or DEFAULT_MODEL))
+    located = resolve_folder(vq_source, "MAGVIT tokenizer") if not Path(vq_source).is_dir() else Path(vq_source)
+    return UnifiedBundle(unified, vq, text, str(model or DEFAULT_MODEL), str(located.resolve()))
+
+
+def write_checkpoint_metadata(bundle: UnifiedBundle, folder: str | Path) -> None:
+    """Make a training checkpoint folder (weights saved by accelerate as model.safetensors) loadable by
+    `load_bundle`: the model's config.json pointing at its MAGVIT, and the tokenizer files."""
+    from canvaslab.core.image import atomic_write_bytes
+
+    folder = Path(folder)
+    config = {**bundle.config.to_json_dict(), "vq_model_path": bundle.magvit_source}
+    atomic_write_bytes(folder / "config.json", json.dumps(config, indent=2).encode())
+    bundle.tokenizer.save_pretrained(str(folder))
 
 
 def _magvit_source(folder: Path, magvit: str | Path | None) -> str | Path:

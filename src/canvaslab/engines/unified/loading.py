@@ -104,6 +104,9 @@ def read_state_dict(folder: Path, label: str) -> StateDict:
     state: StateDict = {}
     for path in _weight_files(folder, label):
         state.update(_read_tensors(path, label))
+    # Checkpoints of a DDP-wrapped model (e.g. accelerate's save_state) prefix every key with "module.".
+    if state and all(key.startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
     return state
 
 
