@@ -9,6 +9,7 @@
 #   CANVASLAB_VENV    venv to create/use (default: .venv in the repo; an already active venv is used as is)
 #   CANVASLAB_TORCH   pip requirement for torch when none is installed (default: torch==2.13.0, the CPU
 #                     build); set it to your CUDA build's spec, or to "skip" to never install torch
+#   CANVASLAB_BROWSER "skip": do not install Debian's chromium for the browser test (it then skips)
 #   PYTHON            interpreter that creates the venv (default: python3)
 set -euo pipefail
 
@@ -46,7 +47,17 @@ if [[ "$job" != "demo" && "${CANVASLAB_TORCH:-}" != "skip" ]]; then
   fi
 fi
 
-# 3. canvaslab itself (editable), re-installed only when pyproject.toml changed
+# 3. a browser for the UI test: Debian's chromium, when it can be installed without asking (root + apt).
+#    CANVASLAB_BROWSER=skip leaves it out; the browser test then skips and says why.
+if [[ "$job" == "test" && ! -x /usr/bin/chromium && "${CANVASLAB_BROWSER:-auto}" != "skip" ]]; then
+  if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+    echo "==> installing chromium (Debian) for the browser test"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+      >/dev/null 2>&1 || echo "==> chromium could not be installed: the browser test will be skipped"
+  fi
+fi
+
+# 4. canvaslab itself (editable), re-installed only when pyproject.toml changed
 stamp="$venv/.canvaslab-$job-$(sha256sum pyproject.toml | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
   echo "==> installing canvaslab$extras"
@@ -54,7 +65,7 @@ if [[ ! -f "$stamp" ]]; then
   touch "$stamp"
 fi
 
-# 4. the job
+# 5. the job
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 case "$job" in
   demo) exec "$py" "$here/scripts/demo.py" "$@" ;;

@@ -12,8 +12,9 @@ from canvaslab.tasks.requests import REQUESTS
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "canvaslab"
 # Lowest first. Packages on one rank are siblings and must not import each other: training builds on
-# the engines' model loading but never on the inference tasks, and the reverse.
-RANKS = {"core": 0, "data": 1, "engines": 2, "tasks": 3, "train": 3, "cli": 4}
+# the engines' model loading but never on the inference tasks, and the reverse. The CLI sits above the
+# server because `canvaslab serve` starts it.
+RANKS = {"core": 0, "data": 1, "engines": 2, "tasks": 3, "train": 3, "server": 4, "cli": 5}
 LAYERS = list(RANKS)
 FORBIDDEN_IN_CORE = {"torch", "cv2", "numba", "diffusers", "transformers", "scipy", "skimage"}
 

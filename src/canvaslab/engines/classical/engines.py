@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from canvaslab.core.progress import check_cancelled, report_progress
 from canvaslab.engines.base import Engine, EngineOptions, Generation
 
 
@@ -25,7 +26,10 @@ class PatchMatchEngine(Engine):
     ) -> np.ndarray:
         from canvaslab.engines.classical.patchmatch import patchmatch_inpaint
 
-        return patchmatch_inpaint(image, mask, seed=seed, patch_size=options.patch_size)
+        check_cancelled()  # one step per item: a cancelled job stops before the work, not inside numba
+        out = patchmatch_inpaint(image, mask, seed=seed, patch_size=options.patch_size)
+        report_progress(1, 1)
+        return out
 
 
 class OpenCVOptions(EngineOptions):
@@ -40,8 +44,10 @@ class _OpenCVEngine(Engine):
         self, image: np.ndarray, mask: np.ndarray, *, seed: int, options: EngineOptions, generation: Generation
     ) -> np.ndarray:
         # OpenCV works in BGR; converting both ways keeps our engines RGB in, RGB out.
+        check_cancelled()
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         out = cv2.inpaint(bgr, mask.astype(np.uint8) * 255, options.radius, self.flag)
+        report_progress(1, 1)
         return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from canvaslab.engines.base import Generation
-from canvaslab.engines.diffusion.engine import cpu_generator, prepared_pipeline, to_uint8
+from canvaslab.engines.diffusion.engine import cpu_generator, prepared_pipeline, step_callback, to_uint8
 from canvaslab.errors import InputError
 
 GENERATE_MODEL = "sd15"
@@ -38,6 +38,7 @@ def generate_image(
         guidance_scale=generation.guidance_scale,
         generator=cpu_generator(seed),
         output_type="np",
+        **step_callback(pipe, generation.steps),
     )
     return to_uint8(result.images[0])
 
@@ -88,6 +89,7 @@ def _run_edit(pipe: Any, generation: Generation, image: Any, shape: tuple[int, .
         image_guidance_scale=image_guidance_scale,
         generator=cpu_generator(seed),
         output_type="np",
+        **step_callback(pipe, generation.steps),
     )
     return to_uint8(result.images[0])
 

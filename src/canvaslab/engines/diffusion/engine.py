@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from canvaslab.core.notices import notice
+from canvaslab.core.progress import listening, report_progress
 from canvaslab.engines.base import Engine, EngineOptions, Generation
 from canvaslab.engines.diffusion.schedulers import make_scheduler, scheduler_spec
 
@@ -80,8 +81,25 @@ class DiffusionEngine(Engine):
             guidance_scale=generation.guidance_scale,
             generator=cpu_generator(seed),
             output_type="np",
+            **step_callback(pipe, generation.steps),
         )
         return to_uint8(result.images[0])
+
+
+def step_callback(pipe: Any, steps: int) -> dict[str, Any]:
+    """`callback_on_step_end` reporting each step to `core.progress` (empty when nobody listens).
+
+    The total is the pipeline's own count of timesteps (fewer than `steps` below strength 1);
+    `report_progress` raises `Cancelled` from inside the loop when the job was cancelled.
+    """
+    if not listening():
+        return {}
+
+    def on_step_end(pipeline: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        report_progress(index + 1, getattr(pipeline, "num_timesteps", None) or steps)
+        return kwargs
+
+    return {"callback_on_step_end": on_step_end}
 
 
 def prepared_pipeline(generation: Generation, task: str, *, config: str | None, default_model: str) -> Any:

@@ -45,6 +45,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from canvaslab.core.notices import notice
+from canvaslab.core.progress import listening, report_progress
 from canvaslab.engines.base import Engine, EngineOptions, Generation
 from canvaslab.errors import EngineError, InputError
 
@@ -364,6 +365,7 @@ def decode_window(
         model, input_ids, attention_mask=t2i_attention_mask(rows, layout, dtype=model.dtype),
         uncond_input_ids=uncond_ids, text_len=MAX_TEXT_LEN + 1, guidance_scale=guidance_scale, steps=steps,
         temperature=temperature, schedule=schedule, generator=generator,
+        callback=(lambda step, codes: report_progress(step + 1, steps)) if listening() else None,
     )
     return result.reshape(window.shape).cpu()
 

@@ -1,0 +1,216 @@
+"""Load test of `canvaslab serve` on loopback: many clients at once, each request followed to its result.
+
+A real server process (`python -m canvaslab serve --engine telea`, one worker) and --clients threads,
+each sending --requests requests one after another: a native inpaint of a small real photo crop
+(POST /api/v1/inpaint, follow its Server-Sent Events to `done`, download the PNG and check the
+recipe's seed), and every --a1111-every-th request an A1111 img2img (synchronous) instead.
+
+Named baseline: the same inpaint called in-process, one after another (`canvaslab.inpaint` on the
+decoded image, result encoded to PNG with its recipe), i.e. the work without HTTP, queue or files.
+
+Reported: throughput (requests/s over the wall time), p50/p95/max latency (submit -> result in
+hand), lost jobs (accepted but never delivered: must be 0), 5xx answers (must be 0), 429 answers
+(the queue is larger than the client count, so none are expected), and the server's peak RSS (VmHWM).
+
+    python benchmarks/server.py [--clients 20] [--requests 25] [--size 64] [--engine telea]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from canvaslab.core.metadata import read_metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def inputs(size: int) -> tuple[str, str]:
+    photo = Image.open(ROOT / "examples" / "coffee.png").convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4 : size // 2, size // 3 : 2 * size // 3] = 255
+    encoded = []
+    for image in (photo, Image.fromarray(mask)):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode())
+    return encoded[0], encoded[1]
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.statuses: Counter[int] = Counter()
+        self.lost: list[str] = []
+
+    def add(self, seconds: float | None, status: int, lost: str | None = None) -> None:
+        with self.lock:
+            self.statuses[status] += 1
+            if seconds is not None:
+                self.latencies.append(seconds)
+            if lost:
+                self.lost.append(lost)
+
+
+def native_request(client: httpx.Client, image: str, mask: str, seed: int, tally: Tally) -> None:
+    started = time.perf_counter()
+    reply = client.post("/api/v1/inpaint", json={"image": image, "mask": mask, "seed": seed})
+    if reply.status_code != 202:
+        tally.add(None, reply.status_code)
+        return
+    job_id, done = reply.json()["id"], None
+    with client.stream("GET", f"/api/v1/jobs/{job_id}/events") as stream:
+        name = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name == "done":
+                done = json.loads(line[6:])
+    if done is None or done["status"] != "done":
+        tally.add(None, 200, f"{job_id}: {done and done['status']}")
+        return
+    png = client.get(done["result"]["images"][0]["url"])
+    ok = png.status_code == 200 and (read_metadata(png.content).recipe or {}).get("request", {}).get("seed") == seed
+    tally.add(time.perf_counter() - started, png.status_code, None if ok else f"{job_id}: result missing")
+
+
+def a1111_request(client: httpx.Client, image: str, mask: str, seed: int, tally: Tally) -> None:
+    started = time.perf_counter()
+    reply = client.post("/sdapi/v1/img2img", json={"init_images": [image], "mask": mask, "seed": seed, "mask_blur": 0})
+    if reply.status_code != 200:
+        tally.add(None, reply.status_code)
+        return
+    ok = len(reply.json()["images"]) == 1 and json.loads(reply.json()["info"])["all_seeds"] == [seed]
+    tally.add(time.perf_counter() - started, 200, None if ok else "img2img: wrong answer")
+
+
+def client_loop(url: str, index: int, args: argparse.Namespace, image: str, mask: str, tally: Tally) -> None:
+    with httpx.Client(base_url=url, timeout=600) as client:
+        for k in range(args.requests):
+            seed = index * 1000 + k
+            send = a1111_request if args.a1111_every and (k + 1) % args.a1111_every == 0 else native_request
+            try:
+                send(client, image, mask, seed, tally)
+            except httpx.HTTPError as exc:
+                tally.add(None, 599, f"client {index} request {k}: {type(exc).__name__}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(args: argparse.Namespace, output: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "canvaslab", "serve", "--port", str(port), "--engine", args.engine,
+               "--output", output, "--queue-size", str(max(64, 2 * args.clients))]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    server.kill()
+    raise SystemExit(f"the server did not start: {server.stderr.read() if server.stderr else ''}")
+
+
+def in_process_rate(args: argparse.Namespace, image: str, mask: str, count: int = 100) -> float:
+    """Requests/s of the same work without the server: decode, inpaint, encode with the recipe."""
+    import canvaslab
+
+    image_bytes, mask_bytes = base64.b64decode(image), base64.b64decode(mask)
+    canvaslab.inpaint(image_bytes, mask_bytes, engine=args.engine, seed=0).encode()  # warm-up
+    started = time.perf_counter()
+    for seed in range(count):
+        canvaslab.inpaint(image_bytes, mask_bytes, engine=args.engine, seed=seed).encode()
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=25, help="requests per client")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--engine", default="telea")
+    parser.add_argument("--a1111-every", type=int, default=5, help="every N-th request is an A1111 img2img (0: none)")
+    args = parser.parse_args()
+    image, mask = inputs(args.size)
+    tally = Tally()
+    with TemporaryDirectory() as output:
+        server, url = start_server(args, output)
+        try:
+            # One warm-up request (engine import, first decode) so the table measures serving.
+            with httpx.Client(base_url=url, timeout=120) as client:
+                native_request(client, image, mask, 999_999, Tally())
+            started = time.perf_counter()
+            threads = [threading.Thread(target=client_loop, args=(url, i, args, image, mask, tally))
+                       for i in range(args.clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - started
+            rss = peak_rss_mb(server.pid)
+            files = len(list(Path(output).rglob("*.png")))
+        finally:
+            server.terminate()
+            server.wait(30)
+    baseline = in_process_rate(args, image, mask)
+    total = args.clients * args.requests
+    served = len(tally.latencies)
+    latencies = sorted(tally.latencies)
+    p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else float("nan")
+    rows = [
+        ("clients x requests", f"{args.clients} x {args.requests} = {total}"),
+        ("engine, image", f"{args.engine}, {args.size}x{args.size} (1 worker, every {args.a1111_every}th via A1111)"),
+        ("served", f"{served}/{total}"),
+        ("throughput", f"{served / wall:.1f} requests/s over {wall:.1f} s"),
+        ("baseline: in-process, serial", f"{baseline:.1f} requests/s (server = {served / wall / baseline:.2f}x)"),
+        ("latency p50 / p95 / max", f"{statistics.median(latencies) * 1000:.0f} / {p95 * 1000:.0f} / {latencies[-1] * 1000:.0f} ms"
+         if latencies else "n/a"),
+        ("lost jobs", str(len(tally.lost))),
+        ("5xx answers", str(sum(n for code, n in tally.statuses.items() if code >= 500))),
+        ("429 answers", str(tally.statuses.get(429, 0))),
+        ("result files on disk", str(files)),
+        ("server peak RSS", f"{rss:.0f} MB"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    for line in tally.lost[:10]:
+        print("lost:", line)
+    if tally.lost or any(code >= 500 for code in tally.statuses):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

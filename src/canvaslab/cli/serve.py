@@ -1,0 +1,64 @@
+"""`canvaslab serve`: the HTTP server (native API, A1111 subset, browser UI). fastapi/uvicorn load inside the command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from canvaslab.cli import console
+from canvaslab.errors import InputError
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="address to listen on; anything but loopback needs --token")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port")] = 7860,
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", help="model clients may use (alias, hub id, folder or file), repeatable; the first is the default")] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="default engine for requests that name none")] = None,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", help="API token every request must carry [default: $CANVASLAB_TOKEN]", show_default=False)] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder the results are written to")] = Path("canvaslab-server-output"),
+    queue_size: Annotated[int, typer.Option("--queue-size", min=1, help="jobs that may wait; more get 429")] = 64,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="largest request body (MB); more get 413")] = 50.0,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=4096, help="largest image (pixels); more get 400")] = 4096 * 4096,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(
+        "--cors-origin", help="web origin allowed to call the API from a browser, repeatable [default: none]")] = None,
+    lora: Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file clients may use by its name, repeatable")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="worker threads (one per device)")] = 1,
+) -> None:
+    """Serve the HTTP API, the AUTOMATIC1111-compatible subset and the browser UI (see docs/server.md)."""
+    with console.friendly_errors():
+        from canvaslab.engines import engine_names
+        from canvaslab.server.settings import ServerSettings, check_exposure, token_from_env
+
+        token = token_from_env(token)
+        check_exposure(host, token)
+        if engine is not None and engine not in engine_names():
+            raise InputError(f"unknown engine {engine!r}: choose one of {', '.join(engine_names())}")
+        settings = ServerSettings(
+            host=host, port=port, token=token, output=output, engine=engine, models=list(model or []),
+            loras=list(lora or []), queue_size=queue_size, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+            cors_origins=list(cors_origin or []), workers=workers,
+        )
+        run_server(settings)
+
+
+def run_server(settings: object) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise InputError("canvaslab serve needs the server extra: pip install 'canvaslab[server]'") from None
+
+    from canvaslab.server.app import create_app
+
+    app = create_app(settings)  # type: ignore[arg-type]
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host  # type: ignore[attr-defined]
+    console.err.print(f"canvaslab serving on http://{shown}:{settings.port}/ (API docs at /docs)")  # type: ignore[attr-defined]
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")  # type: ignore[attr-defined]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve", rich_help_panel="Server")(serve)
