@@ -152,3 +152,18 @@ def test_replay_check_passes_for_lossy_outputs(tmp_path, pair, name, quality):
     replay = cli("replay", out, "-o", tmp_path / "again.png", "--check")
     assert replay.returncode == 0, replay.stderr
     assert "identical pixels" in replay.stderr
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch):
+    """Without the train extra, `train` says what to install in one line, not a traceback."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from canvaslab.cli.main import app
+
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ModuleNotFoundError
+    result = CliRunner().invoke(app, ["train", "inpaint", "data.path=x", "--print-config"])
+    assert result.exit_code == 2
+    assert "needs the yaml package" in result.output and "canvaslab[train]" in result.output
+    assert "Traceback" not in result.output

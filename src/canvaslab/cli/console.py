@@ -54,7 +54,28 @@ def info(message: str) -> None:
 
 
 def error_line(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    # escape: messages quote things like 'canvaslab[server]', which rich would take for markup
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+
+
+# Optional packages -> the extra that brings them, for a one-line answer when one is missing.
+EXTRAS = {
+    "torch": "diffusion", "diffusers": "diffusion", "transformers": "diffusion", "accelerate": "diffusion",
+    "peft": "diffusion", "safetensors": "diffusion", "tokenizers": "diffusion", "huggingface_hub": "diffusion",
+    "yaml": "train", "pyarrow": "train", "tensorboard": "train",
+    "fastapi": "server", "uvicorn": "server", "multipart": "server", "httpx": "server",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """'... needs X: pip install canvaslab[extra]' when `exc` is an optional package we know."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return f"this command needs the {top} package, which is not installed: pip install 'canvaslab[{extra}]'"
 
 
 def emit_json(data: Any) -> None:
@@ -73,6 +94,15 @@ def friendly_errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
+    except ModuleNotFoundError as exc:
+        if settings.debug:
+            raise
+        message = missing_extra(exc) or (
+            f"the Python package {exc.name!r} is not installed; pip install 'canvaslab[diffusion,train,server]' "
+            "brings every optional one (run with --debug for the traceback)"
+        )
+        error_line(message)
+        raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         if settings.debug:
             raise
