@@ -336,8 +336,6 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
                 if last or (stop_after is not None and steps_this_call >= stop_after):
                     finished_epoch = False
                     break
-            else:
-                finished_epoch = True
             if result.stopped_by or (stop_after is not None and steps_this_call >= stop_after):
                 break
             if finished_epoch and state.step < config.train.max_steps:
