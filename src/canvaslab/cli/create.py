@@ -19,9 +19,9 @@ from canvaslab.cli.paint import (
     check_format, output_options, report_saved, run_command,
 )
 from canvaslab.errors import InputError
-from canvaslab.tasks.common import open_image, resolve_seed, step_seed
-from canvaslab.tasks.edit import edit, frame_files
-from canvaslab.tasks.render import GRID_COLUMNS, OutputSpec, render, row_output, write_grid
+from canvaslab.tasks.common import open_image
+from canvaslab.tasks.edit import frame_files
+from canvaslab.tasks.render import OutputSpec, render
 from canvaslab.tasks.requests import EditRequest, GenerateRequest, build_request
 
 
@@ -78,20 +78,11 @@ def _check_frames_flags(cli: dict[str, Any]) -> None:
 
 
 def _render_frames(request: EditRequest, output: Path, spec: OutputSpec) -> list[tuple[Any, Path]]:
-    """Seed rows, grid and main output as `render` writes them; the grid's "original" is the last frame."""
-    base_seed = resolve_seed(request.seed)
-    results = [
-        edit(request=request.model_copy(update={"seed": step_seed(base_seed, i)}), max_pixels=spec.max_pixels)
-        for i in range(spec.rows)
-    ]
-    saved = [(r, row_output(output, r.seed, i)) for i, r in enumerate(results)]
-    for result, path in saved[1:]:
-        result.save(path, format=spec.format, quality=spec.quality)
+    """`render` for a multi-frame edit: the frames come from the request; the grid's "original" is the last frame."""
+    last = None
     if spec.grid is not None:
-        last = open_image(frame_files(Path(request.frames))[-1], spec.max_pixels)  # type: ignore[arg-type]
-        write_grid(spec.grid, last.rgb, results, spec, GRID_COLUMNS["edit"])
-    results[0].save(output, format=spec.format, quality=spec.quality)  # last: its existence marks completion
-    return saved
+        last = open_image(frame_files(Path(request.frames))[-1], spec.max_pixels).rgb  # type: ignore[arg-type]
+    return render("edit", None, None, request, output, spec, original=last)
 
 
 def _generate_options(

@@ -79,11 +79,13 @@ def row_output(output: Path, seed: int, index: int) -> Path:
 
 
 def render(
-    task: str, image: ImageInput | None, mask: ImageInput | None, request: TaskRequest, output: Path, spec: OutputSpec
+    task: str, image: ImageInput | None, mask: ImageInput | None, request: TaskRequest, output: Path, spec: OutputSpec,
+    *, original: np.ndarray | None = None,
 ) -> list[tuple[Result, Path]]:
     """Run `spec.rows` seeds (seed, seed+1, ...), save each, then the grid, then the main output.
 
-    `image` is None for tasks that start from nothing (generate).
+    `image` is None for tasks that start from nothing (generate) or from a request's own inputs
+    (edit --frames); `original` is then what the grid shows as the original (e.g. the last frame).
     """
     source = open_image(image, spec.max_pixels) if image is not None else None
     base_seed = resolve_seed(request.seed)
@@ -96,7 +98,7 @@ def render(
     for result, path in saved[1:]:
         result.save(path, format=spec.format, quality=spec.quality)
     if spec.grid is not None:
-        write_grid(spec.grid, None if source is None else source.rgb, results, spec, GRID_COLUMNS[task])
+        write_grid(spec.grid, original if source is None else source.rgb, results, spec, GRID_COLUMNS[task])
     results[0].save(output, format=spec.format, quality=spec.quality)
     return saved
 
