@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 from typing import Any
 
 from canvaslab.errors import InputError
 from canvaslab.train.components import Components
 from canvaslab.train.config import TrainConfig
+from canvaslab.train.loop import fresh_staging, publish_folder
 from canvaslab.train.validation import build_pipeline
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -36,9 +36,7 @@ def export_kind(config: TrainConfig) -> str:
 
 def export_model(config: TrainConfig, components: Components, accelerator: Any) -> Path:
     final = config.output_dir / "final"
-    staging = config.output_dir / ".final.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging = fresh_staging(final)
     kind = export_kind(config)
     unet = accelerator.unwrap_model(components.unet)
     encoders = [accelerator.unwrap_model(e) for e in components.text_encoders]
@@ -48,15 +46,7 @@ def export_model(config: TrainConfig, components: Components, accelerator: Any) 
             _save_pipeline(staging, components, _without_lora(unet), [_without_lora(e) for e in encoders])
     else:
         _save_pipeline(staging, components, _merged(unet), [_merged(e) for e in encoders])
-    if final.exists():
-        old = config.output_dir / ".final.old"
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old)
-    else:
-        staging.rename(final)
+    publish_folder(staging, final)
     return final
 
 

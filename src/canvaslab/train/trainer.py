@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
-import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +19,16 @@ from typing import Any
 import torch
 
 from canvaslab.core.image import atomic_write_bytes
-from canvaslab.errors import EngineError, InputError
+from canvaslab.errors import InputError
 from canvaslab.train import checkpoints as ckpt
 from canvaslab.train.batches import EpochBatches, TrainingSamples, collate, plan_layout
 from canvaslab.train.components import Components, encode_text, load_components, make_trainable, trained_modules
 from canvaslab.train.config import TrainConfig, dump_config
+from canvaslab.train.loop import (
+    Reporter, StepClock, StopFlag, any_process, check_finite, make_accelerator,
+    save_checkpoint, set_deepspeed_micro_batch, step_generator, weight_dtype,
+)
 from canvaslab.train.objectives import StepInputs, diffusion_loss
-
-Reporter = Callable[[str], None]
-
 
 @dataclass
 class TrainReport:
@@ -44,28 +41,6 @@ class TrainReport:
     resumed_from: str | None = None
     seconds: float = 0.0
     samples_seen: list[str] = field(default_factory=list)  # with log.samples: this process's sample keys, in order
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to save a checkpoint and stop at the end of the current step."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def open_training_data(config: TrainConfig) -> Any:
@@ -91,43 +66,6 @@ def _is_frames_dataset(path: str) -> bool:
     return False
 
 
-def _accelerator(config: TrainConfig) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise InputError("train.mixed_precision=fp16 needs a CUDA GPU; on the CPU use bf16 or no")
-    trackers = [t for t in config.log.trackers]
-    if "wandb" in trackers:
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is None:
-            raise InputError("log.trackers includes wandb, which is not installed; pip install wandb or drop it")
-    if "tensorboard" in trackers:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
-            raise InputError("log.trackers includes tensorboard, which is not installed; pip install tensorboard "
-                             "or set log.trackers=[]")
-    output = config.output_dir
-    # accelerate keeps its settings in process-wide singletons; a second `train` in one process (notebooks,
-    # tests, sweeps) with another precision or accumulation would be refused. The process group stays.
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    # Without a GPU, accelerate only sets up gloo when told it runs on the CPU; otherwise every process
-    # of `accelerate launch --num_processes N` would silently train alone on all the data.
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
-    return Accelerator(
-        cpu=launched and not torch.cuda.is_available(),
-        gradient_accumulation_steps=config.train.gradient_accumulation,
-        mixed_precision=config.train.mixed_precision,
-        log_with=trackers or None,
-        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
-    )
-
-
 def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, text_params: list[torch.nn.Parameter]) -> Any:
     section = config.train
     groups = [{"params": params, "lr": section.learning_rate}]
@@ -143,13 +81,6 @@ def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, text_param
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def step_generator(seed: int, epoch: int, process: int, batch: int, stream: int = 0) -> torch.Generator:
-    """The random stream of one micro-batch (noise, timesteps, dropout draws): a function of where the
-    run is, not of what ran before, so a resumed run draws exactly what an unbroken one would.
-    (Integers only: Python randomises the hashes of strings per process.)"""
-    return torch.Generator().manual_seed(hash((seed, epoch, process, batch, stream)) & 0x7FFF_FFFF_FFFF_FFFF)
-
-
 def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: int | None = None) -> TrainReport:
     """Train as `config` says and return what happened. `stop_after` (tests) ends the loop after that
     many optimizer steps of this call without the final validation/export, like a killed process."""
@@ -159,7 +90,7 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
     _quiet_libraries()
     started = time.perf_counter()
     output = config.output_dir
-    accelerator = _accelerator(config)
+    accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     from accelerate.utils import set_seed
 
@@ -192,12 +123,12 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
     if len(sampler) == 0:
         raise InputError("the dataset is smaller than one batch per process; lower train.batch_size")
 
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.train.mixed_precision]
+    dtype = weight_dtype(config.train.mixed_precision)
     device = accelerator.device
-    components.vae.to(device, dtype=weight_dtype)
+    components.vae.to(device, dtype=dtype)
     for encoder in components.text_encoders:
         if not config.train.text_encoder:
-            encoder.to(device, dtype=weight_dtype)
+            encoder.to(device, dtype=dtype)
 
     lr = config.train.learning_rate
     if config.train.scale_lr:
@@ -211,7 +142,7 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
         num_warmup_steps=config.train.warmup_steps * accelerator.num_processes,
         num_training_steps=config.train.max_steps * accelerator.num_processes,
     )
-    _deepspeed_batch_size(accelerator, config)
+    set_deepspeed_micro_batch(accelerator, config.train.batch_size)
     modules = trained_modules(components, config)
     prepared = accelerator.prepare(*modules, optimizer, scheduler)
     unet, optimizer, scheduler = prepared[0], prepared[-2], prepared[-1]
@@ -246,7 +177,7 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
     samples: torch.utils.data.Dataset = TrainingSamples(data, layout, config)
     text_cache = None
     if config.cache.latents:
-        samples = _latent_cache(config, components, data, layout, accelerator, say, weight_dtype)
+        samples = _latent_cache(config, components, data, layout, accelerator, say, dtype)
     if config.cache.text:
         from canvaslab.train.cache import TextCache
 
@@ -268,12 +199,12 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
         generator=torch.Generator().manual_seed(config.train.seed),
     )
 
-    stop = _StopFlag()
+    stop = StopFlag()
     stop.install()
     result = TrainReport(steps=state.step, resumed_from=str(resumed) if resumed else None)
     steps_this_call = 0
     running: list[float] = []
-    tick, ticked = time.perf_counter(), state.step
+    clock = StepClock(state.step, config.train.max_steps)
     try:
         while state.step < config.train.max_steps:
             sampler.set_epoch(state.epoch)
@@ -281,24 +212,20 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
             finished_epoch = True
             for batch in loader:
                 micro = state.batch
-                inputs = StepInputs(device, weight_dtype,
+                inputs = StepInputs(device, dtype,
                                     step_generator(config.train.seed, state.epoch, accelerator.process_index, micro))
                 if config.log.samples:
                     result.samples_seen.extend(batch["key"])
                 with accelerator.accumulate(*trained):
                     loss = diffusion_loss(loss_components, unet, batch, config, inputs, text_cache=text_cache, null_text=null_text)
                     if prior is not None:
-                        prior_inputs = StepInputs(device, weight_dtype, step_generator(
+                        prior_inputs = StepInputs(device, dtype, step_generator(
                             config.train.seed, state.epoch, accelerator.process_index, micro, stream=1))
                         prior_batch = prior.batch(state.epoch, accelerator.process_index, micro)
                         loss = loss + config.prior.weight * diffusion_loss(
                             loss_components, unet, prior_batch, config, prior_inputs, text_cache=text_cache)
                     mean_loss = accelerator.gather(loss.detach()[None]).mean().item()
-                    if not math.isfinite(mean_loss):
-                        raise EngineError(
-                            f"the loss became {mean_loss} at step {state.step + 1}; lower train.learning_rate, use "
-                            "bf16 instead of fp16, or resume from the last checkpoint with resume=latest"
-                        )
+                    check_finite(mean_loss, state.step + 1)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.train.max_grad_norm:
                         accelerator.clip_grad_norm_(params, config.train.max_grad_norm)
@@ -318,17 +245,13 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
                 result.losses.append(step_loss)
                 accelerator.log({"loss": step_loss, "lr": scheduler.get_last_lr()[0]}, step=state.step)
                 if main and (state.step % config.log.every == 0 or state.step == config.train.max_steps):
-                    rate = (state.step - ticked) / max(time.perf_counter() - tick, 1e-9)
-                    tick, ticked = time.perf_counter(), state.step
-                    left = (config.train.max_steps - state.step) / max(rate, 1e-9)
-                    say(f"step {state.step}/{config.train.max_steps}  loss {step_loss:.4f}  "
-                        f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.2f} steps/s  eta {_duration(left)}")
-                interrupted = _any_process(accelerator, stop.signal is not None)
+                    say(clock.line(state.step, step_loss, f"lr {scheduler.get_last_lr()[0]:.2e}"))
+                interrupted = any_process(accelerator, stop.signal is not None)
                 if config.validation.every and state.step % config.validation.every == 0:
                     result.validations += _validate(config, components, accelerator, ema, params, data, layout, state.step, say)
                 last = state.step >= config.train.max_steps
                 if state.step % config.checkpoints.every == 0 or interrupted or last:
-                    result.checkpoints.append(_save(accelerator, config, state, say))
+                    result.checkpoints.append(save_checkpoint(accelerator, config, state, say))
                 if interrupted:
                     result.stopped_by = stop.signal or "signal"
                     say(f"stopped by {result.stopped_by} at step {state.step}; resume with resume=latest")
@@ -361,25 +284,6 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
 
 
 # -- pieces of the loop ------------------------------------------------------------------------------
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _any_process(accelerator: Any, flag: bool) -> bool:
-    if accelerator.num_processes == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
-
-
-def _deepspeed_batch_size(accelerator: Any, config: TrainConfig) -> None:
-    """DeepSpeed reads the micro-batch size from a prepared DataLoader; ours is not prepared (we shard)."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is not None:
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
 
 
 def _register_weight_hooks(accelerator: Any, config: TrainConfig, components: Components) -> None:
@@ -419,20 +323,6 @@ def _register_weight_hooks(accelerator: Any, config: TrainConfig, components: Co
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _save(accelerator: Any, config: TrainConfig, state: ckpt.TrainerState, say: Reporter) -> str:
-    folder = ckpt.checkpoint_dir(config.output_dir, state.step)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(folder))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.mark_complete(folder, state, {"processes": accelerator.num_processes,
-                                           "mode": getattr(config.train, "mode", "full")})
-        ckpt.prune(config.output_dir, config.checkpoints.keep)
-        say(f"saved checkpoint {folder}")
-    accelerator.wait_for_everyone()
-    return str(folder)
 
 
 def _latent_cache(config: TrainConfig, components: Components, data: Any, layout: Any, accelerator: Any,

@@ -22,8 +22,12 @@ import numpy as np
 import torch
 
 from canvaslab.core.image import atomic_write_bytes
-from canvaslab.errors import EngineError, InputError
+from canvaslab.errors import InputError
 from canvaslab.train import checkpoints as ckpt
+from canvaslab.train.loop import (
+    StepClock, StopFlag, any_process, check_finite, fresh_staging, make_accelerator, publish_folder, save_checkpoint,
+    set_deepspeed_micro_batch, step_generator, weight_dtype,
+)
 from canvaslab.train.unified_config import UnifiedTrainConfig
 from canvaslab.train.unified_losses import lm_loss, mmu_loss, t2i_loss
 
@@ -156,15 +160,14 @@ def train_unified(config: UnifiedTrainConfig, *, report: Any = None, stop_after:
     from accelerate.utils import set_seed
 
     from canvaslab.engines.unified.bundle import load_bundle
-    from canvaslab.train.trainer import _StopFlag, _accelerator, _any_process, _duration, _save, step_generator
 
     say = report or (lambda text: None)
     started = time.perf_counter()
     output = config.output_dir
-    accelerator = _accelerator(config)  # same settings names as the diffusion trainer's config
+    accelerator = make_accelerator(config)  # same setting names as the diffusion trainer's config
     set_seed(config.train.seed)
     section = config.train
-    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[section.mixed_precision]
+    dtype = weight_dtype(section.mixed_precision)
     bundle = load_bundle(config.model.base, magvit=config.model.magvit, tokenizer=config.model.tokenizer)
     side = config.data.resolution // bundle.downsample
     if side * side != bundle.config.num_vq_tokens:
@@ -186,9 +189,7 @@ def train_unified(config: UnifiedTrainConfig, *, report: Any = None, stop_after:
     scheduler = get_scheduler(section.lr_scheduler, optimizer=optimizer,
                               num_warmup_steps=section.warmup_steps * accelerator.num_processes,
                               num_training_steps=section.max_steps * accelerator.num_processes)
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is not None:
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = section.batch_size_t2i + section.batch_size_lm + section.batch_size_mmu
+    set_deepspeed_micro_batch(accelerator, section.batch_size_t2i + section.batch_size_lm + section.batch_size_mmu)
     prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     streams = Streams(config, accelerator.process_index, accelerator.num_processes)
     state = ckpt.TrainerState()
@@ -207,12 +208,12 @@ def train_unified(config: UnifiedTrainConfig, *, report: Any = None, stop_after:
         accelerator.init_trackers(config.log.project)
 
     result = UnifiedReport(steps=state.step, resumed_from=str(resumed) if resumed else None)
-    stop = _StopFlag()
+    stop = StopFlag()
     stop.install()
     steps_this_call = 0
     running: list[float] = []
     running_parts: dict[str, list[float]] = {}
-    tick, ticked = time.perf_counter(), state.step
+    clock = StepClock(state.step, section.max_steps)
     sizes = {kind: getattr(section, f"batch_size_{kind}") for kind in KINDS}
     try:
         while state.step < section.max_steps:
@@ -222,9 +223,7 @@ def train_unified(config: UnifiedTrainConfig, *, report: Any = None, stop_after:
             with accelerator.accumulate(prepared):
                 loss, parts = step_losses(bundle, prepared, batches, config, generator, accelerator.device, dtype)
                 mean = accelerator.gather(loss.detach()[None]).mean().item()
-                if not math.isfinite(mean):
-                    raise EngineError(f"the loss became {mean} at step {state.step + 1}; lower train.learning_rate, "
-                                      "use bf16 instead of fp16, or resume from the last checkpoint with resume=latest")
+                check_finite(mean, state.step + 1)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and section.max_grad_norm:
                     accelerator.clip_grad_norm_(prepared.parameters(), section.max_grad_norm)
@@ -247,17 +246,14 @@ def train_unified(config: UnifiedTrainConfig, *, report: Any = None, stop_after:
             accelerator.log({"loss": result.losses[-1], **{f"loss_{k}" if k != "mask_ratio" else k: v for k, v in step_parts.items()},
                              "lr": scheduler.get_last_lr()[0]}, step=state.step)
             if accelerator.is_main_process and (state.step % config.log.every == 0 or state.step == section.max_steps):
-                rate = (state.step - ticked) / max(time.perf_counter() - tick, 1e-9)
-                tick, ticked = time.perf_counter(), state.step
                 detail = "  ".join(f"{k} {v:.3f}" for k, v in step_parts.items())
-                say(f"step {state.step}/{section.max_steps}  loss {result.losses[-1]:.4f}  {detail}  "
-                    f"{rate:.2f} steps/s  eta {_duration((section.max_steps - state.step) / max(rate, 1e-9))}")
-            interrupted = _any_process(accelerator, stop.signal is not None)
+                say(clock.line(state.step, result.losses[-1], detail))
+            interrupted = any_process(accelerator, stop.signal is not None)
             if config.validation.every and state.step % config.validation.every == 0:
                 result.validations += _validate(config, bundle, accelerator, state.step, say)
             last = state.step >= section.max_steps
             if state.step % config.checkpoints.every == 0 or interrupted or last:
-                result.checkpoints.append(_save(accelerator, config, state, say))
+                result.checkpoints.append(save_checkpoint(accelerator, config, state, say))
                 if accelerator.is_main_process:  # a checkpoint is also a model every unified command loads
                     from canvaslab.engines.unified.bundle import write_checkpoint_metadata
 
@@ -340,20 +336,14 @@ def _answers(config: UnifiedTrainConfig, bundle: Any, generate_text: Any) -> lis
 
 
 def _export(config: UnifiedTrainConfig, bundle: Any, accelerator: Any, say: Any) -> str | None:
-    import shutil
-
     from canvaslab.engines.unified.bundle import save_bundle
 
     accelerator.wait_for_everyone()
     final = config.output_dir / "final"
     if accelerator.is_main_process:
-        staging = config.output_dir / ".final.partial"
-        if staging.exists():
-            shutil.rmtree(staging)
+        staging = fresh_staging(final)
         save_bundle(bundle, staging)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        publish_folder(staging, final)
         say(f"exported {final}")
     accelerator.wait_for_everyone()
     return str(final)
