@@ -145,3 +145,14 @@ def test_checkpoints_load_as_models_like_the_export(base, data, tmp_path):
     final = load_bundle(report.export)
     ids = torch.randint(0, 60, (1, 12))
     assert torch.equal(checkpoint.model(ids), final.model(ids))
+
+
+def test_an_unreadable_row_image_is_one_clear_error():
+    from canvaslab.errors import InputError
+    from canvaslab.train.unified import image_tensor
+
+    with pytest.raises(InputError, match="image .*not an image|unreadable|cannot") as info:
+        image_tensor(b"not an image at all", 64)
+    assert "\n" not in str(info.value)
+    square = image_tensor({"bytes": _png(_square("red", 96)), "path": None}, 64)
+    assert square.shape == (3, 64, 64) and -1 <= square.min() and square.max() <= 1

@@ -11,7 +11,6 @@ magvit/), which `load_bundle` and every `--engine unified` command read.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,9 @@ import torch
 
 from canvaslab.core.image import atomic_write_bytes
 from canvaslab.errors import InputError
+from canvaslab.data.records import decode_image
 from canvaslab.train import checkpoints as ckpt
+from canvaslab.train.batches import to_tensor
 from canvaslab.train.loop import (
     StepClock, StopFlag, any_process, check_finite, fresh_staging, make_accelerator, publish_folder, save_checkpoint,
     set_deepspeed_micro_batch, step_generator, weight_dtype,
@@ -52,19 +53,17 @@ class UnifiedReport:
 
 def image_tensor(value: Any, resolution: int) -> torch.Tensor:
     """Encoded image bytes (or a {bytes, path} struct, or a path) -> (3, R, R) in [-1, 1]:
-    short side resized to R (bicubic), centre crop, as the reference's default transform."""
+    short side resized to R (bicubic), centre crop, as the reference's default transform.
+    Decoding is the datasets' (EXIF, modes, pixel limit; an unreadable image is one clear error)."""
     from PIL import Image, ImageOps
 
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
-    try:
-        image = Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value)
-        image = ImageOps.exif_transpose(image).convert("RGB")
-    except Exception as error:  # noqa: BLE001 - Pillow raises many types for a bad image
-        raise InputError(f"a training row holds an unreadable image ({type(error).__name__}: {error})") from None
-    image = ImageOps.fit(image, (resolution, resolution), Image.Resampling.BICUBIC)
-    array = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
-    return array.permute(2, 0, 1).float().div(127.5).sub(1.0)
+    if isinstance(value, str):
+        value = Path(value)
+    rgb = decode_image(value, what="image", key="parquet row")
+    fitted = ImageOps.fit(Image.fromarray(rgb), (resolution, resolution), Image.Resampling.BICUBIC)
+    return to_tensor(np.asarray(fitted))
 
 
 def image_ids(bundle: Any, rows: list[dict], column: str, resolution: int, device: torch.device) -> torch.Tensor:
