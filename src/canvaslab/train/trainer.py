@@ -44,26 +44,17 @@ class TrainReport:
 
 
 def open_training_data(config: TrainConfig) -> Any:
-    from canvaslab.data.datasets import open_dataset
+    """The dataset for the objective; an edit dataset with a frames column trains a multi-frame model."""
+    from canvaslab.data.datasets import guess_kind, open_dataset
 
+    columns = config.data.columns or None
     if config.objective == "inpaint":
-        return open_dataset(config.data.path, "inpaint", columns=config.data.columns or None)
-    kind = "frames" if (config.model.frames or 0) > 1 or _is_frames_dataset(config.data.path) else "edit"
-    return open_dataset(config.data.path, kind, columns=config.data.columns or None)
-
-
-def _is_frames_dataset(path: str) -> bool:
-    """A parquet/Arrow file (or folder of them) with a `frames` column is a multi-frame dataset."""
-    candidates = [Path(path)] if Path(path).is_file() else sorted(Path(path).glob("*.parquet"))[:1]
-    for candidate in candidates:
-        if candidate.suffix in (".parquet", ".arrow"):
-            try:
-                import pyarrow.parquet as pq
-
-                return "frames" in pq.read_schema(candidate).names
-            except Exception:  # noqa: BLE001 - not parquet: the dataset opener reports it properly
-                return False
-    return False
+        kind = "inpaint"
+    elif (config.model.frames or 0) > 1 or guess_kind(config.data.path, columns) == "frames":
+        kind = "frames"
+    else:
+        kind = "edit"
+    return open_dataset(config.data.path, kind, columns=columns)
 
 
 def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, text_params: list[torch.nn.Parameter]) -> Any:
