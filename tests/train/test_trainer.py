@@ -353,3 +353,27 @@ def test_fp16_on_cpu_and_missing_bitsandbytes_are_clear_errors(bases, mini, tmp_
     if importlib.util.find_spec("bitsandbytes") is None:
         with pytest.raises(InputError, match="adamw8bit needs bitsandbytes"):
             run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "b", train={"optimizer": "adamw8bit"}))
+
+
+def test_validation_images_are_cropped_with_their_masks(bases, mini, tmp_path):
+    """A given validation image and its mask get the same crop as training samples, so they stay aligned."""
+    from PIL import Image
+
+    from canvaslab.train.batches import Layout
+    from canvaslab.train.config import validate_config
+    from canvaslab.train.validation import validation_cases
+
+    image = np.zeros((64, 128, 3), np.uint8)
+    image[:, 48:80] = (255, 0, 0)  # a red stripe, masked
+    mask = np.zeros((64, 128), np.uint8)
+    mask[:, 48:80] = 255
+    Image.fromarray(image).save(tmp_path / "v.png")
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    config = validate_config(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "run",
+                                         validation={"images": [str(tmp_path / "v.png")], "masks": [str(tmp_path / "m.png")],
+                                                     "prompts": ["red"]}))
+    (case,) = validation_cases(config, data=None, layout=Layout([(64, 64)], []))
+    assert case.images[0].shape == (64, 64, 3) and case.prompt == "red"
+    # the centre crop (x 32..96 of the original) puts the stripe at x 16..48; a squashed mask would sit at 24..40
+    assert case.mask[:, 17:47].all() and not case.mask[:, :15].any() and not case.mask[:, 49:].any()
+    assert (case.images[0][case.mask][:, 0] > 200).all() and (case.images[0][~case.mask][:, 0] < 50).all()

@@ -29,6 +29,8 @@ class Case:
 
 
 def validation_cases(config: TrainConfig, data: Any, layout: Any) -> list[Case]:
+    from canvaslab.data.buckets import assign_buckets
+    from canvaslab.data.records import Example
     from canvaslab.data.transforms import fit_example
 
     section = config.validation
@@ -38,13 +40,16 @@ def validation_cases(config: TrainConfig, data: Any, layout: Any) -> list[Case]:
 
         for i, path in enumerate(section.images):
             image = load_image(path).rgb
-            size = _nearest_bucket(layout.buckets, image.shape[1], image.shape[0])
-            image = _fit(image, size)
+            size = layout.buckets[assign_buckets([(image.shape[1], image.shape[0])], layout.buckets)[0]]
+            # the user's mask is cropped together with its image, exactly as training samples are
+            own_mask = load_mask(section.masks[i], size=(image.shape[1], image.shape[0])) if section.masks else None
+            example = fit_example(Example(key=str(path), image=image, caption="", mask=own_mask), size,
+                                  np.random.default_rng(0))
             mask = None
             if config.objective == "inpaint":
-                mask = load_mask(section.masks[i], size=size) if section.masks else _fixed_mask(config, i, size)
+                mask = example.mask if example.mask is not None else _fixed_mask(config, i, size)
             prompt = section.prompts[i % len(section.prompts)] if section.prompts else ""
-            cases.append(Case(prompt, [image], mask))
+            cases.append(Case(prompt, [example.image], mask))
         return cases
     for i in range(min(section.count, len(data))):
         example = fit_example(data[i], layout.size(i), np.random.default_rng(0))
@@ -60,17 +65,6 @@ def validation_cases(config: TrainConfig, data: Any, layout: Any) -> list[Case]:
 def _fixed_mask(config: TrainConfig, i: int, size: tuple[int, int]) -> np.ndarray:
     mixture = MaskMixture.from_config({**config.masks.mixture, "p_everything": 0.0})
     return mixture.sample(np.random.default_rng([config.validation.seed, i]), size[1], size[0])
-
-
-def _nearest_bucket(buckets: list[tuple[int, int]], width: int, height: int) -> tuple[int, int]:
-    ratio = np.log(width / height)
-    return min(buckets, key=lambda b: abs(np.log(b[0] / b[1]) - ratio))
-
-
-def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image, ImageOps
-
-    return np.asarray(ImageOps.fit(Image.fromarray(image), size, Image.Resampling.LANCZOS))
 
 
 def build_pipeline(components: Components, *, unet: Any | None = None, text_encoders: list[Any] | None = None) -> Any:
