@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from canvaslab import __version__
-from canvaslab.cli import console, create, data, models, paint, serve, tools, train, understand
+from canvaslab.cli import console, create, data, doctor, models, paint, serve, tools, train, understand
 
 app = typer.Typer(
     name="canvaslab",
@@ -41,6 +41,7 @@ create.register(app)
 understand.register(app)
 tools.register(app)
 serve.register(app)
+doctor.register(app)
 app.add_typer(models.app, name="models", rich_help_panel="Tools")
 app.add_typer(train.app, name="train", rich_help_panel="Training")
 app.add_typer(data.app, name="data", rich_help_panel="Training")
