@@ -1,8 +1,9 @@
-"""Shared fixtures: small real photos (from the shipped examples) and masks."""
+"""Shared fixtures: small real photos (from the shipped examples) and masks; the network guard."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,27 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+
+# The network guard (tests/netguard/sitecustomize.py): this process and every Python subprocess a test
+# starts refuse connections off this machine and log them; `_no_network` fails the test that tried.
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+os.environ["CANVASLAB_NETGUARD_LOG"] = str(Path(tempfile.gettempdir()) / f"canvaslab-netguard-{os.getpid()}.log")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
+from netguard.sitecustomize import install as _install_network_guard  # noqa: E402
+
+_install_network_guard()
+
+
+@pytest.fixture(autouse=True)
+def _no_network():
+    log = Path(os.environ["CANVASLAB_NETGUARD_LOG"])
+    start = log.stat().st_size if log.exists() else 0
+    yield
+    if log.exists() and log.stat().st_size > start:
+        with log.open(encoding="utf-8") as handle:
+            handle.seek(start)
+            attempts = handle.read().strip()
+        pytest.fail(f"this test tried to reach the network (the suite runs offline):\n{attempts}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
