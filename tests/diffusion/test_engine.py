@@ -60,10 +60,45 @@ def test_scheduler_switch_changes_output_and_default_comes_back(small, tiny_fold
     assert "Sampler: Euler," in euler.parameters and "Steps: 2" in euler.parameters
 
 
-@pytest.mark.parametrize("name", ["euler-a", "dpm++2m-karras", "dpm++sde-karras", "unipc", "lcm"])
-def test_named_schedulers_run(small, tiny_folders, name):
+# name -> (diffusers class, config it must carry, A1111 sampler label); written out, not read from the table
+EXPECTED_SCHEDULERS = {
+    "euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": False}, "Euler"),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "euler-karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}, "Euler Karras"),
+    "heun": ("HeunDiscreteScheduler", {}, "Heun"),
+    "lms": ("LMSDiscreteScheduler", {}, "LMS"),
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+    "ddpm": ("DDPMScheduler", {}, "DDPM"),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}, "PLMS"),  # before: 2 steps crashed in diffusers
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}, "DPM++ 2M"),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+                       "DPM++ 2M Karras"),
+    "dpm++2m-sde-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+                           "DPM++ 2M SDE Karras"),
+    "dpm++sde-karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "DPM++ SDE Karras"),
+    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
+    "lcm": ("LCMScheduler", {}, "LCM"),
+}
+
+
+def test_every_scheduler_name_is_tested():
+    from canvaslab.engines.diffusion.schedulers import SCHEDULERS
+
+    assert set(SCHEDULERS) == set(EXPECTED_SCHEDULERS)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_SCHEDULERS))
+def test_each_scheduler_name_runs_its_own_class(small, tiny_folders, name):
+    from canvaslab.engines.diffusion import models
+
+    class_name, config, label = EXPECTED_SCHEDULERS[name]
     result = run(small, tiny_folders["sd-inpaint"], scheduler=name)
     assert result.image.shape == small[0].shape
+    pipe = models.load_pipeline(str(tiny_folders["sd-inpaint"]), task="inpaint")  # the cached one the run used
+    assert type(pipe.scheduler).__name__ == class_name
+    assert {key: pipe.scheduler.config[key] for key in config} == config
+    assert pipe.scheduler.config["num_train_timesteps"] == 1000  # built from the model's own config
+    assert f"Sampler: {label}," in result.parameters
 
 
 def test_unknown_scheduler_is_a_one_line_error(small, tiny_folders):

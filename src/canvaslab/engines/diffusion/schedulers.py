@@ -28,7 +28,9 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "lms": SchedulerSpec("LMSDiscreteScheduler", "LMS"),
     "ddim": SchedulerSpec("DDIMScheduler", "DDIM"),
     "ddpm": SchedulerSpec("DDPMScheduler", "DDPM"),
-    "pndm": SchedulerSpec("PNDMScheduler", "PLMS"),
+    # A1111's PLMS is PNDM without the Runge-Kutta warm-up, as SD's own config sets it; with the warm-up,
+    # diffusers' PNDM fails below 4 steps (a broadcast error deep in the scheduler)
+    "pndm": SchedulerSpec("PNDMScheduler", "PLMS", {"skip_prk_steps": True}),
     "dpm++2m": SchedulerSpec("DPMSolverMultistepScheduler", "DPM++ 2M", {"algorithm_type": "dpmsolver++"}),
     "dpm++2m-karras": SchedulerSpec(
         "DPMSolverMultistepScheduler", "DPM++ 2M Karras", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}
