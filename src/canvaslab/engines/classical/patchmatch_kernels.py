@@ -1,0 +1,470 @@
+"""numba kernels of PatchMatch (see patchmatch.py for the algorithm); everything that touches pixels.
+
+Random numbers come from a counter-based hash of (seed, scale, step, pixel), and the parallel search
+works on fixed-height row bands that read other bands only from a snapshot, so the output depends on
+the seed alone, not on thread count or timing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True)
+def _downsample_known(img, hole):
+    """2x2 block means of the known pixels; a block with any hole pixel is a hole itself."""
+    h, w, c = img.shape
+    hc, wc = (h + 1) // 2, (w + 1) // 2
+    out = np.zeros((hc, wc, c), dtype=np.float32)
+    coarse_hole = np.zeros((hc, wc), dtype=np.bool_)
+    for yc in range(hc):
+        for xc in range(wc):
+            n = 0
+            for y in range(2 * yc, min(2 * yc + 2, h)):
+                for x in range(2 * xc, min(2 * xc + 2, w)):
+                    if hole[y, x]:
+                        # Partly known blocks would blend hole garbage into a source patch.
+                        coarse_hole[yc, xc] = True
+                    else:
+                        n += 1
+                        for k in range(c):
+                            out[yc, xc, k] += img[y, x, k]
+            if n > 0:
+                for k in range(c):
+                    out[yc, xc, k] /= n
+    return out, coarse_hole
+
+
+@njit(cache=True, inline="always")
+def _mix(z):
+    # splitmix64 finaliser: a counter-based generator needs no shared state between threads.
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def _next(state):
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    return state, _mix(state)
+
+
+@njit(cache=True, inline="always")
+def _rand_below(value, n):
+    return np.int64(value % np.uint64(n))
+
+
+@njit(cache=True)
+def _patch_distance(img, wts, ty, tx, sy, sx, r, limit):
+    """Weighted SSD; target pixels outside the image are skipped (sources are always inside)."""
+    h, w, c = img.shape
+    y0 = max(-r, -ty)
+    y1 = min(r, h - 1 - ty)
+    x0 = max(-r, -tx)
+    x1 = min(r, w - 1 - tx)
+    total = 0.0
+    for dy in range(y0, y1 + 1):
+        for dx in range(x0, x1 + 1):
+            acc = 0.0
+            for k in range(c):
+                d = img[ty + dy, tx + dx, k] - img[sy + dy, sx + dx, k]
+                acc += d * d
+            total += wts[ty + dy, tx + dx] * acc
+        # Most candidates lose early; stopping there is PatchMatch's main speed trick.
+        if total >= limit:
+            return total
+    return total
+
+
+@njit(cache=True, inline="always")
+def _match_cost(img, wts, far, ty, tx, sy, sx, r, limit):
+    """Patch distance plus a penalty growing with how far the source is from the target."""
+    oy = sy - ty
+    ox = sx - tx
+    penalty = far[ty, tx] * np.sqrt(oy * oy + ox * ox)
+    if penalty >= limit:
+        return np.inf
+    return penalty + _patch_distance(img, wts, ty, tx, sy, sx, r, limit - penalty)
+
+
+@njit(cache=True, parallel=True)
+def _all_distances(img, wts, far, targets, nnf, r):
+    h, w = targets.shape
+    dist = np.full((h, w), np.inf, dtype=np.float32)
+    for row in prange(h):
+        y = np.int64(row)  # prange indices are unsigned, and patch offsets go negative
+        for x in range(w):
+            if targets[y, x]:
+                dist[y, x] = _match_cost(img, wts, far, y, x, nnf[y, x, 0], nnf[y, x, 1], r, np.inf)
+    return dist
+
+
+@njit(cache=True)
+def _random_nnf_kernel(targets, sources, key):
+    h, w = targets.shape
+    nnf = np.full((h, w, 2), -1, dtype=np.int32)
+    n = sources.shape[0]
+    for y in range(h):
+        for x in range(w):
+            if targets[y, x]:
+                _, v = _next(key ^ np.uint64(y * w + x) * np.uint64(0xD6E8FEB86659FD93))
+                k = _rand_below(v, n)
+                nnf[y, x, 0] = sources[k, 0]
+                nnf[y, x, 1] = sources[k, 1]
+    return nnf
+
+
+@njit(cache=True)
+def _upsample_nnf_kernel(coarse, targets, valid, nearest):
+    h, w = targets.shape
+    hc, wc = coarse.shape[0], coarse.shape[1]
+    nnf = np.full((h, w, 2), -1, dtype=np.int32)
+    for y in range(h):
+        for x in range(w):
+            if not targets[y, x]:
+                continue
+            yc = min(y // 2, hc - 1)
+            xc = min(x // 2, wc - 1)
+            if coarse[yc, xc, 0] >= 0:
+                cy = y + 2 * (coarse[yc, xc, 0] - yc)
+                cx = x + 2 * (coarse[yc, xc, 1] - xc)
+            else:
+                cy, cx = y, x  # the nearest source is a fair guess where the coarse field is empty
+            cy = min(max(cy, 0), h - 1)
+            cx = min(max(cx, 0), w - 1)
+            if not valid[cy, cx]:
+                cy, cx = nearest[0, cy, cx], nearest[1, cy, cx]
+            nnf[y, x, 0] = cy
+            nnf[y, x, 1] = cx
+    return nnf
+
+
+@njit(cache=True)
+def _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best):
+    """Distance of source (cy, cx) for target (y, x), or +inf when it is not a usable source."""
+    h, w = valid.shape
+    if cy < 0 or cx < 0 or cy >= h or cx >= w or not valid[cy, cx]:
+        return np.inf
+    return _match_cost(img, wts, far, y, x, cy, cx, r, best)
+
+
+@njit(cache=True, parallel=True)
+def _patchmatch_sweeps(
+    img, wts, far, targets, valid, nearest, nnf, dist, r, sweeps, key, band_h, max_window
+):
+    h, w = targets.shape
+    n_bands = (h + band_h - 1) // band_h
+    for sweep in range(sweeps):
+        # Neighbours in other bands are read from this snapshot, never from a band being written.
+        snapshot = nnf.copy()
+        step = 1 if sweep % 2 == 0 else -1
+        sweep_key = key ^ _mix(np.uint64(sweep + 1) * np.uint64(0xA24BAED4963EE407))
+        for band in prange(n_bands):
+            y_lo = np.int64(band) * band_h  # prange indices are unsigned; keep row maths signed
+            y_hi = min(h, y_lo + band_h)
+            for i in range(y_hi - y_lo):
+                y = y_lo + i if step == 1 else y_hi - 1 - i
+                for j in range(w):
+                    x = j if step == 1 else w - 1 - j
+                    if targets[y, x]:
+                        _improve(
+                            img, wts, far, targets, valid, nearest, nnf, snapshot, dist,
+                            y, x, step, y_lo, y_hi, r, sweep_key, max_window,
+                        )
+
+
+@njit(cache=True)
+def _improve(
+    img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, step, y_lo, y_hi, r, key,
+    max_window,
+):
+    """One PatchMatch update of target (y, x): propagation from the scan's predecessors, then
+    random search."""
+    h, w = targets.shape
+    by = nnf[y, x, 0]
+    bx = nnf[y, x, 1]
+    best = dist[y, x]
+
+    # Propagation: a neighbour's good offset, shifted by one pixel, is likely good here too.
+    px = x - step
+    if 0 <= px < w and targets[y, px]:
+        cy = nnf[y, px, 0]
+        cx = nnf[y, px, 1] + step
+        if cy != by or cx != bx:
+            d = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best)
+            if d < best:
+                best, by, bx = d, cy, cx
+    py = y - step
+    if 0 <= py < h and targets[py, x]:
+        if y_lo <= py < y_hi:
+            cy = nnf[py, x, 0] + step
+            cx = nnf[py, x, 1]
+        else:
+            cy = snapshot[py, x, 0] + step
+            cx = snapshot[py, x, 1]
+        if cy != by or cx != bx:
+            d = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best)
+            if d < best:
+                best, by, bx = d, cy, cx
+
+    # Random search in windows halving around the current best, snapped to the nearest valid
+    # source so that no sample is wasted on the hole.
+    state = key ^ (np.uint64(y * w + x + 1) * np.uint64(0xD6E8FEB86659FD93))
+    window = max_window
+    while window >= 1:
+        state, v = _next(state)
+        cy = by + _rand_below(v, 2 * window + 1) - window
+        state, v = _next(state)
+        cx = bx + _rand_below(v, 2 * window + 1) - window
+        cy = min(max(cy, 0), h - 1)
+        cx = min(max(cx, 0), w - 1)
+        if not valid[cy, cx]:
+            ny = nearest[0, cy, cx]
+            cx = nearest[1, cy, cx]
+            cy = ny
+        if cy != by or cx != bx:
+            d = _match_cost(img, wts, far, y, x, cy, cx, r, best)
+            if d < best:
+                best, by, bx = d, cy, cx
+        window //= 2
+
+    nnf[y, x, 0] = by
+    nnf[y, x, 1] = bx
+    dist[y, x] = best
+
+
+@njit(cache=True, parallel=True)
+def _vote_kernel(img, hole, nnf, log_weight, r, log_spatial, top, out):
+    h, w = hole.shape
+    c = img.shape[2]
+    n = (2 * r + 1) * (2 * r + 1)
+    for row in prange(h):
+        y = np.int64(row)  # prange indices are unsigned, and y - dy must be allowed to go negative
+        # Per-row scratch; rows are independent, so threads share nothing.
+        cand_w = np.empty(n, dtype=np.float64)
+        cand_c = np.empty((n, c), dtype=np.float64)
+        for x in range(w):
+            if not hole[y, x]:
+                continue
+            m = 0
+            for dy in range(-r, r + 1):
+                ty = y - dy
+                if ty < 0 or ty >= h:
+                    continue
+                for dx in range(-r, r + 1):
+                    tx = x - dx
+                    if tx < 0 or tx >= w:
+                        continue
+                    # Target patch centred at (ty, tx) covers (y, x) at offset (dy, dx).
+                    sy = nnf[ty, tx, 0] + dy
+                    sx = nnf[ty, tx, 1] + dx
+                    cand_w[m] = log_weight[ty, tx] + log_spatial[dy + r, dx + r]
+                    for k in range(c):
+                        cand_c[m, k] = img[sy, sx, k]
+                    m += 1
+            _blend(cand_w, cand_c, m, top, out, y, x)
+
+
+@njit(cache=True)
+def _blend(cand_w, cand_c, m, top, out, y, x):
+    """Set out[y, x] to the mean of the candidates weighted by exp(cand_w), the log weights."""
+    peak = -np.inf
+    for k in range(m):
+        peak = max(peak, cand_w[k])
+    # Relative to the strongest candidate, the largest weight is 1 and the total cannot underflow.
+    for k in range(m):
+        cand_w[k] = np.exp(cand_w[k] - peak)
+    if 0 < top < m:
+        _keep_strongest(cand_w, m, top)
+    total = 0.0
+    for k in range(m):
+        total += cand_w[k]
+    for ch in range(cand_c.shape[1]):
+        acc = 0.0
+        for k in range(m):
+            acc += cand_w[k] * cand_c[k, ch]
+        out[y, x, ch] = acc / total
+
+
+@njit(cache=True)
+def _keep_strongest(weights, m, top):
+    """Zero all but the `top` largest weights (ties keep the earliest, for determinism)."""
+    kept = np.zeros(m, dtype=np.bool_)
+    for _ in range(top):
+        best = -1
+        for k in range(m):
+            if not kept[k] and (best < 0 or weights[k] > weights[best]):
+                best = k
+        kept[best] = True
+    for k in range(m):
+        if not kept[k]:
+            weights[k] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def _gradient_vote_kernel(img, hole, nnf, log_weight, r, log_spatial, top, grad):
+    """grad[0, y, x] = voted img[y, x+1] - img[y, x], grad[1, y, x] = voted img[y+1, x] - img[y, x],
+    for every neighbour pair touching the hole: each target patch that covers both pixels proposes
+    the difference between the two source pixels it copies there."""
+    h, w = hole.shape
+    n = (2 * r + 1) * (2 * r + 1)
+    for row in prange(h):
+        y = np.int64(row)  # prange indices are unsigned, and y - dy must be allowed to go negative
+        cand_w = np.empty(n, dtype=np.float64)
+        cand_c = np.empty((n, 3), dtype=np.float64)
+        for x in range(w):
+            for axis in range(2):
+                ey = 1 if axis == 1 else 0
+                ex = 1 - ey
+                y2 = y + ey
+                x2 = x + ex
+                if y2 >= h or x2 >= w or not (hole[y, x] or hole[y2, x2]):
+                    continue
+                m = 0
+                for dy in range(-r, r + 1 - ey):
+                    ty = y - dy
+                    if ty < 0 or ty >= h:
+                        continue
+                    for dx in range(-r, r + 1 - ex):
+                        tx = x - dx
+                        if tx < 0 or tx >= w or nnf[ty, tx, 0] < 0:
+                            continue
+                        sy = nnf[ty, tx, 0] + dy
+                        sx = nnf[ty, tx, 1] + dx
+                        ends = log_spatial[dy + r, dx + r] + log_spatial[dy + ey + r, dx + ex + r]
+                        cand_w[m] = log_weight[ty, tx] + 0.5 * ends
+                        for k in range(3):
+                            cand_c[m, k] = img[sy + ey, sx + ex, k] - img[sy, sx, k]
+                        m += 1
+                if m == 0:
+                    # No patch spans the pair (1x1 patches): keep the voted image's own step.
+                    for k in range(3):
+                        grad[axis, y, x, k] = img[y2, x2, k] - img[y, x, k]
+                else:
+                    _blend(cand_w, cand_c, m, top, grad[axis], y, x)
+
+
+@njit(cache=True)
+def _poisson_solve(start, hole, grad, screen, edge, max_iter, tol):
+    """Least-squares fit of the hole pixels' colours to the neighbour differences in `grad`, with
+    the known pixels fixed (a Poisson equation with Dirichlet boundary), by conjugate gradients
+    started from `start`.  Serial on purpose: a parallel dot product would sum in an order that
+    depends on the thread count, and the result must not."""
+    h, w = hole.shape
+    index = np.full((h, w), -1, dtype=np.int64)
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            if hole[y, x]:
+                index[y, x] = n
+                n += 1
+    coords = np.empty((n, 2), dtype=np.int64)
+    nbrs = np.full((n, 4), -1, dtype=np.int64)
+    diag = np.zeros(n)
+    b = np.zeros((n, 3))
+    u = np.empty((n, 3))
+    guide = np.zeros(3)
+    for y in range(h):
+        for x in range(w):
+            i = index[y, x]
+            if i < 0:
+                continue
+            coords[i, 0] = y
+            coords[i, 1] = x
+            for k in range(3):
+                u[i, k] = start[y, x, k]
+            for j in range(4):
+                qy = y + (1 if j == 0 else -1 if j == 1 else 0)
+                qx = x + (1 if j == 2 else -1 if j == 3 else 0)
+                if qy < 0 or qy >= h or qx < 0 or qx >= w:
+                    continue  # the image border is a free (Neumann) edge
+                diag[i] += 1.0
+                for k in range(3):
+                    # Guidance for u_p - u_q.
+                    if j == 0:
+                        guide[k] = -grad[1, y, x, k]
+                    elif j == 1:
+                        guide[k] = grad[1, qy, qx, k]
+                    elif j == 2:
+                        guide[k] = -grad[0, y, x, k]
+                    else:
+                        guide[k] = grad[0, qy, qx, k]
+                if index[qy, qx] < 0:
+                    # Across the hole boundary, a small mismatch between the voted step and the
+                    # one actually there is a colour offset to spread out; a large one is an
+                    # edge (the cup's rim next to the saucer) that the patches failed to copy,
+                    # and spreading it would smear that edge's colour into the hole as a haze.
+                    mismatch = 0.0
+                    for k in range(3):
+                        actual = start[y, x, k] - start[qy, qx, k]
+                        mismatch += (actual - guide[k]) ** 2
+                    mismatch = np.sqrt(mismatch)
+                    keep = 1.0
+                    if edge > 0 and mismatch > edge:
+                        keep = max(0.0, 2.0 - mismatch / edge)
+                    for k in range(3):
+                        actual = start[y, x, k] - start[qy, qx, k]
+                        b[i, k] += start[qy, qx, k] + actual + keep * (guide[k] - actual)
+                else:
+                    for k in range(3):
+                        b[i, k] += guide[k]
+                nbrs[i, j] = index[qy, qx]
+            # Screening (a pull towards the voted colours) bounds how far any leftover
+            # inconsistency of the voted differences can drift across a big hole.
+            diag[i] += screen
+            for k in range(3):
+                b[i, k] += screen * start[y, x, k]
+    res = np.empty((n, 3))
+    _poisson_apply(u, diag, nbrs, res)
+    for i in range(n):
+        for k in range(3):
+            res[i, k] = b[i, k] - res[i, k]
+    p = res.copy()
+    ap = np.empty((n, 3))
+    rr = np.zeros(3)
+    for i in range(n):
+        for k in range(3):
+            rr[k] += res[i, k] * res[i, k]
+    limit = tol * tol * n
+    for _ in range(max_iter):
+        if rr.max() <= limit:
+            break
+        _poisson_apply(p, diag, nbrs, ap)
+        pap = np.zeros(3)
+        for i in range(n):
+            for k in range(3):
+                pap[k] += p[i, k] * ap[i, k]
+        alpha = np.zeros(3)
+        for k in range(3):
+            if pap[k] > 0 and rr[k] > limit:
+                alpha[k] = rr[k] / pap[k]
+        new_rr = np.zeros(3)
+        for i in range(n):
+            for k in range(3):
+                u[i, k] += alpha[k] * p[i, k]
+                res[i, k] -= alpha[k] * ap[i, k]
+                new_rr[k] += res[i, k] * res[i, k]
+        for k in range(3):
+            beta = new_rr[k] / rr[k] if rr[k] > 0 else 0.0
+            for i in range(n):
+                p[i, k] = res[i, k] + beta * p[i, k]
+        rr = new_rr
+    out = start.copy()
+    for i in range(n):
+        for k in range(3):
+            out[coords[i, 0], coords[i, 1], k] = u[i, k]
+    return out
+
+
+@njit(cache=True)
+def _poisson_apply(u, diag, nbrs, out):
+    """out = A u for the hole's graph Laplacian (known neighbours are on the right-hand side)."""
+    for i in range(u.shape[0]):
+        for k in range(3):
+            acc = diag[i] * u[i, k]
+            for j in range(4):
+                q = nbrs[i, j]
+                if q >= 0:
+                    acc -= u[q, k]
+            out[i, k] = acc
