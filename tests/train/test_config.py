@@ -99,3 +99,26 @@ def test_shipped_accelerate_configs_load(path: Path):
 
     config = load_config_from_file(str(path))
     assert config.num_processes >= 1
+
+
+@pytest.mark.parametrize("objective", ["inpaint", "unified"])
+def test_mixed_precision_no_is_accepted_as_yaml_reads_it(tmp_path: Path, objective: str):
+    """YAML 1.1 reads a bare `no` as false: `train.mixed_precision=no` (docs/training.md) and
+    `mixed_precision: no` in a file both mean no mixed precision; a bare `yes` stays an error."""
+    data = ["data.path=d"] if objective == "inpaint" else ["data.t2i=[t.parquet]", "train.batch_size_lm=0",
+                                                           "train.batch_size_mmu=0"]
+    assert load_config(None, [*data, "train.mixed_precision=no"], objective=objective).train.mixed_precision == "no"
+    path = write(tmp_path, "train:\n  mixed_precision: no\n")
+    assert load_config(path, data, objective=objective).train.mixed_precision == "no"
+    with pytest.raises(InputError, match="config train.mixed_precision: .*'no', 'fp16' or 'bf16'") as info:
+        load_config(None, [*data, "train.mixed_precision=yes"], objective=objective)
+    assert "\n" not in str(info.value)
+
+
+def test_the_smoke_run_in_the_training_docs_parses():
+    """Every key=value of the documented smoke command is a valid override."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    command = docs.split("canvaslab train inpaint configs/train/inpaint-lora.yaml", 1)[1].split("\n```", 1)[0]
+    overrides = [word for word in command.replace("\\\n", " ").split() if "=" in word and not word.startswith("-")]
+    config = load_config(CONFIGS / "train" / "inpaint-lora.yaml", overrides, objective="inpaint")
+    assert config.train.mixed_precision == "no" and config.train.max_steps == 20

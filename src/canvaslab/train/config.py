@@ -10,14 +10,23 @@ never silently trains with a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from canvaslab.errors import InputError
 
 Objective = Literal["inpaint", "edit"]
 OBJECTIVES = ("inpaint", "edit", "unified")
+
+
+def _yaml_no(value: Any) -> Any:
+    # YAML 1.1 (PyYAML) reads a bare `no` as false, in files and in `train.mixed_precision=no` alike;
+    # here false can only mean "no". A bare `yes` (true) stays an error.
+    return "no" if value is False else value
+
+
+MixedPrecision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(_yaml_no)]
 
 
 class _Section(BaseModel):
@@ -106,7 +115,7 @@ class TrainSection(_Section):
     weight_decay: float = Field(1e-2, ge=0)
     adam_epsilon: float = Field(1e-8, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="fp16 needs a GPU; bf16 works on CPU too")
+    mixed_precision: MixedPrecision = Field("no", description="fp16 needs a GPU; bf16 works on CPU too")
     gradient_checkpointing: bool = False
     allow_tf32: bool = Field(True, description="TF32 matmuls on Ampere+ GPUs")
     ema: EmaSection = Field(default_factory=EmaSection)

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from canvaslab.train.config import CheckpointSection, LogSection, _Section
+from canvaslab.train.config import CheckpointSection, LogSection, MixedPrecision, _Section
 
 
 class UnifiedModelSection(_Section):
@@ -67,7 +67,7 @@ class UnifiedTrainSection(_Section):
     max_steps: int = Field(1000, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: MixedPrecision = Field("no", description="fp16 needs a GPU; bf16 works on CPU too")
     gradient_checkpointing: bool = False
     seed: int = Field(0, ge=0)
 
