@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import numpy as np
 
-from canvaslab.core.geometry import crop, crop_box_around, paste
+from canvaslab.core.geometry import Box, crop, crop_box_around, paste
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, LoadedImage, load_mask, mask_from_alpha
-from canvaslab.core.mask import grow
+from canvaslab.core.mask import bounding_box, grow
 from canvaslab.core.notices import collect_notices, notice
+from canvaslab.engines import Engine, EngineOptions
 from canvaslab.errors import InputError
 from canvaslab.tasks.common import (
     ImageInput, describe_input, engine_for, finish, make_recipe, open_image, resolve_seed, run_engine,
@@ -18,6 +20,11 @@ from canvaslab.tasks.common import (
 from canvaslab.tasks.requests import InpaintArea, InpaintRequest, MaskMode, request_from
 from canvaslab.tasks.result import Result
 from canvaslab.tasks.tiles import fill_tiled, tile_size
+
+# Engines that copy from known pixels (`needs_context`) get at least this much of them around an
+# only-masked crop: half the hole's longer side, so texture as wide as the hole is there to copy.
+MIN_CONTEXT_PX = 16
+CONTEXT_FRACTION = 0.5
 
 
 def inpaint(
@@ -40,7 +47,7 @@ def inpaint(
     with collect_notices() as notes:
         # 1. inputs
         source = open_image(image, max_pixels)
-        hole = _load_hole(mask, source, request, max_pixels)
+        hole = load_hole(mask, source, request, max_pixels)
         seed = resolve_seed(request.seed)
         # 2. the work: nothing to do for an empty mask
         if not hole.any():
@@ -59,7 +66,8 @@ def inpaint(
     )
 
 
-def _load_hole(mask: ImageInput | None, source: LoadedImage, request: InpaintRequest, max_pixels: int) -> np.ndarray:
+def load_hole(mask: ImageInput | None, source: LoadedImage, request: InpaintRequest, max_pixels: int) -> np.ndarray:
+    """The pixels to fill (before `grow`): the mask as the request reads it, or the image's transparency."""
     if isinstance(mask, np.ndarray) and mask.dtype == bool:
         if mask.shape != source.rgb.shape[:2]:
             raise InputError(f"mask array is {mask.shape[1]}x{mask.shape[0]} but the image is {source.size[0]}x{source.size[1]}")
@@ -77,8 +85,7 @@ def _fill(rgb: np.ndarray, hole: np.ndarray, request: InpaintRequest, seed: int)
     engine, options = engine_for(request)
     if request.area == InpaintArea.masked:
         # A1111's "only masked": the crop is scaled to the working size, so small holes get full detail.
-        box = crop_box_around(hole, request.padding, multiple=request.multiple or engine.pad_multiple)
-        long_side = request.size or engine.preferred_size(request.generation(), options)
+        box, long_side = masked_crop(hole, request, engine, options)
         patch = run_engine(engine, crop(rgb, box), crop(hole, box), request, options, seed, long_side)
         generated = paste(rgb, patch, box)
     elif (tile := tile_size(request, engine, options, (rgb.shape[1], rgb.shape[0]))) is not None:
@@ -86,3 +93,30 @@ def _fill(rgb: np.ndarray, hole: np.ndarray, request: InpaintRequest, seed: int)
     else:
         generated = run_engine(engine, rgb, hole, request, options, seed, request.size)
     return finish(rgb, generated, hole, request)
+
+
+def masked_crop(hole: np.ndarray, request: InpaintRequest, engine: Engine, options: EngineOptions) -> tuple[Box, int | None]:
+    """Where an only-masked fill works: the box around the (non-empty) hole and the long side it is scaled to.
+
+    An engine that fills from known pixels always gets some around the hole, whatever `padding`
+    says: A1111 clients send padding 0 by default, and a crop that is all hole leaves such an engine
+    nothing to copy from. The box then keeps `context_padding(hole)` pixels on every side the
+    image allows, and a notice says so.
+    """
+    padding = request.padding
+    if engine.needs_context:
+        needed = context_padding(hole)
+        if padding < needed:
+            notice(f"padding {padding} leaves engine {engine.name!r} too little to fill from: the crop keeps {needed} px "
+                   "around the mask")
+            padding = needed
+    box = crop_box_around(hole, padding, multiple=request.multiple or engine.pad_multiple)
+    if box is None:
+        raise InputError("the mask is empty: there is no area to crop around")
+    return box, request.size or engine.preferred_size(request.generation(), options)
+
+
+def context_padding(hole: np.ndarray) -> int:
+    """The least context a context-needing engine gets around `hole` in an only-masked crop."""
+    left, top, right, bottom = bounding_box(hole) or (0, 0, 0, 0)
+    return max(MIN_CONTEXT_PX, math.ceil(CONTEXT_FRACTION * max(right - left, bottom - top)))
