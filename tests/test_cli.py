@@ -1,6 +1,7 @@
 """The `canvaslab` command, run through its real entry point."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -167,3 +168,20 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch):
     assert result.exit_code == 2
     assert "needs the yaml package" in result.output and "canvaslab[train]" in result.output
     assert "Traceback" not in result.output
+
+
+def test_pixel_limit_refuses_a_bomb_and_says_how_to_raise_it(tmp_path, pair):
+    """Issue 10: a tiny PNG decoding to 12000x12000 is refused up front; the limit is raised by flag or env."""
+    from core.test_image import one_bit_bomb
+
+    image, mask = pair
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(one_bit_bomb(12000, 12000))
+    run = cli("inpaint", bomb, "--mask", mask, "-o", tmp_path / "o.png")
+    assert run.returncode == 2 and "12000x12000" in run.stderr and "--max-pixels" in run.stderr
+    lowered = subprocess.run(
+        [sys.executable, "-m", "canvaslab", "inpaint", str(image), "--mask", str(mask), "-o", str(tmp_path / "o.png")],
+        capture_output=True, text=True, env={**os.environ, "CANVASLAB_MAX_PIXELS": "1000"},
+    )
+    assert lowered.returncode == 2 and "limit of 1,000" in lowered.stderr
+    assert not (tmp_path / "o.png").exists()

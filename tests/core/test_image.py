@@ -243,8 +243,31 @@ def test_pillow_image_input_is_oriented_but_not_modified() -> None:
 # --- pixel limit ------------------------------------------------------------------------------
 
 
-def test_default_limit_is_pillows_error_threshold() -> None:
-    assert DEFAULT_MAX_PIXELS == 178_956_970
+def one_bit_bomb(width: int, height: int) -> bytes:
+    """A black 1-bit PNG: a few KB on disk, width x height pixels once decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * height, 9))
+    return b"\x89PNG\r\n\x1a\n" + data + chunk(b"IEND", b"")
+
+
+def test_default_limit_refuses_a_small_file_that_decodes_to_144_megapixels(tmp_path: Path) -> None:
+    """Issue 10: a 17 KB PNG of 12000x12000 passed the old default (179 MP) and cost 29 s and 2.75 GB."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(one_bit_bomb(12000, 12000))
+    assert path.stat().st_size < 20_000
+    with pytest.raises(InputError, match="12000x12000") as caught:
+        load_image(path)
+    assert "--max-pixels" in str(caught.value)
+    with pytest.raises(InputError, match="12000x12000"):
+        load_mask(path)
+
+
+def test_default_limit_takes_every_full_frame_camera_photo() -> None:
+    assert 9504 * 6336 <= DEFAULT_MAX_PIXELS < 12000 * 12000  # 61 MP (Sony A7R V) in, the bomb above out
 
 
 def test_over_the_limit_is_a_one_line_input_error(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ VSpaceOpt = Annotated[int, typer.Option("--v-spacing", min=0, max=1024, help="pi
 GridXOpt = Annotated[Optional[str], typer.Option("--grid-x", metavar="FIELD=V1,V2", help="parameter grid: one column per value of a request field, e.g. steps=10,20,30 (needs --grid)", rich_help_panel=OUT)]
 GridYOpt = Annotated[Optional[str], typer.Option("--grid-y", metavar="FIELD=V1,V2", help="parameter grid rows, e.g. guidance_scale=3,5,7", rich_help_panel=OUT)]
 LabelsOpt = Annotated[bool, typer.Option("--labels/--no-labels", help="label grid rows (seed) and columns", rich_help_panel=OUT)]
-MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="refuse images with more pixels (decompression-bomb guard)", rich_help_panel="Input")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, envvar="CANVASLAB_MAX_PIXELS", help="refuse images with more pixels (decompression-bomb guard; 8192x8192 by default, raise it for bigger photos and scans)", rich_help_panel="Input")]
 ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="folder of images, searched recursively", rich_help_panel=BATCH)]
 OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="output folder (existing outputs are skipped: reruns resume)", rich_help_panel=BATCH)]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=64, help="worker processes", rich_help_panel=BATCH)]

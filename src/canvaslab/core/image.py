@@ -37,10 +37,12 @@ from canvaslab.errors import InputError
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
 
-# The largest image whose 8-bit RGB array fits in 512 MiB (~179 MP; decoding it peaks near 1.8 GiB).
-# That is where Pillow's default guard turns from a warning into an error, so nothing Pillow would
-# refuse by default gets in, while 100-150 MP medium-format photos and big scans still load.
-DEFAULT_MAX_PIXELS = 512 * 1024 * 1024 // 3
+# 8192 x 8192 (67.1 MP): every full-frame camera photo (<= 61 MP) and the largest --size/--tile fit.
+# Pillow's own error threshold (179 MP) let a 17 KB PNG of 12000 x 12000 in: decoding it alone takes
+# ~1.4 GB and 4.5 s, and an engine filling it many times more. At this limit a bomb decodes in ~0.7 GB
+# and 2 s. Bigger files (100 MP medium format, 200 MP phone modes, scans) need the limit raised:
+# --max-pixels or CANVASLAB_MAX_PIXELS for the CLI, max_pixels= in Python.
+DEFAULT_MAX_PIXELS = 8192 * 8192
 
 MASK_MODES = ("white", "black", "alpha")
 
