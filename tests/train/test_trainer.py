@@ -169,6 +169,66 @@ def test_lora_export_loads_in_the_engine_and_in_plain_diffusers(bases, mini, tmp
     assert not np.array_equal(before, paint())
 
 
+def test_lora_with_alpha_other_than_rank_loads_at_its_trained_scale(bases, mini, tmp_path):
+    """A LoRA trained at alpha/rank = 4 (UNet and text encoder), loaded by plain diffusers'
+    `load_lora_weights` and by `--lora`, gives what the trained model gives (its merged export):
+    the file carries the alphas, so nothing loads it at scale 1."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    sections = dict(train={"mode": "lora", "learning_rate": 5e-2, "max_steps": 3, "text_encoder": True,
+                           "lora": {"rank": 2, "alpha": 8.0}})
+    lora = run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "lora", export="lora", **sections))
+    merged = run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "merged", export="diffusers",
+                             **sections))
+    assert lora.losses == merged.losses  # one training, two exports
+    image = np.full((64, 64, 3), 120, np.uint8)
+    image[:, 32:] = 30
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+
+    def paint(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(prompt="a red square", image=Image.fromarray(image),
+                    mask_image=Image.fromarray(mask.astype(np.uint8) * 255), num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+    def load(folder):
+        return StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+
+    trained = paint(load(merged.export))
+    plain = load(bases["sd-inpaint"])
+    base_only = paint(plain)
+    plain.load_lora_weights(lora.export)
+    assert np.abs(base_only - trained).max() > 0.05  # the LoRA matters, so a wrong scale would show
+    np.testing.assert_allclose(paint(plain), trained, atol=2e-4)
+    ours = _inpaint(bases["sd-inpaint"], lora=Path(lora.export), image=image, mask=mask)
+    reference = _inpaint(Path(merged.export), lora=None, image=image, mask=mask)
+    assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_training_starts_from_the_base_model_not_from_what_inference_left_loaded(bases, mini, tmp_path):
+    """Inference keeps the base loaded with its LoRAs and scheduler; a run in the same process (a notebook,
+    a sweep) must train the base itself, not the cached pipeline with a LoRA active."""
+    from canvaslab.train.components import load_components
+    from canvaslab.train.config import validate_config
+
+    config = base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "lora", export="lora",
+                         train={"max_steps": 1})
+    lora = run(config)
+    image = np.full((64, 64, 3), 100, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[8:40, 8:40] = True
+    import canvaslab
+
+    canvaslab.inpaint(image, mask, engine="diffusion", model=str(bases["sd-inpaint"]), lora=[lora.export],
+                      scheduler="euler", steps=2, seed=0)
+    components = load_components(validate_config(config), dataset_frames=0)
+    assert not getattr(components.unet, "peft_config", None)
+    own = json.loads((bases["sd-inpaint"] / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    assert type(components.sample_scheduler).__name__ == own
+
+
 def _edit(model: Path, lora: Path | None, image: np.ndarray) -> np.ndarray:
     import canvaslab
 

@@ -69,8 +69,11 @@ def load_components(config: TrainConfig, dataset_frames: int) -> Components:
     if info.family == "sdxl" and in_channels > 8 and config.objective == "edit":
         raise InputError("multi-frame editing (more than one conditioning image) trains SD 1.x/2.x models only so far; "
                          f"{source.name!r} is SDXL")
+    # Inference may hold this model already, with its LoRAs loaded (one active) and another scheduler
+    # set: load it afresh. And our modules are about to change: the inference cache must not keep them.
+    clear_pipeline_cache()
     pipe = load_pipeline(source, task=info.kind, dtype="fp32", device="cpu")  # the task the base was made for
-    clear_pipeline_cache()  # our modules are about to change: the inference cache must not hold them
+    clear_pipeline_cache()
 
     unet = pipe.unet
     base_channels = unet.config.in_channels

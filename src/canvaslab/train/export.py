@@ -102,14 +102,29 @@ def _save_lora(folder: Path, components: Components, unet: Any, encoders: list[A
     from peft.utils import get_peft_model_state_dict
 
     pipe_cls = type(build_pipeline(components, unet=_without_lora(unet)))
-    layers: dict[str, Any] = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))}
+    modules = {"unet": unet}
     if config.train.text_encoder:
-        names = ["text_encoder_lora_layers", "text_encoder_2_lora_layers"]
-        for name, encoder in zip(names, encoders):
-            layers[name] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+        modules.update(zip(["text_encoder", "text_encoder_2"], encoders))
+    layers: dict[str, Any] = {}
+    for name, module in modules.items():
+        layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+        layers[f"{name}_lora_adapter_metadata"] = adapter_metadata(module)
     pipe_cls.save_lora_weights(str(folder), weight_name=LORA_FILE, **layers)
     if components.expanded:
         _carry_conv_in(folder / LORA_FILE, unet)
+
+
+def adapter_metadata(module: Any) -> dict[str, Any]:
+    """The trained adapter's shape and scale, for the file's `lora_adapter_metadata` (diffusers' format for it).
+
+    Without it a loader cannot know lora_alpha and applies B @ A at scale 1 instead of alpha / rank.
+    Only the fields diffusers itself infers when a file has no metadata are written, so a file made
+    with this peft also loads with an older one (the full `LoraConfig.to_dict()` names fields it lacks).
+    """
+    (lora,) = module.peft_config.values()  # one adapter per trained module
+    return {"r": lora.r, "lora_alpha": lora.lora_alpha, "target_modules": sorted(lora.target_modules),
+            "rank_pattern": dict(lora.rank_pattern), "alpha_pattern": dict(lora.alpha_pattern),
+            "use_dora": lora.use_dora, "lora_bias": lora.lora_bias}
 
 
 def _carry_conv_in(path: Path, unet: Any) -> None:
