@@ -1,14 +1,19 @@
 """The unified model's three training losses, built from rows of text and images.
 
+The targets are the reference's (Show-o's training/prompting_utils.py and the loss slices in
+models/modeling_showo.py), position for position:
 - t2i (`t2i_loss`): the image's MAGVIT codes with a random subset replaced by the mask token; the
   fraction masked is cos(pi/2 * t) for t ~ U(0, 1), at least `min_masking_rate` and one token (the
-  reference's `mask_or_random_replace_tokens` with the cosine schedule); cross-entropy on the masked
-  positions only, predicted in place (no shift), in the generation sequence
+  reference's `mask_or_random_replace_tokens` with the cosine schedule), in the generation sequence
   `[PAD].. <|t2i|> <|sot|> text <|eot|> <|soi|> image <|eoi|>` under the t2i omni-attention mask.
-  Captions are replaced by "" with probability `caption_dropout` (unconditional rows for guidance).
-- lm (`lm_loss`): `<|sot|> text <|eot|>`, right-padded; next-token cross-entropy, padding ignored.
+  Cross-entropy, predicted in place (no shift), on everything from `<|soi|>` on: `<|soi|>`, the masked
+  image tokens and `<|eoi|>` (the unmasked ones are ignored). Captions are replaced by "" with
+  probability `caption_dropout` (unconditional rows for guidance).
+- lm (`lm_loss`): `<|sot|> text <|eot|>`, right-padded; next-token cross-entropy, padding ignored. A text
+  longer than `max_seq_len` is cut and then has no `<|eot|>` (it did not end there).
 - mmu (`mmu_loss`): `<|mmu|> <|soi|> image <|eoi|> <|sot|> question answer <|eot|>`, right-padded;
-  next-token cross-entropy on the answer and <|eot|> only, under the mmu attention mask.
+  next-token cross-entropy on `<|sot|>` (predicted after `<|eoi|>`), the answer and `<|eot|>`; the
+  question is context only (the reference's captioning rows have no question: all their text is target).
 Every random draw comes from the `generator` passed in, in a fixed order.
 """
 
@@ -54,8 +59,10 @@ def t2i_loss(
     sequence = t2i_sequences(layout, texts, inputs, max_text_len=max_text_len)
     mask = t2i_attention_mask(sequence, layout, dtype=dtype)
     n = image_ids.shape[1]
-    logits = model(sequence, mask, logits_to_keep=n + 1)[:, :n]  # the image tokens sit before <|eoi|>
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+    logits = model(sequence, mask, logits_to_keep=n + 2)  # <|soi|> image <|eoi|>, the end of the sequence
+    soi = torch.full_like(labels[:, :1], layout.soi_id)
+    targets = torch.cat([soi, labels, torch.full_like(soi, layout.eoi_id)], dim=1)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
                            label_smoothing=label_smoothing)
     return loss, ratio.mean()
 
@@ -75,7 +82,7 @@ def lm_loss(
     model: torch.nn.Module, layout: TokenLayout, text_ids: Sequence[Sequence[int]], *, max_seq_len: int,
     label_smoothing: float = 0.0, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
 ) -> torch.Tensor:
-    rows = [[layout.sot_id, *list(ids)[: max_seq_len - 2], layout.eot_id] for ids in text_ids]
+    rows = [[layout.sot_id, *ids, layout.eot_id][:max_seq_len] for ids in text_ids]
     ids = _right_pad(rows, layout.pad_id, device or torch.device("cpu"))
     labels = _right_pad([list(r) for r in rows], IGNORE, ids.device)
     logits = model(ids, lm_attention_mask(ids, layout, dtype=dtype))
@@ -91,9 +98,9 @@ def mmu_loss(
     for image, question, answer in zip(image_ids.tolist(), question_ids, answer_ids):
         question = list(question)[: max_seq_len // 2]
         answer = list(answer)[: max_seq_len - len(question) - 2]
-        prefix = [layout.mmu_id, layout.soi_id, *image, layout.eoi_id, layout.sot_id, *question]
-        rows.append(prefix + answer + [layout.eot_id])
-        targets.append([IGNORE] * len(prefix) + answer + [layout.eot_id])
+        context = [layout.mmu_id, layout.soi_id, *image, layout.eoi_id]
+        rows.append([*context, layout.sot_id, *question, *answer, layout.eot_id])
+        targets.append([IGNORE] * len(context) + [layout.sot_id] + [IGNORE] * len(question) + [*answer, layout.eot_id])
     ids = _right_pad(rows, layout.pad_id, image_ids.device)
     labels = _right_pad(targets, IGNORE, image_ids.device)
     logits = model(ids, mmu_attention_mask(ids, layout, dtype=dtype))
