@@ -1,16 +1,25 @@
-"""Behaviour of the PatchMatch exemplar engine: contract, determinism, edge cases, and quality."""
+"""Behaviour of the PatchMatch exemplar engine: contract, determinism, progress and cancel, edge
+cases, and quality."""
 
 from __future__ import annotations
 
+import hashlib
+import platform
+import threading
+from pathlib import Path
+
 import cv2
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from canvaslab.core.progress import Cancelled, progress_listener
+from canvaslab.engines.classical import patchmatch
 from canvaslab.engines.classical.patchmatch import patchmatch_inpaint
 from canvaslab.errors import EngineError, InputError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -85,18 +94,126 @@ def test_same_seed_gives_identical_bytes_and_seed_changes_the_fill():
 
 
 def test_result_does_not_depend_on_thread_count():
-    img = _photo_like(96, 72, seed=4)
-    hole = np.zeros((96, 72), bool)
-    hole[30:70, 20:50] = True
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        single = patchmatch_inpaint(img, hole, seed=1)
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        multi = patchmatch_inpaint(img, hole, seed=1)
-    finally:
-        numba.set_num_threads(before)
+    # 256 rows: several row ranges per kernel call, so threads really split the work.
+    img = _photo_like(256, 192, seed=4)
+    hole = np.zeros((256, 192), bool)
+    hole[60:200, 50:140] = True
+    single = patchmatch_inpaint(img, hole, seed=1, threads=1)
+    multi = patchmatch_inpaint(img, hole, seed=1, threads=3)
     assert single.tobytes() == multi.tobytes()
+
+
+# sha256 (first 16 hex digits) of fills made before the kernels moved from numba's parallel=True to
+# threads over row ranges (commit d5ab27a): the same bytes, case by case. Telea, Sobel and resizing
+# come from OpenCV, so other OpenCV releases or CPU families may differ by a rounding.
+GOLDEN_OPENCV = "5.0"
+GOLDEN = {
+    "box": "eba9155c4ba43c2b",
+    "box_p5_nopoisson": "6437cfc310e74625",
+    "box_spatial_notexture": "41bf3f48a2a2b85e",
+    "band": "b2ef933f6c001d75",
+    "speckle": "e38cf6314ce581a7",
+    "coffee": "98d4c67834513ef5",
+}
+
+
+def _golden_case(name: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    img = _photo_like(96, 128, 1)
+    box = np.zeros((96, 128), bool)
+    box[30:70, 40:90] = True
+    band = np.zeros((96, 128), bool)
+    band[:, -25:] = True
+    if name == "coffee":
+        photo = cv2.cvtColor(cv2.imread(str(EXAMPLES / "coffee.png")), cv2.COLOR_BGR2RGB)
+        mask = cv2.imread(str(EXAMPLES / "coffee_mask.png"), cv2.IMREAD_GRAYSCALE) > 127
+        return photo, mask, {"seed": 0}
+    return {
+        "box": (img, box, {"seed": 3}),
+        "box_p5_nopoisson": (img, box, {"seed": 3, "patch_size": 5, "poisson": 0}),
+        "box_spatial_notexture": (img, box, {"seed": 4, "spatial_sigma": 2.0, "texture_weight": 0, "poisson_top": 2}),
+        "band": (img, band, {"seed": 5}),
+        "speckle": (img, np.random.default_rng(0).random((96, 128)) < 0.1, {"seed": 6, "iterations": 2}),
+    }[name]
+
+
+@pytest.mark.skipif(
+    not cv2.__version__.startswith(GOLDEN_OPENCV + ".") or platform.machine().lower() not in ("x86_64", "amd64"),
+    reason=f"golden bytes were made with OpenCV {GOLDEN_OPENCV} on x86-64",
+)
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_fills_are_byte_identical_to_the_reference_fills(name):
+    image, hole, kwargs = _golden_case(name)
+    result = patchmatch_inpaint(image, hole, **kwargs)
+    assert hashlib.sha256(result.tobytes()).hexdigest()[:16] == GOLDEN[name]
+
+
+# ------------------------------------------------------------------------------------------
+# Progress and cancel (what the server listens to)
+
+
+def _big_case() -> tuple[np.ndarray, np.ndarray]:
+    img = _photo_like(256, 256, seed=2)
+    hole = np.zeros((256, 256), bool)
+    hole[64:192, 64:192] = True
+    return img, hole
+
+
+def test_progress_is_reported_once_per_em_step_up_to_the_total():
+    img, hole = _big_case()
+    steps: list[tuple[int, int]] = []
+    with progress_listener(lambda step, total: steps.append((step, total))):
+        patchmatch_inpaint(img, hole)
+    total = steps[0][1]
+    assert total > 2  # several scales, several EM steps
+    assert steps == [(i, total) for i in range(1, total + 1)]
+
+
+def test_a_set_cancel_flag_stops_the_fill_at_its_next_step():
+    img, hole = _big_case()
+    cancel = threading.Event()
+    steps: list[int] = []
+
+    def on_step(step: int, total: int) -> None:
+        steps.append(step)
+        cancel.set()  # as the server does when a client cancels mid-run
+
+    with progress_listener(on_step, cancel), pytest.raises(Cancelled):
+        patchmatch_inpaint(img, hole)
+    assert steps == [1]
+
+
+def test_cancel_is_seen_between_row_ranges_not_only_between_steps(monkeypatch):
+    img, hole = _big_case()
+    cancel = threading.Event()
+    calls = []
+    vote_rows = patchmatch.vote_rows
+
+    def cancelling_vote(*args):
+        calls.append(args[-2:])
+        vote_rows(*args)
+        cancel.set()  # cancelled while the first vote of the fill is under way
+
+    monkeypatch.setattr(patchmatch, "vote_rows", cancelling_vote)
+    with progress_listener(None, cancel), pytest.raises(Cancelled):
+        patchmatch_inpaint(img, hole, threads=1, max_levels=1)  # one 256-row scale: several ranges
+    (first_row, end_row), = calls
+    assert first_row == 0 and end_row < 256  # the vote's other row ranges never ran
+
+
+def test_a_cancel_flag_set_before_the_fill_stops_it_before_any_work():
+    img, hole = _big_case()
+    cancel = threading.Event()
+    cancel.set()
+    steps: list[int] = []
+    with progress_listener(lambda step, total: steps.append(step), cancel), pytest.raises(Cancelled):
+        patchmatch_inpaint(img, hole)
+    assert steps == []
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "2", True])
+def test_bad_thread_counts_raise_input_error(threads):
+    with pytest.raises(InputError, match="threads"):
+        patchmatch_inpaint(_photo_like(8, 8), np.zeros((8, 8), bool), threads=threads)
 
 
 def test_empty_hole_returns_an_equal_copy():

@@ -39,29 +39,36 @@ Sciences 2014):
    The texture stays; colour offsets spread smoothly over the hole.  Boundary mismatches too large
    to be an offset are taken as edges the patches missed and are not spread.
 
-Everything that touches pixels runs in numba (patchmatch_kernels.py).  Random numbers come from a
-counter-based hash of (seed, scale, step, pixel), and the parallel search works on fixed-height row
-bands that read other bands only from a snapshot, so the output depends on the seed alone, not on
-thread count or timing.
+Everything that touches pixels runs in numba (patchmatch_kernels.py), on ranges of rows spread
+over a few threads (`_Workers`).  Random numbers come from a counter-based hash of (seed, scale,
+step, pixel), and the search works on fixed-height row bands that read other bands only from a
+snapshot, so the output depends on the seed alone, not on thread count or timing.
+
+Progress is reported once per EM step (`core.progress`), and a cancelled job stops between two row
+ranges or conjugate-gradient slices, a small fraction of a second apart even on large images.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
+from canvaslab.core.progress import check_cancelled, report_progress
 from canvaslab.engines.classical.patchmatch_kernels import (
-    _all_distances,
-    _downsample_known,
-    _gradient_vote_kernel,
-    _patchmatch_sweeps,
-    _poisson_solve,
-    _random_nnf_kernel,
-    _upsample_nnf_kernel,
-    _vote_kernel,
+    cg_steps,
+    distance_rows,
+    downsample_known,
+    gradient_vote_rows,
+    poisson_system,
+    random_nnf,
+    sweep_bands,
+    upsample_nnf,
+    vote_rows,
 )
 from canvaslab.errors import EngineError, InputError
 
@@ -69,6 +76,11 @@ __all__ = ["patchmatch_inpaint"]
 
 # Lowest weight of a hole pixel relative to a known one (below it, float32 sums would underflow).
 _MIN_CONFIDENCE = 1e-6
+# Pixels per range of rows handed to a thread: below the floor, handing it over costs more than the
+# work; the ceiling bounds how long a cancelled job waits for the ranges already running.
+_RANGE_PIXELS = (1 << 14, 1 << 18)
+_RANGES_PER_THREAD = 8  # several ranges per thread even out rows of unequal work
+_CG_SLICE = 1 << 23  # unknowns x iterations per conjugate-gradient call (~0.1 s), then a cancel check
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,7 @@ class _Tuning:
     locality: float = 800.0  # per-pixel squared-error cost of taking a source one image-side away
     final_top: int = 5  # the last vote averages only the best `final_top` candidates per pixel
     fine_window: float = 0.25  # random-search window below the coarsest scale, fraction of the side
-    band_height: int = 32  # rows per parallel search band (fixed: results must not hang on threads)
+    band_height: int = 32  # rows per search band (fixed: results must not hang on thread count)
     poisson: int = 1  # 1: rebuild the final fill from voted gradients (0: keep the voted colours)
     poisson_screen: float = 0.001  # weight of the voted colours next to the voted gradients
     poisson_edge: float = 40.0  # boundary mismatch (RGB norm) above which it is an edge, no offset
@@ -112,6 +124,7 @@ def patchmatch_inpaint(
     patch_size: int = 7,
     iterations: int = 3,
     min_size: int = 64,
+    threads: int | None = None,
     **tuning: float,
 ) -> np.ndarray:
     """Fill `hole` (True = fill) in the HxWx3 uint8 RGB `image` with patches from the rest of it.
@@ -119,22 +132,28 @@ def patchmatch_inpaint(
     `patch_size` is the (odd) side of the square patches, shrunk automatically when the known
     region cannot hold one.  `iterations` is the number of EM steps per scale; `min_size` is the
     smallest short side of the coarsest pyramid scale (or a quarter of the image's short side, if
-    that is smaller).  Other knobs (see `_Tuning`) can be passed by name.
+    that is smaller).  `threads` run the kernels (None: NUMBA_NUM_THREADS if set, else every CPU
+    this process may use).  Other knobs (see `_Tuning`) can be passed by name.
 
     Pixels outside the hole are returned bit for bit, and the same `seed` always gives the same
-    bytes.  Raises `EngineError` when the hole covers the whole image, `InputError` on bad input.
+    bytes, whatever `threads`.  Reports progress per EM step and raises `Cancelled` when the
+    listener's cancel flag is set (`core.progress`).  Raises `EngineError` when the hole covers the
+    whole image, `InputError` on bad input.
     """
     image, hole = _checked_inputs(image, hole, patch_size)
     opts = _tuning_from(tuning)
+    workers = _checked_threads(threads)
     if not hole.any():
         return image.copy()
     if hole.all():
         raise EngineError("cannot inpaint: the hole covers the whole image, leaving nothing to copy")
+    check_cancelled()
 
     radius = _usable_radius(hole, patch_size // 2)
     stack = _feature_stack(image, hole, opts)
     pyramid = _build_pyramid(stack, hole, radius, min_size, opts)
-    filled = _complete_pyramid(pyramid, radius, int(iterations), int(seed), opts)
+    with _Workers(workers) as run:
+        filled = _complete_pyramid(pyramid, radius, int(iterations), int(seed), opts, run)
 
     out = image.copy()
     out[hole] = np.clip(np.rint(filled[hole][:, :3]), 0, 255).astype(np.uint8)
@@ -173,6 +192,17 @@ def _tuning_from(overrides: dict) -> _Tuning:
             message = f"patchmatch tuning option {name} must be a number, got {value!r}"
             raise InputError(message) from None
     return _Tuning(**values)
+
+
+def _checked_threads(threads: int | None) -> int:
+    if threads is None:
+        configured = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+        if configured.isdigit() and int(configured) > 0:
+            return int(configured)
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise InputError(f"threads must be a positive integer (or None for every CPU), got {threads!r}")
+    return int(threads)
 
 
 def _feature_stack(image: np.ndarray, hole: np.ndarray, opts: _Tuning) -> np.ndarray:
@@ -238,11 +268,68 @@ def _build_pyramid(stack: np.ndarray, hole: np.ndarray, radius: int, min_size: i
             break
         if _hole_depth(hl) <= opts.coarsest_depth * max(radius, 1):
             break
-        coarse = _downsample_known(img, hl)
+        coarse = _downsampled(img, hl)
         if _source_centres(coarse[1], radius).sum() < opts.min_sources:
             break
         levels.append(coarse)
     return levels
+
+
+def _downsampled(img: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h, w, c = img.shape
+    out = np.zeros(((h + 1) // 2, (w + 1) // 2, c), dtype=np.float32)
+    coarse_hole = np.zeros(out.shape[:2], dtype=bool)
+    downsample_known(img, hole, out, coarse_hole)
+    return out, coarse_hole
+
+
+# --------------------------------------------------------------------------------------------
+# Threads
+
+
+class _Workers:
+    """Runs a kernel over consecutive ranges of rows (or bands) on `threads` threads.
+
+    The kernels release the GIL, so the ranges run in parallel, and the calling thread checks for
+    cancellation as each range completes: a cancelled job waits only for the ranges already running.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def ranges(self, kernel, count: int, item_pixels: int, *args) -> None:
+        """`kernel(*args, lo, hi)` for ranges (lo, hi) covering items 0..count - 1 of `item_pixels` each."""
+        spans = _spans(count, item_pixels, self.threads)
+        if self.threads == 1 or len(spans) == 1:
+            for lo, hi in spans:
+                kernel(*args, lo, hi)
+                check_cancelled()
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="canvaslab-patchmatch")
+        futures: list[Future] = [self._pool.submit(kernel, *args, lo, hi) for lo, hi in spans]
+        try:
+            for future in futures:
+                future.result()
+                check_cancelled()
+        finally:
+            for future in futures:
+                future.cancel()  # after an error or a cancel: ranges not started never start
+
+
+def _spans(count: int, item_pixels: int, threads: int) -> list[tuple[int, int]]:
+    least = -(-_RANGE_PIXELS[0] // max(item_pixels, 1))
+    most = max(1, _RANGE_PIXELS[1] // max(item_pixels, 1))
+    size = max(least, min(most, -(-count // (threads * _RANGES_PER_THREAD))))
+    return [(lo, min(count, lo + size)) for lo in range(0, count, size)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +370,7 @@ def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning) -> _Scale:
         targets=targets,
         valid=valid,
         nearest=np.ascontiguousarray(nearest.astype(np.int32)),
-        sources=np.argwhere(valid).astype(np.int32),
+        sources=np.ascontiguousarray(np.argwhere(valid), dtype=np.int32),
         weights=weights,
         norm=norm.astype(np.float32),
         log_trust=log_trust,
@@ -291,10 +378,15 @@ def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning) -> _Scale:
     )
 
 
-def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _Tuning):
-    """Coarse-to-fine EM; returns the finest estimate (HxWxC float32)."""
+def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _Tuning, run: _Workers):
+    """Coarse-to-fine EM; returns the finest estimate (HxWxC float32). Reports each EM step done."""
     estimate = nnf = None
     finest, coarsest = 0, len(pyramid) - 1
+    # The finest scale inherits a converged field and costs the most, so it gets fewer steps;
+    # a single-scale run has nothing to inherit.
+    steps_at = [max(1, opts.finest_iterations if finest == level < coarsest else iterations)
+                for level in range(len(pyramid))]
+    total, done = sum(steps_at), 0
     for level in range(coarsest, -1, -1):
         img, hole = pyramid[level]
         geo = _scale_geometry(hole, radius, opts)
@@ -304,10 +396,8 @@ def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _T
         else:
             estimate = _upsampled_estimate(estimate, img, hole)
             nnf = _upsampled_nnf(nnf, geo)
-            estimate = _vote_once(estimate, nnf, geo, radius, opts)
-        # The finest scale inherits a converged field and costs the most, so it gets fewer steps;
-        # a single-scale run has nothing to inherit.
-        steps = max(1, opts.finest_iterations if finest == level < coarsest else iterations)
+            estimate = _vote_once(estimate, nnf, geo, radius, opts, run)
+        steps = steps_at[level]
         for step in range(steps):
             fresh = step == 0 and level == coarsest
             sweeps = opts.first_search_iterations if fresh else opts.search_iterations
@@ -315,12 +405,14 @@ def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _T
             # random search may start in a smaller window and save most of its samples.
             window = 1.0 if level == coarsest else opts.fine_window
             key = _stream_key(seed, level, step + 1)
-            dist = _search(estimate, geo, nnf, radius, sweeps, key, window, opts)
+            dist = _search(estimate, geo, nnf, radius, sweeps, key, window, opts, run)
             last = level == finest and step == steps - 1
             top = opts.final_top if last else 0
-            estimate = _vote(estimate, nnf, dist, geo, radius, opts, top)
+            estimate = _vote(estimate, nnf, dist, geo, radius, opts, top, run)
             if last and opts.poisson and radius > 0:
-                estimate = _gradient_domain_fill(estimate, nnf, dist, geo, radius, opts, top)
+                estimate = _gradient_domain_fill(estimate, nnf, dist, geo, radius, opts, top, run)
+            done += 1
+            report_progress(done, total)
     return estimate
 
 
@@ -363,22 +455,39 @@ def _upsampled_estimate(coarse: np.ndarray, img: np.ndarray, hole: np.ndarray) -
 
 
 def _random_nnf(geo: _Scale, key: np.uint64) -> np.ndarray:
-    return _random_nnf_kernel(geo.targets, geo.sources, key)
+    nnf = np.full((*geo.hole.shape, 2), -1, dtype=np.int32)
+    random_nnf(geo.targets, geo.sources, key, nnf)
+    return nnf
 
 
 def _upsampled_nnf(coarse_nnf: np.ndarray, geo: _Scale) -> np.ndarray:
-    return _upsample_nnf_kernel(coarse_nnf, geo.targets, geo.valid, geo.nearest)
+    nnf = np.full((*geo.hole.shape, 2), -1, dtype=np.int32)
+    upsample_nnf(coarse_nnf, geo.targets, geo.valid, geo.nearest, nnf)
+    return nnf
 
 
-def _search(estimate, geo: _Scale, nnf, radius, sweeps, key, window: float, opts: _Tuning):
+def _distances(estimate, geo: _Scale, nnf, radius, run: _Workers) -> np.ndarray:
+    """Match cost of every target's current source (+inf elsewhere)."""
+    h, w = geo.hole.shape
+    dist = np.full((h, w), np.inf, dtype=np.float32)
+    run.ranges(distance_rows, h, w, estimate, geo.weights, geo.far, geo.targets, nnf, radius, dist)
+    return dist
+
+
+def _search(estimate, geo: _Scale, nnf, radius, sweeps, key, window: float, opts: _Tuning, run: _Workers):
     """Improve `nnf` in place for the current estimate; returns the match costs."""
     # The estimate changed since the last search, so every stored cost is stale.
-    dist = _all_distances(estimate, geo.weights, geo.far, geo.targets, nnf, radius)
+    dist = _distances(estimate, geo, nnf, radius, run)
     max_window = max(1, int(window * max(geo.hole.shape)))
-    _patchmatch_sweeps(
-        estimate, geo.weights, geo.far, geo.targets, geo.valid, geo.nearest, nnf, dist,
-        radius, sweeps, key, max(1, opts.band_height), max_window,
-    )
+    band_h = max(1, opts.band_height)
+    h, w = geo.hole.shape
+    for sweep in range(sweeps):
+        # Bands read their neighbours in other bands from this copy, never from a band being written.
+        snapshot = nnf.copy()
+        run.ranges(
+            sweep_bands, -(-h // band_h), band_h * w, estimate, geo.weights, geo.far, geo.targets,
+            geo.valid, geo.nearest, nnf, snapshot, dist, radius, sweep, key, band_h, max_window,
+        )
     return dist
 
 
@@ -391,15 +500,16 @@ def _vote_log_weights(dist, geo: _Scale, opts: _Tuning) -> np.ndarray:
     return geo.log_trust - per_pixel.astype(np.float64) * inv
 
 
-def _vote(estimate, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int) -> np.ndarray:
+def _vote(estimate, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int, run: _Workers) -> np.ndarray:
     log_weight = _vote_log_weights(dist, geo, opts)
     log_spatial = _log_spatial_kernel(radius, opts.spatial_sigma)
     out = estimate.copy()
-    _vote_kernel(estimate, geo.hole, nnf, log_weight, radius, log_spatial, int(top), out)
+    h, w = geo.hole.shape
+    run.ranges(vote_rows, h, w, estimate, geo.hole, nnf, log_weight, radius, log_spatial, int(top), out)
     return out
 
 
-def _gradient_domain_fill(voted, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int):
+def _gradient_domain_fill(voted, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int, run: _Workers):
     """Re-solve the hole's colours from voted *gradients*, with the known pixels as boundary.
 
     Copied patches keep their source's exact colour, so where the source region is lighter or
@@ -415,12 +525,9 @@ def _gradient_domain_fill(voted, nnf, dist, geo: _Scale, radius, opts: _Tuning, 
     h, w = geo.hole.shape
     grad = np.zeros((2, h, w, 3), dtype=np.float64)
     grad_top = int(opts.poisson_top) if opts.poisson_top > 0 else int(top)
-    _gradient_vote_kernel(voted, geo.hole, nnf, log_weight, radius, log_spatial, grad_top, grad)
+    run.ranges(gradient_vote_rows, h, w, voted, geo.hole, nnf, log_weight, radius, log_spatial, grad_top, grad)
     rgb = np.ascontiguousarray(voted[:, :, :3], dtype=np.float64)
-    solved = _poisson_solve(
-        rgb, geo.hole, grad, opts.poisson_screen, opts.poisson_edge, opts.poisson_iterations,
-        opts.poisson_tolerance,
-    )
+    solved = _poisson_solve(rgb, geo.hole, grad, opts)
     # Integrated differences can overshoot; a copy never leaves the colours the image has.
     known = rgb[~geo.hole]
     solved = np.clip(solved, known.min(axis=0), known.max(axis=0))
@@ -429,9 +536,28 @@ def _gradient_domain_fill(voted, nnf, dist, geo: _Scale, radius, opts: _Tuning, 
     return out
 
 
-def _vote_once(estimate, nnf, geo: _Scale, radius, opts: _Tuning) -> np.ndarray:
-    dist = _all_distances(estimate, geo.weights, geo.far, geo.targets, nnf, radius)
-    return _vote(estimate, nnf, dist, geo, radius, opts, top=0)
+def _poisson_solve(start: np.ndarray, hole: np.ndarray, grad: np.ndarray, opts: _Tuning) -> np.ndarray:
+    """`start` with the hole's colours solved from the voted differences `grad` (see
+    `poisson_system`), by conjugate gradients in slices with a cancel check between them."""
+    coords, nbrs, diag, u, res, p, rr, limit = poisson_system(
+        start, hole, grad, opts.poisson_screen, opts.poisson_edge, opts.poisson_tolerance
+    )
+    per_call = max(1, _CG_SLICE // max(len(u), 1))
+    done = 0
+    while done < opts.poisson_iterations:
+        steps = min(per_call, opts.poisson_iterations - done)
+        if cg_steps(u, res, p, rr, diag, nbrs, limit, steps):
+            break
+        done += steps
+        check_cancelled()
+    out = start.copy()
+    out[coords[:, 0], coords[:, 1]] = u
+    return out
+
+
+def _vote_once(estimate, nnf, geo: _Scale, radius, opts: _Tuning, run: _Workers) -> np.ndarray:
+    dist = _distances(estimate, geo, nnf, radius, run)
+    return _vote(estimate, nnf, dist, geo, radius, opts, 0, run)
 
 
 def _log_spatial_kernel(radius: int, sigma: float) -> np.ndarray:

@@ -1,23 +1,31 @@
 """numba kernels of PatchMatch (see patchmatch.py for the algorithm); everything that touches pixels.
 
-Random numbers come from a counter-based hash of (seed, scale, step, pixel), and the parallel search
-works on fixed-height row bands that read other bands only from a snapshot, so the output depends on
-the seed alone, not on thread count or timing.
+The kernels are serial and release the GIL; patchmatch.py runs the heavy ones on row ranges in
+Python threads (`rows`/`bands` arguments: first and one-past-last row or band). Threads rather than
+numba's `parallel=True`: compiling the parfors took a third of the first run's compile time, and
+numba's thread pool adds to every start-up; with a GIL-free kernel per range, plain threads run as
+fast, and the driver can stop between ranges when a job is cancelled.
+
+Random numbers come from a counter-based hash of (seed, scale, step, pixel), and the search works on
+fixed-height row bands that read other bands only from a snapshot, so the output depends on the seed
+alone, not on thread count, range boundaries or timing.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from canvaslab.engines.classical.warm import kernel
 
 
-@njit(cache=True)
-def _downsample_known(img, hole):
-    """2x2 block means of the known pixels; a block with any hole pixel is a hole itself."""
+@kernel
+def downsample_known(img, hole, out, coarse_hole):
+    """out = 2x2 block means of the known pixels; a block with any hole pixel is a hole itself.
+
+    `out` (float32, ceil(h/2) x ceil(w/2) x c) and `coarse_hole` come in zeroed."""
     h, w, c = img.shape
-    hc, wc = (h + 1) // 2, (w + 1) // 2
-    out = np.zeros((hc, wc, c), dtype=np.float32)
-    coarse_hole = np.zeros((hc, wc), dtype=np.bool_)
+    hc, wc = coarse_hole.shape
     for yc in range(hc):
         for xc in range(wc):
             n = 0
@@ -33,10 +41,9 @@ def _downsample_known(img, hole):
             if n > 0:
                 for k in range(c):
                     out[yc, xc, k] /= n
-    return out, coarse_hole
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _mix(z):
     # splitmix64 finaliser: a counter-based generator needs no shared state between threads.
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -44,18 +51,18 @@ def _mix(z):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _next(state):
     state = state + np.uint64(0x9E3779B97F4A7C15)
     return state, _mix(state)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _rand_below(value, n):
     return np.int64(value % np.uint64(n))
 
 
-@njit(cache=True)
+@njit
 def _patch_distance(img, wts, ty, tx, sy, sx, r, limit):
     """Weighted SSD; target pixels outside the image are skipped (sources are always inside)."""
     h, w, c = img.shape
@@ -77,7 +84,7 @@ def _patch_distance(img, wts, ty, tx, sy, sx, r, limit):
     return total
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _match_cost(img, wts, far, ty, tx, sy, sx, r, limit):
     """Patch distance plus a penalty growing with how far the source is from the target."""
     oy = sy - ty
@@ -88,22 +95,20 @@ def _match_cost(img, wts, far, ty, tx, sy, sx, r, limit):
     return penalty + _patch_distance(img, wts, ty, tx, sy, sx, r, limit - penalty)
 
 
-@njit(cache=True, parallel=True)
-def _all_distances(img, wts, far, targets, nnf, r):
-    h, w = targets.shape
-    dist = np.full((h, w), np.inf, dtype=np.float32)
-    for row in prange(h):
-        y = np.int64(row)  # prange indices are unsigned, and patch offsets go negative
+@kernel
+def distance_rows(img, wts, far, targets, nnf, r, dist, y_lo, y_hi):
+    """dist[y, x] = match cost of every target's current source, for rows y_lo..y_hi - 1."""
+    w = targets.shape[1]
+    for y in range(y_lo, y_hi):
         for x in range(w):
             if targets[y, x]:
                 dist[y, x] = _match_cost(img, wts, far, y, x, nnf[y, x, 0], nnf[y, x, 1], r, np.inf)
-    return dist
 
 
-@njit(cache=True)
-def _random_nnf_kernel(targets, sources, key):
+@kernel
+def random_nnf(targets, sources, key, nnf):
+    """nnf[y, x] = a random source for every target (the rest of `nnf` stays as it came, -1)."""
     h, w = targets.shape
-    nnf = np.full((h, w, 2), -1, dtype=np.int32)
     n = sources.shape[0]
     for y in range(h):
         for x in range(w):
@@ -112,14 +117,14 @@ def _random_nnf_kernel(targets, sources, key):
                 k = _rand_below(v, n)
                 nnf[y, x, 0] = sources[k, 0]
                 nnf[y, x, 1] = sources[k, 1]
-    return nnf
 
 
-@njit(cache=True)
-def _upsample_nnf_kernel(coarse, targets, valid, nearest):
+@kernel
+def upsample_nnf(coarse, targets, valid, nearest, nnf):
+    """nnf[y, x] = the coarse field's source for every target, scaled up 2x and snapped to a valid
+    source (the rest of `nnf` stays as it came, -1)."""
     h, w = targets.shape
     hc, wc = coarse.shape[0], coarse.shape[1]
-    nnf = np.full((h, w, 2), -1, dtype=np.int32)
     for y in range(h):
         for x in range(w):
             if not targets[y, x]:
@@ -137,10 +142,9 @@ def _upsample_nnf_kernel(coarse, targets, valid, nearest):
                 cy, cx = nearest[0, cy, cx], nearest[1, cy, cx]
             nnf[y, x, 0] = cy
             nnf[y, x, 1] = cx
-    return nnf
 
 
-@njit(cache=True)
+@njit
 def _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best):
     """Distance of source (cy, cx) for target (y, x), or +inf when it is not a usable source."""
     h, w = valid.shape
@@ -149,32 +153,33 @@ def _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best):
     return _match_cost(img, wts, far, y, x, cy, cx, r, best)
 
 
-@njit(cache=True, parallel=True)
-def _patchmatch_sweeps(
-    img, wts, far, targets, valid, nearest, nnf, dist, r, sweeps, key, band_h, max_window
+@kernel
+def sweep_bands(
+    img, wts, far, targets, valid, nearest, nnf, snapshot, dist, r, sweep, key, band_h, max_window,
+    band_lo, band_hi,
 ):
+    """PatchMatch sweep number `sweep` over the row bands band_lo..band_hi - 1 (of `band_h` rows).
+
+    Neighbours in other bands are read from `snapshot` (the field before this sweep), never from a
+    band another thread is writing; odd sweeps scan backwards."""
     h, w = targets.shape
-    n_bands = (h + band_h - 1) // band_h
-    for sweep in range(sweeps):
-        # Neighbours in other bands are read from this snapshot, never from a band being written.
-        snapshot = nnf.copy()
-        step = 1 if sweep % 2 == 0 else -1
-        sweep_key = key ^ _mix(np.uint64(sweep + 1) * np.uint64(0xA24BAED4963EE407))
-        for band in prange(n_bands):
-            y_lo = np.int64(band) * band_h  # prange indices are unsigned; keep row maths signed
-            y_hi = min(h, y_lo + band_h)
-            for i in range(y_hi - y_lo):
-                y = y_lo + i if step == 1 else y_hi - 1 - i
-                for j in range(w):
-                    x = j if step == 1 else w - 1 - j
-                    if targets[y, x]:
-                        _improve(
-                            img, wts, far, targets, valid, nearest, nnf, snapshot, dist,
-                            y, x, step, y_lo, y_hi, r, sweep_key, max_window,
-                        )
+    step = 1 if sweep % 2 == 0 else -1
+    sweep_key = key ^ _mix(np.uint64(sweep + 1) * np.uint64(0xA24BAED4963EE407))
+    for band in range(band_lo, band_hi):
+        y_lo = band * band_h
+        y_hi = min(h, y_lo + band_h)
+        for i in range(y_hi - y_lo):
+            y = y_lo + i if step == 1 else y_hi - 1 - i
+            for j in range(w):
+                x = j if step == 1 else w - 1 - j
+                if targets[y, x]:
+                    _improve(
+                        img, wts, far, targets, valid, nearest, nnf, snapshot, dist,
+                        y, x, step, y_lo, y_hi, r, sweep_key, max_window,
+                    )
 
 
-@njit(cache=True)
+@njit
 def _improve(
     img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, step, y_lo, y_hi, r, key,
     max_window,
@@ -234,13 +239,13 @@ def _improve(
     dist[y, x] = best
 
 
-@njit(cache=True, parallel=True)
-def _vote_kernel(img, hole, nnf, log_weight, r, log_spatial, top, out):
+@kernel
+def vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, out, y_lo, y_hi):
+    """out[y, x] = the weighted vote of the patches covering each hole pixel, rows y_lo..y_hi - 1."""
     h, w = hole.shape
     c = img.shape[2]
     n = (2 * r + 1) * (2 * r + 1)
-    for row in prange(h):
-        y = np.int64(row)  # prange indices are unsigned, and y - dy must be allowed to go negative
+    for y in range(y_lo, y_hi):
         # Per-row scratch; rows are independent, so threads share nothing.
         cand_w = np.empty(n, dtype=np.float64)
         cand_c = np.empty((n, c), dtype=np.float64)
@@ -266,7 +271,7 @@ def _vote_kernel(img, hole, nnf, log_weight, r, log_spatial, top, out):
             _blend(cand_w, cand_c, m, top, out, y, x)
 
 
-@njit(cache=True)
+@njit
 def _blend(cand_w, cand_c, m, top, out, y, x):
     """Set out[y, x] to the mean of the candidates weighted by exp(cand_w), the log weights."""
     peak = -np.inf
@@ -287,10 +292,12 @@ def _blend(cand_w, cand_c, m, top, out, y, x):
         out[y, x, ch] = acc / total
 
 
-@njit(cache=True)
+@njit
 def _keep_strongest(weights, m, top):
     """Zero all but the `top` largest weights (ties keep the earliest, for determinism)."""
-    kept = np.zeros(m, dtype=np.bool_)
+    kept = np.empty(m, dtype=np.bool_)
+    for k in range(m):
+        kept[k] = False
     for _ in range(top):
         best = -1
         for k in range(m):
@@ -302,15 +309,14 @@ def _keep_strongest(weights, m, top):
             weights[k] = 0.0
 
 
-@njit(cache=True, parallel=True)
-def _gradient_vote_kernel(img, hole, nnf, log_weight, r, log_spatial, top, grad):
+@kernel
+def gradient_vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, grad, y_lo, y_hi):
     """grad[0, y, x] = voted img[y, x+1] - img[y, x], grad[1, y, x] = voted img[y+1, x] - img[y, x],
-    for every neighbour pair touching the hole: each target patch that covers both pixels proposes
-    the difference between the two source pixels it copies there."""
+    for every neighbour pair touching the hole, rows y_lo..y_hi - 1: each target patch that covers
+    both pixels proposes the difference between the two source pixels it copies there."""
     h, w = hole.shape
     n = (2 * r + 1) * (2 * r + 1)
-    for row in prange(h):
-        y = np.int64(row)  # prange indices are unsigned, and y - dy must be allowed to go negative
+    for y in range(y_lo, y_hi):
         cand_w = np.empty(n, dtype=np.float64)
         cand_c = np.empty((n, 3), dtype=np.float64)
         for x in range(w):
@@ -345,26 +351,31 @@ def _gradient_vote_kernel(img, hole, nnf, log_weight, r, log_spatial, top, grad)
                     _blend(cand_w, cand_c, m, top, grad[axis], y, x)
 
 
-@njit(cache=True)
-def _poisson_solve(start, hole, grad, screen, edge, max_iter, tol):
-    """Least-squares fit of the hole pixels' colours to the neighbour differences in `grad`, with
-    the known pixels fixed (a Poisson equation with Dirichlet boundary), by conjugate gradients
-    started from `start`.  Serial on purpose: a parallel dot product would sum in an order that
-    depends on the thread count, and the result must not."""
+@kernel
+def poisson_system(start, hole, grad, screen, edge, tol):
+    """The Poisson system of the final fill, and conjugate gradients' state at its start.
+
+    Least-squares fit of the hole pixels' colours to the neighbour differences in `grad`, with the
+    known pixels fixed (a Poisson equation with Dirichlet boundary), started from `start`. Returns
+    (coords, nbrs, diag, u, res, p, rr, limit) for `cg_steps`; solve by calling it until it reports
+    convergence, then u[i] is the colour of pixel coords[i]."""
     h, w = hole.shape
-    index = np.full((h, w), -1, dtype=np.int64)
+    # Allocation by np.empty and loops only: np.full, np.zeros and .copy() cost compile time.
+    index = np.empty((h, w), dtype=np.int64)
     n = 0
     for y in range(h):
         for x in range(w):
             if hole[y, x]:
                 index[y, x] = n
                 n += 1
+            else:
+                index[y, x] = -1
     coords = np.empty((n, 2), dtype=np.int64)
-    nbrs = np.full((n, 4), -1, dtype=np.int64)
-    diag = np.zeros(n)
-    b = np.zeros((n, 3))
+    nbrs = np.empty((n, 4), dtype=np.int64)
+    diag = np.empty(n)
+    b = np.empty((n, 3))
     u = np.empty((n, 3))
-    guide = np.zeros(3)
+    guide = np.empty(3)
     for y in range(h):
         for x in range(w):
             i = index[y, x]
@@ -372,9 +383,12 @@ def _poisson_solve(start, hole, grad, screen, edge, max_iter, tol):
                 continue
             coords[i, 0] = y
             coords[i, 1] = x
+            diag[i] = 0.0
             for k in range(3):
                 u[i, k] = start[y, x, k]
+                b[i, k] = 0.0
             for j in range(4):
+                nbrs[i, j] = -1
                 qy = y + (1 if j == 0 else -1 if j == 1 else 0)
                 qx = x + (1 if j == 2 else -1 if j == 3 else 0)
                 if qy < 0 or qy >= h or qx < 0 or qx >= w:
@@ -420,26 +434,46 @@ def _poisson_solve(start, hole, grad, screen, edge, max_iter, tol):
     for i in range(n):
         for k in range(3):
             res[i, k] = b[i, k] - res[i, k]
-    p = res.copy()
-    ap = np.empty((n, 3))
-    rr = np.zeros(3)
+    p = np.empty((n, 3))
+    for i in range(n):
+        for k in range(3):
+            p[i, k] = res[i, k]
+    rr = np.empty(3)
+    for k in range(3):
+        rr[k] = 0.0
     for i in range(n):
         for k in range(3):
             rr[k] += res[i, k] * res[i, k]
     limit = tol * tol * n
-    for _ in range(max_iter):
-        if rr.max() <= limit:
-            break
+    return coords, nbrs, diag, u, res, p, rr, limit
+
+
+@kernel
+def cg_steps(u, res, p, rr, diag, nbrs, limit, steps):
+    """Up to `steps` conjugate-gradient iterations on the state from `poisson_system`, updated in
+    place; True once every channel's residual is at most `limit`.  Serial on purpose: a parallel
+    dot product would sum in an order that depends on the thread count, and the result must not."""
+    n = u.shape[0]
+    ap = np.empty((n, 3))
+    pap = np.empty(3)
+    alpha = np.empty(3)
+    new_rr = np.empty(3)
+    # Loops rather than rr.max(), np.zeros(3) or rr[:] = ...: same numbers, and numba compiles
+    # numpy's array methods slowly (this kernel: 3.6 s of CPU -> 0.8 s).
+    for _ in range(steps):
+        if _converged(rr, limit):
+            return True
         _poisson_apply(p, diag, nbrs, ap)
-        pap = np.zeros(3)
+        for k in range(3):
+            pap[k] = 0.0
+            alpha[k] = 0.0
+            new_rr[k] = 0.0
         for i in range(n):
             for k in range(3):
                 pap[k] += p[i, k] * ap[i, k]
-        alpha = np.zeros(3)
         for k in range(3):
             if pap[k] > 0 and rr[k] > limit:
                 alpha[k] = rr[k] / pap[k]
-        new_rr = np.zeros(3)
         for i in range(n):
             for k in range(3):
                 u[i, k] += alpha[k] * p[i, k]
@@ -449,15 +483,18 @@ def _poisson_solve(start, hole, grad, screen, edge, max_iter, tol):
             beta = new_rr[k] / rr[k] if rr[k] > 0 else 0.0
             for i in range(n):
                 p[i, k] = res[i, k] + beta * p[i, k]
-        rr = new_rr
-    out = start.copy()
-    for i in range(n):
         for k in range(3):
-            out[coords[i, 0], coords[i, 1], k] = u[i, k]
-    return out
+            rr[k] = new_rr[k]
+    return _converged(rr, limit)
 
 
-@njit(cache=True)
+@njit
+def _converged(rr, limit):
+    """rr.max() <= limit for the 3 channels (False if any is NaN, as there)."""
+    return rr[0] <= limit and rr[1] <= limit and rr[2] <= limit
+
+
+@njit
 def _poisson_apply(u, diag, nbrs, out):
     """out = A u for the hole's graph Laplacian (known neighbours are on the right-hand side)."""
     for i in range(u.shape[0]):
