@@ -141,6 +141,24 @@ def test_kv_cache_gives_the_full_pass_logits(model):
     torch.testing.assert_close(cached, full[:, prefix - 1 : -1], atol=2e-6, rtol=1e-6)
 
 
+def test_forward_with_and_without_cache_uses_no_deprecated_argument(model):
+    """transformers 5.24 renamed the backbone's `past_key_values` to `cache` (the old name goes in 5.40):
+    our forward passes whichever the installed version takes, and nothing when there is no cache."""
+    import warnings
+
+    ids = mmu_batch(model)[:1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        with torch.no_grad():
+            full = model(ids, mmu_attention_mask(ids, model.layout))
+            cache = model.new_cache()
+            model(ids[:, :-1], mmu_attention_mask(ids[:, :-1], model.layout), cache=cache)
+            last = model(ids[:, -1:], decode_attention_mask(torch.zeros(1, ids.shape[1], dtype=torch.bool)), cache=cache)
+    assert cache.get_seq_length() == ids.shape[1]  # the cache really was used and grew
+    torch.testing.assert_close(last[:, -1], full[:, -1], atol=2e-6, rtol=1e-6)
+
+
 def test_a_left_padded_row_computes_what_it_computes_alone(model):
     ids = mmu_batch(model)
     pad = left_padding(ids, model.layout.pad_id)

@@ -102,6 +102,16 @@ def test_stopping_and_resuming_continues_exactly(base, data, tmp_path):
     assert second.losses == whole.losses[3:]
 
 
+def test_gradient_checkpointing_gives_the_same_losses_and_uses_no_deprecated_call(base, data, tmp_path):
+    import warnings
+
+    plain = run(config(base, data, tmp_path / "plain", max_steps=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers 5 deprecates gradient_checkpointing_enable
+        checkpointed = run(config(base, data, tmp_path / "checkpointed", max_steps=2, gradient_checkpointing=True))
+    np.testing.assert_allclose(checkpointed.losses, plain.losses, rtol=1e-6)
+
+
 def test_validation_renders_prompts_and_answers(base, data, tmp_path):
     image = tmp_path / "q.png"
     from PIL import Image

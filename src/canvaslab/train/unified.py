@@ -175,7 +175,8 @@ def train_unified(config: UnifiedTrainConfig, *, report: Any = None, stop_after:
     bundle.magvit.requires_grad_(False).eval().to(accelerator.device, dtype=dtype if dtype != torch.float16 else torch.float32)
     model = bundle.model.train()
     if section.gradient_checkpointing:
-        model.showo.gradient_checkpointing_enable()
+        # transformers 5 renamed it (the old name warns); older versions only have the old one
+        getattr(model.showo, "activation_checkpointing_enable", model.showo.gradient_checkpointing_enable)()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "norm" in name or "embed" in name else decay).append(param)

@@ -16,6 +16,8 @@ parameter names are therefore the released ones: `showo.model.*`, `showo.lm_head
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from transformers import PhiConfig, PhiForCausalLM
@@ -27,6 +29,9 @@ from canvaslab.engines.unified.tokens import TokenLayout
 from canvaslab.errors import InputError
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+# transformers 5.24 renamed the forward argument `past_key_values` to `cache` (the old name warns and goes
+# away in 5.40); earlier versions only know `past_key_values`. Ask the installed one.
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(PhiForCausalLM.forward).parameters else "past_key_values"
 
 
 def phi_config(config: UnifiedConfig, attn_implementation: str = "sdpa") -> PhiConfig:
@@ -111,9 +116,9 @@ class UnifiedModel(nn.Module):
             inputs_embeds=inputs_embeds,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=cache is not None,
             logits_to_keep=logits_to_keep,
+            **({CACHE_ARGUMENT: cache} if cache is not None else {}),
         )
         return output.logits.float()
 
