@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from canvaslab.cli.main import app
 from canvaslab.data.check import check_dataset
+from canvaslab.errors import InputError
 from conftest import write_png
 
 
@@ -145,3 +146,71 @@ def test_cli_unopenable_source_is_one_line_exit_2(tmp_path):
     result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [f"error: dataset {tmp_path / 'nope'} does not exist: pass a folder, a .parquet/.arrow/.jsonl file or a glob"]
+
+
+# --- unified rows (canvaslab train unified) ---------------------------------------------------
+
+
+def test_unified_data_written_by_data_mini_checks_clean(tmp_path):
+    from canvaslab.data.mini import write_mini
+
+    write_mini(tmp_path / "out", kind="unified", count=4, size=32)
+    folder = tmp_path / "out" / "unified"
+    report = check_dataset(folder, "unified", resolution=32)
+    assert report.ok and report.problems == [], report.problems
+    assert report.kind == "unified" and report.items == 12 and report.rows == {"t2i": 4, "lm": 4, "mmu": 4}
+    guessed = check_dataset(folder, resolution=32)  # lm and mmu tables are no other kind's
+    assert guessed.kind == "unified" and guessed.rows == report.rows
+    alone = check_dataset(folder / "lm.parquet", resolution=32)
+    assert alone.kind == "unified" and alone.rows == {"lm": 4} and alone.ok
+
+
+def test_unified_row_problems_are_all_reported(tmp_path):
+    gray = np.asarray(Image.fromarray(image(40, 40)).convert("L"))
+    pq.write_table(pa.table({
+        "key": ["ok", "broken", "silent", "gray", "tiny", "ok"],
+        "image": [png(image(40, 40)), b"not an image", png(image(40, 40)), png(gray), png(image(40, 20)),
+                  png(image(40, 40))],
+        "caption": ["a cat", "x", "", "x", "x", "a cat"],
+        "class_name": ["cat", "x", None, "x", "x", "cat"],
+    }), tmp_path / "t2i.parquet")
+    pq.write_table(pa.table({"key": ["a", "b"], "text": ["some text.", "  "]}), tmp_path / "lm.parquet")
+    pq.write_table(pa.table({"key": ["q", "none"], "image": [png(image(40, 40)), None], "question": ["what?", "what?"],
+                             "answer": ["a cat", ""]}), tmp_path / "mmu.parquet")
+    report = check_dataset(tmp_path, "unified", resolution=32)
+    assert found(report) == {
+        ("error", "unreadable", "t2i:broken"),
+        ("warning", "empty-caption", "t2i:silent"),
+        ("note", "mode", "t2i:gray"),
+        ("warning", "small", "t2i:tiny"),
+        ("warning", "duplicate-key", "t2i:ok"),
+        ("warning", "empty-text", "lm:b"),
+        ("error", "missing-pair", "mmu:none"),
+        ("warning", "empty-text", "mmu:none"),
+    }
+    assert report.rows == {"t2i": 6, "lm": 2, "mmu": 2} and not report.ok
+
+
+def test_unified_columns_can_be_renamed_and_other_tables_are_refused(tmp_path):
+    pq.write_table(pa.table({"content": ["web text."]}), tmp_path / "web.parquet")  # RefinedWeb's column name
+    report = check_dataset(tmp_path / "web.parquet", "unified", columns={"text": "content"}, resolution=8)
+    assert report.ok and report.rows == {"lm": 1}
+    with pytest.raises(InputError, match=r"web.parquet has columns \['content'\]: not a t2i .*--column") as info:
+        check_dataset(tmp_path / "web.parquet", "unified", resolution=8)
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="unknown column role 'mask'"):
+        check_dataset(tmp_path / "web.parquet", "unified", columns={"mask": "m"})
+
+
+def test_cli_checks_unified_data(tmp_path):
+    from canvaslab.data.mini import write_mini
+
+    write_mini(tmp_path / "out", kind="unified", count=2, size=16)
+    folder = str(tmp_path / "out" / "unified")
+    result = CliRunner().invoke(app, ["data", "check", folder, "--kind", "unified", "--resolution", "16"])
+    assert result.exit_code == 0, result.output
+    assert "6 unified rows (t2i 2, lm 2, mmu 2): 0 error(s), 0 warning(s), 0 note(s)" in " ".join(result.stdout.split())
+    as_json = CliRunner().invoke(app, ["--json", "data", "check", folder, "--resolution", "64"])
+    report = json.loads(as_json.stdout)
+    assert as_json.exit_code == 0 and report["kind"] == "unified" and report["rows"] == {"t2i": 2, "lm": 2, "mmu": 2}
+    assert {p["kind"] for p in report["problems"]} == {"small"}

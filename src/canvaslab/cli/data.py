@@ -34,6 +34,7 @@ class Kind(str, enum.Enum):
     inpaint = "inpaint"
     edit = "edit"
     frames = "frames"
+    unified = "unified"
 
 
 class MiniKind(str, enum.Enum):
@@ -47,9 +48,9 @@ class MiniKind(str, enum.Enum):
 @app.command("check")
 def check(
     source: Annotated[str, typer.Argument(help="dataset folder, .parquet/.arrow/.jsonl file or parquet glob", show_default=False)],
-    kind: Annotated[Optional[Kind], typer.Option("--kind", help="dataset kind \\[default: guessed from the layout]")] = None,
+    kind: Annotated[Optional[Kind], typer.Option("--kind", help="dataset kind; unified: the t2i/lm/mmu parquet rows of `train unified` \\[default: guessed from the layout]")] = None,
     resolution: Annotated[int, typer.Option("--resolution", min=1, help="warn about images smaller than this on their short side")] = 512,
-    column: Annotated[Optional[list[str]], typer.Option("--column", metavar="ROLE=NAME", help="the table column for image, caption, mask, input, frames or key")] = None,
+    column: Annotated[Optional[list[str]], typer.Option("--column", metavar="ROLE=NAME", help="the table column for image, caption, mask, input, frames or key (unified: image, caption, class, text, question, answer, key)")] = None,
 ) -> None:
     """Decode every item and report missing pairs, unreadable images, size mismatches and more; exit 1 on errors."""
     with console.friendly_errors():
@@ -89,10 +90,13 @@ def _print_report(report: CheckReport) -> None:
             console.out.print(f"... and {len(problems) - SHOWN_PROBLEMS} more (--json lists them all)", markup=False)
     counts = report.counts()
     verdict = "[green]ok[/]" if report.ok else "[red]not ready for training[/]"
-    frames = f", {report.frames} input frame(s) each" if report.kind == "frames" else ""
+    if report.kind == "unified":
+        what = f"{report.items} unified rows ({', '.join(f'{kind} {count}' for kind, count in report.rows.items())})"
+    else:
+        frames = f", {report.frames} input frame(s) each" if report.kind == "frames" else ""
+        what = f"{report.items} {report.kind} items{frames}"
     console.out.print(
-        f"{report.items} {report.kind} items{frames}: {counts['error']} error(s), {counts['warning']} warning(s), "
-        f"{counts['note']} note(s) — {verdict}"
+        f"{what}: {counts['error']} error(s), {counts['warning']} warning(s), {counts['note']} note(s) — {verdict}"
     )
 
 

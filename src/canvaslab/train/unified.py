@@ -57,11 +57,9 @@ def image_tensor(value: Any, resolution: int) -> torch.Tensor:
     Decoding is the datasets' (EXIF, modes, pixel limit; an unreadable image is one clear error)."""
     from PIL import Image, ImageOps
 
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, str):
-        value = Path(value)
-    rgb = decode_image(value, what="image", key="parquet row")
+    from canvaslab.data.check import unified_image_ref
+
+    rgb = decode_image(unified_image_ref(value), what="image", key="parquet row")
     fitted = ImageOps.fit(Image.fromarray(rgb), (resolution, resolution), Image.Resampling.BICUBIC)
     return to_tensor(np.asarray(fitted))
 
