@@ -42,11 +42,12 @@ def _square(colour: str, size: int = 64) -> np.ndarray:
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("unified-data")
     names = list(COLOURS) * 4
-    t2i = pa.table({"image": [_png(_square(c)) for c in names], "caption": [f"a {c} square" for c in names],
-                    "class_name": [c for c in names]})
-    lm = pa.table({"text": [f"the {c} square is {c}." for c in names]})
-    mmu = pa.table({"image": [_png(_square(c)) for c in names], "question": ["what colour?"] * len(names),
-                    "answer": names})
+    keys = {kind: [f"{kind}{i:02d}" for i in range(len(names))] for kind in ("t2i", "lm", "mmu")}
+    t2i = pa.table({"key": keys["t2i"], "image": [_png(_square(c)) for c in names],
+                    "caption": [f"a {c} square" for c in names], "class_name": [c for c in names]})
+    lm = pa.table({"key": keys["lm"], "text": [f"the {c} square is {c}." for c in names]})
+    mmu = pa.table({"key": keys["mmu"], "image": [_png(_square(c)) for c in names],
+                    "question": ["what colour?"] * len(names), "answer": names})
     paths = {}
     for name, table in (("t2i", t2i), ("lm", lm), ("mmu", mmu)):
         paths[name] = root / f"{name}.parquet"
@@ -133,18 +134,53 @@ def test_batch_size_without_a_source_is_refused():
         validate_config({"objective": "unified", "data": {"t2i": ["x.parquet"]}, "train": {"batch_size_mmu": 2, "batch_size_lm": 0}})
 
 
+@pytest.mark.slow
 def test_two_processes_train_on_disjoint_rows(base, data, tmp_path):
+    """16 rows per kind in 4 row groups, 2 processes x 4 steps x 2 rows per kind: together the processes
+    read every row exactly once (one epoch), each its own half, and train one model."""
     out = tmp_path / "run"
     shipped = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "2cpu-gloo.yaml"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(shipped), "-m", "canvaslab"]
     args = ["train", "unified", f"model.base={base}", f"data.t2i=[{data['t2i']}]", f"data.lm=[{data['lm']}]",
             f"data.mmu=[{data['mmu']}]", "data.resolution=64", "data.max_text_len=16", "data.max_seq_len=24",
-            "train.batch_size_t2i=2", "train.batch_size_lm=1", "train.batch_size_mmu=1", "train.max_steps=2",
-            "log.trackers=[]", f"output={out}"]
+            "data.shuffle_buffer=8", "train.batch_size_t2i=2", "train.batch_size_lm=2", "train.batch_size_mmu=2",
+            "train.max_steps=4", "log.samples=true", "log.trackers=[]", f"output={out}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (out / "final" / "config.json").is_file()
+    seen = [(out / "logs" / f"samples_rank{rank}.txt").read_text().split("\n")[:-1] for rank in (0, 1)]
+    for kind in ("t2i", "lm", "mmu"):
+        rows = [[line.split(" ")[1] for line in lines if line.startswith(f"{kind} ")] for lines in seen]
+        assert len(rows[0]) == len(rows[1]) == 8, (kind, rows)
+        assert sorted(rows[0] + rows[1]) == [f"{kind}{i:02d}" for i in range(16)], (kind, rows)
+    from canvaslab.engines.unified.bundle import load_bundle
+
+    assert load_bundle(out / "final").config.num_vq_tokens == 16
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_exactly(base, data, tmp_path):
+    """A real SIGTERM during training: the step finishes, a checkpoint is saved, the run stops; resuming from
+    it gives the losses of an unbroken run, bit for bit."""
+    import signal
+
+    cfg = config(base, data, tmp_path / "whole", max_steps=5, gradient_accumulation=2)
+    cfg["log"]["every"] = 1
+    whole = run(cfg)
+    parts = {**cfg, "output": str(tmp_path / "parts")}
+
+    def terminate_at_step_2(line: str) -> None:
+        if line.startswith("step 2/"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    stopped = run(parts, report=terminate_at_step_2)
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+    assert stopped.stopped_by == "SIGTERM" and stopped.steps == 2 and stopped.export is None
+    assert stopped.checkpoints[-1].endswith("step_000002")
+    assert (Path(stopped.checkpoints[-1]) / "trainer_state.json").is_file()
+    assert stopped.losses == whole.losses[:2]
+    resumed = run({**parts, "resume": "latest"})
+    assert resumed.resumed_from.endswith("step_000002") and resumed.losses == whole.losses[2:]
 
 
 def test_checkpoints_load_as_models_like_the_export(base, data, tmp_path):

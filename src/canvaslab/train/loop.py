@@ -125,6 +125,14 @@ def save_checkpoint(accelerator: Any, config: Any, state: ckpt.TrainerState, say
     return str(folder)
 
 
+def append_samples(output: Path, process: int, samples: list[str]) -> None:
+    """`log.samples`: add this process's sample ids, in the order it trained on them, to its log file."""
+    log = output / "logs" / f"samples_rank{process}.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.writelines(f"{sample}\n" for sample in samples)
+
+
 def weight_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype frozen modules run in under `train.mixed_precision`."""
     return WEIGHT_DTYPES[mixed_precision]

@@ -25,7 +25,7 @@ from canvaslab.train.batches import EpochBatches, TrainingSamples, collate, plan
 from canvaslab.train.components import Components, encode_text, load_components, make_trainable, trained_modules
 from canvaslab.train.config import TrainConfig, dump_config
 from canvaslab.train.loop import (
-    Reporter, StepClock, StopFlag, any_process, check_finite, make_accelerator,
+    Reporter, StepClock, StopFlag, any_process, append_samples, check_finite, make_accelerator,
     save_checkpoint, set_deepspeed_micro_batch, step_generator, weight_dtype,
 )
 from canvaslab.train.objectives import StepInputs, diffusion_loss
@@ -256,10 +256,7 @@ def train(config: TrainConfig, *, report: Reporter | None = None, stop_after: in
                 state.epoch += 1
                 state.batch = 0
         if config.log.samples:
-            log = output / "logs" / f"samples_rank{accelerator.process_index}.txt"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "a", encoding="utf-8") as handle:
-                handle.writelines(f"{key}\n" for key in result.samples_seen)
+            append_samples(output, accelerator.process_index, result.samples_seen)
         done = state.step >= config.train.max_steps and not result.stopped_by and stop_after is None
         if done:
             if config.validation.every == 0 or state.step % config.validation.every:

@@ -26,8 +26,8 @@ from canvaslab.data.records import decode_image
 from canvaslab.train import checkpoints as ckpt
 from canvaslab.train.batches import to_tensor
 from canvaslab.train.loop import (
-    StepClock, StopFlag, any_process, check_finite, fresh_staging, make_accelerator, publish_folder, save_checkpoint,
-    set_deepspeed_micro_batch, step_generator, weight_dtype,
+    StepClock, StopFlag, any_process, append_samples, check_finite, fresh_staging, make_accelerator, publish_folder,
+    save_checkpoint, set_deepspeed_micro_batch, step_generator, weight_dtype,
 )
 from canvaslab.train.unified_config import UnifiedTrainConfig
 from canvaslab.train.unified_losses import lm_loss, mmu_loss, t2i_loss
@@ -42,6 +42,7 @@ class UnifiedReport:
     parts: list[dict[str, float]] = field(default_factory=list)  # t2i / lm / mmu / mask_ratio per step
     checkpoints: list[str] = field(default_factory=list)
     validations: list[str] = field(default_factory=list)
+    samples_seen: list[str] = field(default_factory=list)  # with log.samples: "<kind> <key>" of this process's rows, in order
     export: str | None = None
     stopped_by: str | None = None
     resumed_from: str | None = None
@@ -121,9 +122,9 @@ class Streams:
 
         data = config.data
         columns = {
-            "t2i": [data.image_column, data.caption_column, data.class_column],
-            "lm": [data.text_column],
-            "mmu": [data.image_column, data.question_column, data.answer_column, data.caption_column],
+            "t2i": [data.image_column, data.caption_column, data.class_column, data.key_column],
+            "lm": [data.text_column, data.key_column],
+            "mmu": [data.image_column, data.question_column, data.answer_column, data.caption_column, data.key_column],
         }
         self.streams: dict[str, Any] = {}
         self.iterators: dict[str, Any] = {}
@@ -218,6 +219,8 @@ def train_unified(config: UnifiedTrainConfig, *, report: Any = None, stop_after:
             micro = state.batch
             generator = step_generator(section.seed, 0, accelerator.process_index, micro)
             batches = {kind: streams.next(kind, n) for kind, n in sizes.items() if n}
+            if config.log.samples:
+                result.samples_seen += [f"{kind} {row.get(config.data.key_column)}" for kind, rows in batches.items() for row in rows]
             with accelerator.accumulate(prepared):
                 loss, parts = step_losses(bundle, prepared, batches, config, generator, accelerator.device, dtype)
                 mean = accelerator.gather(loss.detach()[None]).mean().item()
@@ -262,6 +265,8 @@ def train_unified(config: UnifiedTrainConfig, *, report: Any = None, stop_after:
                 break
             if stop_after is not None and steps_this_call >= stop_after:
                 break
+        if config.log.samples:
+            append_samples(output, accelerator.process_index, result.samples_seen)
         if state.step >= section.max_steps and not result.stopped_by and stop_after is None:
             if config.validation.every == 0 or state.step % config.validation.every:
                 result.validations += _validate(config, bundle, accelerator, state.step, say)

@@ -35,6 +35,7 @@ class UnifiedDataSection(_Section):
     text_column: str = "text"
     question_column: str = "question"
     answer_column: str = "answer"
+    key_column: str = Field("key", description="row ids, read when present: what log.samples writes")
     resolution: int = Field(256, ge=16, description="images are resized (short side) and centre-cropped to this, a multiple of 16")
     max_text_len: int = Field(128, ge=4, description="t2i text tokens (the reference's max_seq_length)")
     max_seq_len: int = Field(256, ge=8, description="lm and mmu text tokens after the prefix")
