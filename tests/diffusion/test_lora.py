@@ -7,6 +7,7 @@ count are exact; the conftest pins torch to one thread.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -41,10 +42,12 @@ _KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 _KOHYA_PREFIXES_SDXL = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 
 
+@functools.lru_cache(maxsize=None)  # one tiny pipeline build per (kind, seed), shared by the formats
 def build_lora_layers(kind: str, *, seed: int) -> dict[str, dict[str, torch.Tensor]]:
     """component -> peft LoRA state dict for the tiny `kind` model, UNet and every text encoder.
 
     B is random (peft would start it at zero), so the LoRA changes the output; alpha = rank (scale 1).
+    Cached: callers must not modify the tensors.
     """
     from peft import LoraConfig, get_peft_model_state_dict
 
@@ -60,11 +63,24 @@ def build_lora_layers(kind: str, *, seed: int) -> dict[str, dict[str, torch.Tens
     return layers
 
 
-def save_diffusers_lora(kind: str, folder: Path, *, seed: int) -> Path:
-    """A diffusers LoRA folder (`pytorch_lora_weights.safetensors`), written by the pipeline's own saver."""
+def save_diffusers_lora(kind: str, folder: Path, *, seed: int, alpha: float | None = None) -> Path:
+    """A diffusers LoRA folder (`pytorch_lora_weights.safetensors`), written by the pipeline's own saver.
+
+    With `alpha`, the file says so in its `lora_adapter_metadata` (as `canvaslab train` exports do) and B
+    is multiplied by rank / alpha, so the effective weights stay those of seed `seed` at scale 1.
+    """
     cls = _pipeline_class(kind)
     layers = build_lora_layers(kind, seed=seed)
-    cls.save_lora_weights(Path(folder), **{f"{name}_lora_layers": sd for name, sd in layers.items()})
+    arguments = {}
+    for name, state in layers.items():
+        if alpha is None:
+            arguments[f"{name}_lora_layers"] = state
+            continue
+        arguments[f"{name}_lora_layers"] = {k: (v * (LORA_RANK / alpha) if ".lora_B." in k else v).contiguous()
+                                            for k, v in state.items()}
+        targets = _UNET_TARGETS if name == "unet" else _TEXT_TARGETS
+        arguments[f"{name}_lora_adapter_metadata"] = {"r": LORA_RANK, "lora_alpha": alpha, "target_modules": targets}
+    cls.save_lora_weights(Path(folder), **arguments)
     return Path(folder)
 
 
@@ -108,6 +124,8 @@ def loras(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "b": save_diffusers_lora("sd-inpaint", root / "b", seed=2),
         # alpha 2 with rank 4: exercises kohya's alpha/rank scaling, same effective weights as "a"
         "a-kohya": save_kohya_lora("sd-inpaint", root / "a_kohya.safetensors", seed=1, alpha=2.0),
+        # the same in diffusers format, its alpha in the file's metadata (what `canvaslab train` writes)
+        "a-alpha": save_diffusers_lora("sd-inpaint", root / "a_alpha", seed=1, alpha=2.0),
         "xl": save_diffusers_lora("sdxl-inpaint", root / "xl", seed=3),
         "xl-kohya": save_kohya_lora("sdxl-inpaint", root / "xl_kohya.safetensors", seed=3),
     }
@@ -181,6 +199,8 @@ def test_kohya_and_diffusers_formats_give_the_same_output(tiny_folders, loras, i
     diffusers_format = paint(pipe, inputs, [(str(loras["a"]), 1.0)])
     kohya_format = paint(pipe, inputs, [(str(loras["a-kohya"]), 1.0)])
     np.testing.assert_allclose(kohya_format, diffusers_format, atol=1e-5)
+    with_alpha = paint(pipe, inputs, [(str(loras["a-alpha"]), 1.0)])  # alpha / rank = 1/2 read from the metadata
+    np.testing.assert_allclose(with_alpha, diffusers_format, atol=1e-5)
 
 
 def test_sdxl_two_text_encoders_both_formats(tiny_folders, loras, inputs):
