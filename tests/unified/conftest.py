@@ -43,3 +43,8 @@ if all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
     @pytest.fixture(scope="session")
     def magvit_folder(tmp_path_factory: pytest.TempPathFactory, magvit) -> Path:
         return save_magvit(magvit, tmp_path_factory.mktemp("unified") / "tiny-magvit")
+
+    @pytest.fixture(scope="session")
+    def bundle_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        """The tiny self-contained checkpoint (model, tokenizer, magvit/) every module that only reads it shares."""
+        return tiny.shared_bundle_folder(tmp_path_factory)

@@ -13,13 +13,6 @@ pytest.importorskip("tokenizers")
 from canvaslab.engines.unified.bundle import load_bundle, save_bundle  # noqa: E402
 from canvaslab.errors import ModelNotAvailableError  # noqa: E402
 
-from . import tiny  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bundle_folder(tmp_path_factory):
-    return tiny.save_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
-
 
 def test_a_saved_bundle_loads_and_round_trips(bundle_folder, tmp_path):
     bundle = load_bundle(bundle_folder)

@@ -19,12 +19,10 @@ from canvaslab.core.image import load_image  # noqa: E402
 from canvaslab.errors import InputError  # noqa: E402
 from conftest import write_png  # noqa: E402
 
-from . import tiny  # noqa: E402
-
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return tiny.shared_bundle_folder(tmp_path_factory)
+def folder(bundle_folder):
+    return bundle_folder
 
 
 @pytest.fixture(scope="module")

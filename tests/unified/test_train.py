@@ -19,7 +19,6 @@ pytest.importorskip("accelerate")
 
 from canvaslab.train.config import validate_config  # noqa: E402
 
-from . import tiny  # noqa: E402
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220), "yellow": (230, 220, 40)}
 
@@ -56,8 +55,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return tiny.save_tiny_bundle(tmp_path_factory.mktemp("unified-base") / "tiny")
+def base(bundle_folder) -> Path:
+    return bundle_folder  # read only: training writes its own output folder
 
 
 def config(base: Path, data: dict[str, Path], output: Path, **train) -> dict:

@@ -41,9 +41,8 @@ def _fit(loss_fn, steps: int = 25) -> tuple[float, float]:
     return first, loss_fn(model, torch.Generator().manual_seed(0)).item()
 
 
-def test_each_loss_falls_when_overfitting_a_fixed_batch():
-    model = tiny.tiny_model()
-    layout = model.layout
+def test_each_loss_falls_when_overfitting_a_fixed_batch(model):
+    layout = model.layout  # each loss trains a fresh model of its own (`_fit`)
     images = layout.codes_to_ids(torch.randint(0, 8192, (2, 16), generator=torch.Generator().manual_seed(1)))
     texts = [[5, 6, 7], [8, 9]]
 
@@ -61,8 +60,7 @@ def test_each_loss_falls_when_overfitting_a_fixed_batch():
         assert after < 0.5 * before, (name, before, after)
 
 
-def test_caption_dropout_empties_the_text_part():
-    model = tiny.tiny_model()
+def test_caption_dropout_empties_the_text_part(model):
     layout = model.layout
     images = layout.codes_to_ids(torch.zeros(4, 16, dtype=torch.long))
     texts = [[5, 6, 7]] * 4
