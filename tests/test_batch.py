@@ -1,5 +1,6 @@
 """Folder jobs: pairing, failures listed, resumable after a kill, no finished work redone."""
 
+import contextlib
 import json
 import os
 import signal
@@ -173,3 +174,83 @@ def test_accelerate_launch_splits_a_batch_between_processes(tmp_path, photo, box
     done = sorted(int(line.split(":")[1].strip(" ,")) for line in run.stdout.splitlines() if '"done"' in line)
     assert done == [2, 3]
     assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == names
+
+
+def _descendants(pid):
+    """Pids of every live process below `pid` (Linux /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid):
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its reaping is left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_kill_9_of_a_two_worker_batch_takes_its_workers_with_it(tmp_path, photo, box_mask):
+    """Issue 10: after kill -9 of `--workers 2`, workers and the resource tracker lived on, writing, then hung."""
+    names = [f"img{i:02d}" for i in range(12)]
+    make_folder(tmp_path, np.asarray(Image.fromarray(photo).resize((300, 200))),
+                np.asarray(Image.fromarray(box_mask).resize((300, 200))), names)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "canvaslab", "--quiet", "inpaint", "--images", tmp_path / "imgs", "--masks",
+            tmp_path / "masks", "--out", out, "--workers", 2, "--seed", 1]
+    proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    family = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(out.glob("*.png")):
+            time.sleep(0.02)
+        family = _descendants(proc.pid)
+        assert len(family) >= 3, "two workers and a resource tracker should be running"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(pid) for pid in family):
+            time.sleep(0.05)
+        assert not [pid for pid in family if _alive(pid)], "processes of the killed batch are still running"
+        written = sorted(out.glob("*.png"))
+        time.sleep(1.0)
+        assert sorted(out.glob("*.png")) == written
+        assert len(written) < len(names)
+    finally:
+        for pid in family:  # leave nothing behind, even when the test fails
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_of_a_two_worker_batch_stops_at_once(tmp_path, photo, box_mask):
+    """Ctrl-C reaches the whole process group: the batch stops its workers instead of running the queue out."""
+    names = [f"img{i:02d}" for i in range(12)]
+    make_folder(tmp_path, np.asarray(Image.fromarray(photo).resize((300, 200))),
+                np.asarray(Image.fromarray(box_mask).resize((300, 200))), names)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "canvaslab", "inpaint", "--images", tmp_path / "imgs", "--masks",
+            tmp_path / "masks", "--out", out, "--workers", 2, "--seed", 1]
+    proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.glob("*.png")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, stderr = proc.communicate(timeout=30)
+    written = sorted(out.glob("*.png"))
+    time.sleep(1.0)
+    assert sorted(out.glob("*.png")) == written and len(written) < len(names) // 2
+    assert proc.returncode == 130 and "run the same command again to resume" in stderr

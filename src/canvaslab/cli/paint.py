@@ -195,11 +195,15 @@ def _run_batch(task: str, request: Any, cli: dict[str, Any], spec_args: dict[str
     if index == 0:  # every process pairs the same folder: report its problems once
         _report_pairing(pairing)
     spec = OutputSpec(grid=cli["grid"], **spec_args)
-    with _progress(len(items)) as advance:
-        report = run_batch(
-            items, task, request.model_dump(mode="json"), spec,
-            workers=cli["workers"], on_progress=advance,
-        )
+    try:
+        with _progress(len(items)) as advance:
+            report = run_batch(
+                items, task, request.model_dump(mode="json"), spec,
+                workers=cli["workers"], on_progress=advance,
+            )
+    except KeyboardInterrupt:
+        console.error_line("interrupted; finished outputs are kept: run the same command again to resume")
+        raise typer.Exit(130) from None
     _report_batch(report, pairing)
 
 

@@ -6,14 +6,22 @@
 - An output that already exists is skipped, so an interrupted run resumes where it stopped; outputs
   are written atomically, so an existing file is always a finished one.
 - A bad file does not stop the run: failures are collected and listed at the end.
+- Worker processes die with the batch process, however it ends (kill -9 included): they never go on
+  writing outputs nobody collects, nor hang afterwards holding memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import functools
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import sys
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -187,7 +195,11 @@ def run_batch(
             _record(report, item, _call(job, item), notify)
         return report
     # spawn, not fork: forking a process whose numba/OpenMP threads are running can deadlock.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker, initargs=(os.getpid(),),
+    )
+    try:
         pending: dict[Future, BatchItem] = {pool.submit(_call, job, item): item for item in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -197,7 +209,51 @@ def run_batch(
                 except Exception as exc:  # noqa: BLE001 - a dead worker fails its items, not the batch
                     failure = f"worker process failed: {type(exc).__name__}: {exc}"
                 _record(report, pending.pop(future), failure, notify)
+    except BaseException:
+        # Ctrl-C or an error here: start nothing more and stop the items in progress, rather than
+        # wait for them (shutdown(wait=True) would run every queued item first).
+        _stop_workers(pool)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return report
+
+
+def _start_worker(parent_pid: int) -> None:
+    """Pool initializer: make this worker die with the batch process that started it.
+
+    Linux delivers SIGKILL to the worker the moment its parent dies (PR_SET_PDEATHSIG), even while
+    numba or torch holds the GIL. Everywhere, a watcher thread waits on the parent's sentinel (a pipe
+    that closes when the parent dies) and ends the process. Without them a killed batch leaves workers
+    that finish their queued items, then block forever on the dead parent's queue, keeping the
+    resource tracker alive too. Ctrl-C is the parent's to handle: it stops the workers itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="canvaslab-parent-watch", daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)  # no clean-up: the parent is gone, nothing this process still does is wanted
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's workers (shutdown(wait=False) would leave them to finish the queued items).
+
+    Called before shutdown, which forgets the processes.
+    """
+    processes = getattr(pool, "_processes", None) or {}  # CPython's pid -> Process map; no public accessor
+    for process in list(processes.values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
 
 
 def _call(job: Callable[[BatchItem], None], item: BatchItem) -> str | None:
