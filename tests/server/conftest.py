@@ -22,6 +22,7 @@ import uvicorn  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from canvaslab.server.app import create_app  # noqa: E402
+from canvaslab.server.connections import uvicorn_config  # noqa: E402
 from canvaslab.server.settings import ServerSettings  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -49,10 +50,11 @@ class LiveServer:
         self.thread.join(10)
 
 
-def start_server(settings: ServerSettings) -> LiveServer:
+def start_server(settings: ServerSettings, log_level: str = "warning") -> LiveServer:
+    """The app under the same uvicorn configuration `canvaslab serve` uses (timeouts, limits, log filter)."""
     settings.port = free_port()
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on")
+    config = uvicorn_config(app, settings, host="127.0.0.1", log_level=log_level)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -69,9 +71,9 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start servers with the given settings (output under tmp_path); all stop after the test."""
     started: list[LiveServer] = []
 
-    def make(**fields: object) -> LiveServer:
+    def make(log_level: str = "warning", **fields: object) -> LiveServer:
         fields.setdefault("output", tmp_path / "out")
-        live = start_server(ServerSettings(**fields))  # type: ignore[arg-type]
+        live = start_server(ServerSettings(**fields), log_level)  # type: ignore[arg-type]
         started.append(live)
         return live
 

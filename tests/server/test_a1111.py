@@ -56,13 +56,23 @@ def test_img2img_mask_invert_and_resize(make_server, photo_png, mask_png):
         assert inverted.status_code == 200, inverted.text
         recipe = read_metadata(base64.b64decode(inverted.json()["images"][0])).recipe
         assert recipe["request"]["mask_mode"] == "black"
+        # Whole picture: width x height is A1111's "just resize" of image and mask.
         resized = client.post("/sdapi/v1/img2img", json={
-            "init_images": [b64(photo_png)], "mask": b64(mask_png), "width": 32, "height": 24, "inpaint_full_res": True,
-            "inpaint_full_res_padding": 4})
+            "init_images": [b64(photo_png)], "mask": b64(mask_png), "width": 32, "height": 24})
         assert resized.status_code == 200, resized.text
         assert decode(resized.json()["images"][0]).shape == (24, 32, 3)
-        recipe = read_metadata(base64.b64decode(resized.json()["images"][0])).recipe
+        # Only masked: the picture keeps its size (width x height is the crop's working size, which
+        # a classical engine has no use for: reported as ignored).
+        masked = client.post("/sdapi/v1/img2img", json={
+            "init_images": [b64(photo_png)], "mask": b64(mask_png), "width": 32, "height": 24, "inpaint_full_res": True,
+            "inpaint_full_res_padding": 4})
+        assert masked.status_code == 200, masked.text
+        assert decode(masked.json()["images"][0]).shape == (48, 64, 3)
+        recipe = read_metadata(base64.b64decode(masked.json()["images"][0])).recipe
         assert recipe["request"]["area"] == "masked" and recipe["request"]["padding"] == 4
+        info = json.loads(masked.json()["info"])
+        assert {"width", "height"} <= set(info["canvaslab"]["ignored_fields"])
+        assert any("16 px around the mask" in notice for notice in info["canvaslab"]["notices"])
 
 
 @pytest.mark.parametrize("body,status,message", [
@@ -205,4 +215,6 @@ def test_native_generate_streams_diffusion_steps(make_server, tiny_model):
     steps = [data for name, data in events if name == "progress"]
     assert steps and steps[-1] == {"step": 3, "total": 3}
     assert [s["step"] for s in steps] == sorted(s["step"] for s in steps)
-    assert events[-1][1]["status"] == "done" and events[-1][1]["result"]["recipe"]["request"]["model"] == str(tiny_model)
+    request = events[-1][1]["result"]["recipe"]["request"]
+    assert events[-1][1]["status"] == "done" and request["model"] == str(tiny_model)
+    assert request["local_files_only"] is True  # the server never downloads unless started with --allow-downloads

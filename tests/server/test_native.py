@@ -111,9 +111,10 @@ def test_outpaint_and_data_url(server, photo_png):
         assert job["result"]["recipe"]["size"] == [80, 48]
 
 
-def test_generate_and_understand_fail_cleanly_without_models(server):
-    """No model on this machine: a failed job with a one-line error, and the server keeps serving."""
-    with server.client() as client:
+def test_generate_and_understand_fail_cleanly_without_models(make_server):
+    """An offered model that is not on this machine: a failed job with a one-line error, and the server keeps serving."""
+    live = make_server(allow_downloads=True)
+    with live.client() as client:
         reply = client.post("/api/v1/generate", json={"prompt": "a lighthouse", "steps": 1, "size": 64, "model": "sd15"})
         assert reply.status_code == 202
         job = wait_done(client, reply.json()["id"])
@@ -137,6 +138,33 @@ def test_cancel_queued_and_running(server, photo_png, mask_png):
         # The worker is free again: the next job runs.
         after = client.post("/api/v1/inpaint", json=inpaint_body(photo_png, mask_png)).json()
         assert wait_done(client, after["id"])["status"] == "done"
+
+
+def test_cancel_stops_a_running_patchmatch_job_between_iterations(server):
+    """A big classical job is cancelled while it runs, not after its last iteration."""
+    import numpy as np
+
+    from .conftest import png_bytes
+
+    rng = np.random.default_rng(3)
+    image = png_bytes(rng.integers(0, 255, (384, 512, 3), dtype=np.uint8))
+    mask = np.zeros((384, 512), np.uint8)
+    mask[96:288, 128:384] = 255
+    with server.client() as client:
+        job = client.post("/api/v1/inpaint", json={"image": b64(image), "mask": b64(png_bytes(mask)),
+                                                    "engine": "patchmatch", "seed": 1}).json()
+        with client.stream("GET", f"/api/v1/jobs/{job['id']}/events") as stream:
+            name = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: ") and name == "progress":
+                    first = json.loads(line[6:])
+                    break
+        assert first["total"] > 1, first  # reported per iteration, so there is a "between"
+        client.post(f"/api/v1/jobs/{job['id']}/cancel")
+        final = wait_done(client, job["id"], 60)
+    assert final["status"] == "cancelled" and final["progress"]["step"] < final["progress"]["total"], final
 
 
 def test_history_newest_first(server, photo_png, mask_png):
@@ -200,7 +228,7 @@ def test_info_routes(make_server):
         samplers = {row["name"]: row["a1111_name"] for row in client.get("/api/v1/samplers").json()["samplers"]}
         assert samplers["euler-a"] == "Euler a"
         models = client.get("/api/v1/models").json()
-        assert "sd15-inpaint" in [m["name"] for m in models["models"]] and models["loras"] == []
+        assert models == {"models": [], "loras": []}  # only --model; the built-in aliases need --allow-downloads
         assert client.get("/api/v1/jobs/" + "0" * 32).status_code == 404
         assert client.get("/api/v1/jobs/not-an-id").json()["error"]
 
@@ -238,6 +266,12 @@ CONTRACT = {
     ("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/img2img"), ("GET", "/sdapi/v1/sd-models"),
     ("GET", "/sdapi/v1/options"), ("POST", "/sdapi/v1/options"), ("GET", "/sdapi/v1/samplers"),
     ("GET", "/sdapi/v1/progress"), ("POST", "/sdapi/v1/png-info"), ("POST", "/sdapi/v1/interrupt"),
+    ("POST", "/sdapi/v1/skip"), ("GET", "/sdapi/v1/schedulers"), ("GET", "/sdapi/v1/cmd-flags"),
+    ("GET", "/sdapi/v1/upscalers"), ("POST", "/sdapi/v1/interrogate"), ("POST", "/sdapi/v1/extra-single-image"),
+    ("GET", "/sdapi/v1/scripts"), ("GET", "/sdapi/v1/loras"), ("GET", "/sdapi/v1/embeddings"),
+    ("POST", "/sdapi/v1/refresh-checkpoints"),
+    *(("GET", f"/sdapi/v1/{name}") for name in ("sd-vae", "face-restorers", "realesrgan-models", "prompt-styles",
+                                                  "hypernetworks", "latent-upscale-modes")),
 }
 
 

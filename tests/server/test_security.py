@@ -11,7 +11,7 @@ from canvaslab.server.settings import is_loopback
 
 from .conftest import b64
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 PROTECTED = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/api/v1/jobs"), ("GET", "/api/v1/models"),
              ("POST", "/api/v1/inpaint"), ("GET", "/sdapi/v1/options"), ("POST", "/sdapi/v1/txt2img"),
              ("GET", "/openapi.json"), ("GET", "/docs")]

@@ -9,6 +9,7 @@ import typer
 
 from canvaslab.cli import console
 from canvaslab.errors import InputError
+from canvaslab.server.settings import SERVER_MAX_PIXELS
 
 
 def serve(
@@ -22,7 +23,17 @@ def serve(
     output: Annotated[Path, typer.Option("--output", "-o", help="folder the results are written to")] = Path("canvaslab-server-output"),
     queue_size: Annotated[int, typer.Option("--queue-size", min=1, help="jobs that may wait; more get 429")] = 64,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="largest request body (MB); more get 413")] = 50.0,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=4096, help="largest image (pixels); more get 400")] = 4096 * 4096,
+    max_pixels: Annotated[int, typer.Option(
+        "--max-pixels", min=4096, help="largest image, and largest size a job works at (pixels); more get 400")] = SERVER_MAX_PIXELS,
+    max_job_seconds: Annotated[float, typer.Option(
+        "--max-job-seconds", min=0, help="a running job is stopped after this long (0: never)")] = 300.0,
+    request_timeout: Annotated[float, typer.Option(
+        "--request-timeout", min=0.1, help="seconds a client has to send its headers, and again its body")] = 60.0,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", min=2, help="connections served at once; more get 503")] = 256,
+    allow_downloads: Annotated[bool, typer.Option(
+        "--allow-downloads", help="also offer the built-in model aliases, downloading missing models when first used "
+        "[default: only --model, never downloaded]")] = False,
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="web origin allowed to call the API from a browser, repeatable [default: none]")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file clients may use by its name, repeatable")] = None,
@@ -39,8 +50,9 @@ def serve(
             raise InputError(f"unknown engine {engine!r}: choose one of {', '.join(engine_names())}")
         settings = ServerSettings(
             host=host, port=port, token=token, output=output, engine=engine, models=list(model or []),
-            loras=list(lora or []), queue_size=queue_size, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-            cors_origins=list(cors_origin or []), workers=workers,
+            loras=list(lora or []), allow_downloads=allow_downloads, queue_size=queue_size, max_upload_mb=max_upload_mb,
+            max_pixels=max_pixels, max_job_seconds=max_job_seconds, request_timeout=request_timeout,
+            max_connections=max_connections, cors_origins=list(cors_origin or []), workers=workers,
         )
         run_server(settings)
 
@@ -48,16 +60,17 @@ def serve(
 def run_server(settings: object) -> None:
     try:
         import fastapi  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise InputError("canvaslab serve needs the server extra: pip install 'canvaslab[server]'") from None
 
     from canvaslab.server.app import create_app
+    from canvaslab.server.connections import serve as serve_app
 
     app = create_app(settings)  # type: ignore[arg-type]
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host  # type: ignore[attr-defined]
     console.err.print(f"canvaslab serving on http://{shown}:{settings.port}/ (API docs at /docs)")  # type: ignore[attr-defined]
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")  # type: ignore[attr-defined]
+    serve_app(app, settings)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,28 +3,37 @@ plug-ins, scripts) work unchanged.
 
 txt2img and img2img are synchronous for the client but go through the same job queue as the native
 API (FIFO with everyone else, 429 when full). Fields map onto the native requests (see docs/server.md);
-fields we do not support are logged and ignored, never a crash. Responses have A1111's shape:
-{"images": [base64 PNG with the recipe], "parameters": {...}, "info": "<JSON string>"}.
+fields we do not support are logged and ignored, never a crash; errors name the A1111 field. Responses
+have A1111's shape: {"images": [base64 PNG with the recipe], "parameters": {...}, "info": "<JSON string>"}.
+Routes for what we do not have (VAEs, face restorers, scripts, ...) answer empty lists, as A1111 does
+when nothing is installed, so clients that list them at start-up keep working.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import logging
+import math
 import re
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
+from canvaslab import __version__
 from canvaslab.core.metadata import parse_parameters, read_metadata
 from canvaslab.errors import InputError
-from canvaslab.server.inputs import CREATIVE_ENGINES, ClientError, decode_base64_image, display_name, open_upload, prepare, task_work
+from canvaslab.server.inputs import (
+    CREATIVE_ENGINES, ClientError, check_field_sizes, decode_base64_image, display_name, open_upload, parse_json, prepare,
+    task_work,
+)
 from canvaslab.server.jobs import Job, QueueFull, Status
+from canvaslab.server.settings import is_loopback
 
 router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 subset"])
 log = logging.getLogger("canvaslab.server")
@@ -40,19 +49,30 @@ IMG2IMG_FIELDS = COMMON_FIELDS | {
     "inpainting_mask_invert", "denoising_strength",
 }
 A1111_SCHEDULER_WORDS = {"automatic": "", "uniform": "", "karras": "Karras"}
+IMAGE_FIELDS = {"init_images", "mask", "image"}
+# Our request fields as the A1111 fields they came from, so an error names what the client sent.
+A1111_NAMES = {
+    "size": "width", "strength": "denoising_strength", "guidance_scale": "cfg_scale", "feather": "mask_blur",
+    "padding": "inpaint_full_res_padding", "image": "init_images", "masked_content": "inpainting_fill",
+    "mask_mode": "inpainting_mask_invert", "scheduler": "sampler_name",
+}
 
 
 # -- reading A1111 fields --------------------------------------------------------------------
 
 
-async def read_body(request: Request) -> dict[str, Any]:
+async def read_body(request: Request, supported: set[str] | None = None) -> dict[str, Any]:
+    """The JSON object of the body (strict: see `inputs.parse_json`), its fields bounded in size.
+
+    With `supported` given, only those fields are held to the text and list bounds; the rest are
+    ignored anyway (but still bounded in nesting and keys, as they are echoed in `parameters`).
+    """
     raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ClientError(f"the request body is not valid JSON: {exc}") from None
+    body = parse_json(raw) if raw.strip() else None
     if not isinstance(body, dict):
         raise ClientError("the request body must be a JSON object")
+    unread = set(body) - (supported or set(body)) | IMAGE_FIELDS
+    check_field_sizes(body, unread=unread)
     return body
 
 
@@ -71,12 +91,15 @@ def number(body: dict[str, Any], key: str, default: Any, kind: type = int) -> An
         return default
     if isinstance(value, bool):
         return kind(value)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     try:
         converted = kind(value)
-    except (TypeError, ValueError):
-        raise ClientError(f"invalid {key}={value!r}: expected a number", status=422, field=key) from None
+    except (TypeError, ValueError, OverflowError):
+        raise ClientError(f"invalid {key}={shown}: expected a number", status=422, field=key) from None
+    if isinstance(converted, float) and not math.isfinite(converted):
+        raise ClientError(f"invalid {key}={shown}: expected a finite number", status=422, field=key)
     if kind is int and isinstance(value, float) and not value.is_integer():
-        raise ClientError(f"invalid {key}={value!r}: expected a whole number", status=422, field=key)
+        raise ClientError(f"invalid {key}={shown}: expected a whole number", status=422, field=key)
     return converted
 
 
@@ -115,7 +138,7 @@ def image_count(body: dict[str, Any]) -> int:
 def common_fields(body: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "prompt": body.get("prompt", ""), "negative_prompt": body.get("negative_prompt", ""),
-        "seed": seed_of(body), "steps": body.get("steps", 20), "guidance_scale": body.get("cfg_scale", 7.0),
+        "seed": seed_of(body), "steps": number(body, "steps", 20), "guidance_scale": number(body, "cfg_scale", 7.0, float),
     }
     scheduler = scheduler_for(body)
     if scheduler is not None:
@@ -127,10 +150,16 @@ def common_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_sync(request: Request, task: str, fields: dict[str, Any], image: bytes | None, mask: bytes | None,
-                   count: int) -> Job:
-    """Queue like any job, then wait for it: A1111 clients expect the images in the answer."""
+                   count: int, names: dict[str, str] = A1111_NAMES) -> Job:
+    """Queue like any job, then wait for it: A1111 clients expect the images in the answer.
+
+    A refusal names the client's field: `names` maps our request fields to the A1111 ones.
+    """
     state = request.app.state
-    prepared = await run_in_threadpool(prepare, task, fields, image, mask, state.settings, state.catalogue)
+    try:
+        prepared = await run_in_threadpool(prepare, task, fields, image, mask, state.settings, state.catalogue)
+    except ClientError as exc:
+        raise ClientError(exc.message, status=exc.status, field=names.get(exc.field or "", exc.field)) from None
     try:
         job = state.queue.submit(task, task_work(prepared, state.settings.max_pixels, count), expected=count)
     except QueueFull as exc:
@@ -175,13 +204,13 @@ def engine_for_txt2img(request: Request) -> str:
 
 @router.post("/txt2img", summary="Text to image (synchronous; queued with every other job)")
 async def txt2img(request: Request) -> dict[str, Any]:
-    body = await read_body(request)
+    body = await read_body(request, COMMON_FIELDS)
     ignored = ignored_fields(body, COMMON_FIELDS)
     fields = common_fields(body)
     fields["engine"] = engine_for_txt2img(request)
     for key in ("width", "height"):
         if body.get(key) is not None:
-            fields[key] = body[key]
+            fields[key] = number(body, key, None)
     model = request.app.state.catalogue.current
     if model:
         fields["model"] = model
@@ -189,25 +218,23 @@ async def txt2img(request: Request) -> dict[str, Any]:
     return response(job, body, fields, ignored, model)
 
 
-def _resized(data: bytes, size: tuple[int, int], mask: bool) -> bytes:
-    """An image (LANCZOS) or mask (nearest, stays binary) resized to `size`, as PNG bytes."""
-    import numpy as np
-    from PIL import Image
+def a1111_mask(data: bytes, max_pixels: int) -> np.ndarray:
+    """A mask as A1111 reads it: an RGBA mask with transparency is its alpha (opaque = inpaint, what
+    mask painters export on a transparent background), any other its grey level (white = inpaint)."""
+    from canvaslab.core.image import load_mask
 
-    from canvaslab.core.image import encode_image
-
-    image = Image.open(io.BytesIO(data)).convert("L" if mask else "RGB")
-    image = image.resize(size, Image.Resampling.NEAREST if mask else Image.Resampling.LANCZOS)
-    array = np.asarray(image)
-    if mask:
-        array = np.dstack([array] * 3)
-    return encode_image(array, format="png")
+    loaded = open_upload(data, "mask", max_pixels)  # EXIF orientation applied, like the image's
+    if loaded.alpha is not None and int(loaded.alpha.min()) < 255:
+        return loaded.alpha > 128
+    return load_mask(loaded.rgb, mode="white", max_pixels=max_pixels)
 
 
-def img2img_inputs(body: dict[str, Any], max_pixels: int) -> tuple[bytes, bytes]:
-    """The init image and the mask (a full one without `mask`), both at width x height when those are given."""
-    import numpy as np
+def img2img_inputs(body: dict[str, Any], max_pixels: int, resize_to: tuple[int, int] | None) -> tuple[bytes, bytes]:
+    """The init image and the mask (full without `mask`; white = inpaint), at `resize_to` when given.
 
+    Both go through `core.image` like every other upload: EXIF orientation applied, pixel limit checked.
+    """
+    from canvaslab.core.geometry import resize_mask, resize_rgb
     from canvaslab.core.image import encode_image
 
     init = body.get("init_images")
@@ -218,25 +245,33 @@ def img2img_inputs(body: dict[str, Any], max_pixels: int) -> tuple[bytes, bytes]
     image = decode_base64_image(init[0], "init_images")
     loaded = open_upload(image, "init_images", max_pixels)
     if body.get("mask") is not None:
-        mask = decode_base64_image(body["mask"], "mask")
+        fill = a1111_mask(decode_base64_image(body["mask"], "mask"), max_pixels)
+        if fill.shape != loaded.rgb.shape[:2]:
+            fill = resize_mask(fill, loaded.size)  # A1111 resizes a mask of another size to the image
     else:
         # No mask: the whole picture is repainted at denoising_strength (our inpaint with a full mask).
-        mask = encode_image(np.full((loaded.size[1], loaded.size[0], 3), 255, np.uint8), format="png")
-    width, height = body.get("width"), body.get("height")
-    if width is not None and height is not None:
-        size = (number(body, "width", 0), number(body, "height", 0))
-        if size[0] < 8 or size[1] < 8 or size[0] * size[1] > max_pixels:
-            raise ClientError(f"width x height {size[0]}x{size[1]} is outside 8x8..{max_pixels} pixels", field="width")
-        if size != loaded.size:
-            # A1111 resizes the init image to width x height ("just resize"); the mask follows it.
-            open_upload(mask, "mask", max_pixels)
-            image, mask = _resized(image, size, False), _resized(mask, size, True)
-    return image, mask
+        fill = np.ones(loaded.rgb.shape[:2], bool)
+    if resize_to is not None and resize_to != loaded.size:
+        # A1111's "just resize": the image (as displayed) and the mask follow width x height.
+        image = encode_image(resize_rgb(loaded.rgb, resize_to), format="png")
+        fill = resize_mask(fill, resize_to)
+    return image, encode_image(np.dstack([fill.astype(np.uint8) * 255] * 3), format="png")
+
+
+def a1111_size(body: dict[str, Any], max_pixels: int) -> tuple[int, int] | None:
+    """width x height when both are given, within 8x8 .. the pixel limit."""
+    if body.get("width") is None or body.get("height") is None:
+        return None
+    size = (number(body, "width", 0), number(body, "height", 0))
+    if size[0] < 8 or size[1] < 8 or size[0] * size[1] > max_pixels:
+        raise ClientError(f"width x height {size[0]}x{size[1]} is outside 8x8 .. the server's pixel limit of "
+                          f"{max_pixels:,}", field="width")
+    return size
 
 
 @router.post("/img2img", summary="Image to image / inpainting (synchronous; queued with every other job)")
 async def img2img(request: Request) -> dict[str, Any]:
-    body = await read_body(request)
+    body = await read_body(request, IMG2IMG_FIELDS)
     ignored = ignored_fields(body, IMG2IMG_FIELDS)
     settings = request.app.state.settings
     fields = common_fields(body)
@@ -252,12 +287,22 @@ async def img2img(request: Request) -> dict[str, Any]:
         fields["mask_mode"] = "black"  # our mask_mode black is A1111's "inpaint not masked"
     if body.get("mask") is not None:
         fields["feather"] = number(body, "mask_blur", 4, float)
-    if number(body, "inpaint_full_res", 0):
-        fields["area"] = "masked"
-        fields["padding"] = number(body, "inpaint_full_res_padding", 32)
     if fields["masked_content"] != "original" and fields["strength"] >= 1:
         fields["masked_content"] = "original"  # only matters below strength 1 (A1111 ignores it there too)
-    image, mask = await run_in_threadpool(img2img_inputs, body, settings.max_pixels)
+    resize_to = None
+    if number(body, "inpaint_full_res", 0):
+        # A1111's "only masked": the picture keeps its size; width x height is what the crop is
+        # worked at, which means something to a model with a native resolution only.
+        fields["area"] = "masked"
+        fields["padding"] = number(body, "inpaint_full_res_padding", 32)
+        if settings.engine in CREATIVE_ENGINES:
+            if (size := a1111_size(body, settings.max_pixels)) is not None:
+                fields["size"] = max(size)
+        else:
+            ignored = sorted({*ignored, *(key for key in ("width", "height") if key in body)})
+    else:
+        resize_to = a1111_size(body, settings.max_pixels)
+    image, mask = await run_in_threadpool(img2img_inputs, body, settings.max_pixels, resize_to)
     model = request.app.state.catalogue.current if settings.engine in CREATIVE_ENGINES else None
     job = await run_sync(request, "inpaint", fields, image, mask, image_count(body))
     return response(job, body, fields, ignored, model)
@@ -281,7 +326,7 @@ def get_options(request: Request) -> dict[str, Any]:
 
 @router.post("/options", summary="Set options: sd_model_checkpoint switches the model; others are ignored")
 async def set_options(request: Request) -> dict[str, Any]:
-    body = await read_body(request)
+    body = await read_body(request, {"sd_model_checkpoint"})
     catalogue = request.app.state.catalogue
     ignored_fields(body, {"sd_model_checkpoint"})
     if "sd_model_checkpoint" in body:
@@ -313,8 +358,9 @@ def progress(request: Request) -> dict[str, Any]:
     fraction = min(1.0, (len(job.images) + (step / total if total else 0.0)) / max(job.expected, 1))
     elapsed = (datetime.now(timezone.utc) - (job.started or job.created)).total_seconds()
     eta = elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0
-    state.update({"interrupted": job.cancel_flag.is_set(), "job": job.id, "job_timestamp": job.created.strftime("%Y%m%d%H%M%S"),
-                  "job_no": len(job.images), "sampling_step": step, "sampling_steps": total})
+    state.update({"interrupted": job.cancelling, "skipped": job.skipping, "job": job.id,
+                  "job_timestamp": job.created.strftime("%Y%m%d%H%M%S"), "job_no": len(job.images),
+                  "sampling_step": step, "sampling_steps": total})
     return {"progress": fraction, "eta_relative": eta, "state": state, "current_image": None, "textinfo": None}
 
 
@@ -326,6 +372,174 @@ def interrupt(request: Request) -> dict[str, Any]:
     return {}
 
 
+@router.post("/skip", summary="Drop the image the running job(s) are making and go on with the next one")
+def skip(request: Request) -> dict[str, Any]:
+    queue = request.app.state.queue
+    for job in queue.running():
+        queue.skip(job)
+    return {}
+
+
+@router.get("/schedulers", summary="Noise schedules (automatic: the sampler's own; karras)")
+def schedulers() -> list[dict[str, Any]]:
+    return [{"name": name, "label": name.capitalize(), "aliases": None, "default_rho": -1, "need_inner_model": False}
+            for name in ("automatic", "karras")]
+
+
+@router.get("/cmd-flags", summary="The server's start-up flags A1111 clients look at (no paths)")
+def cmd_flags(request: Request) -> dict[str, Any]:
+    settings = request.app.state.settings
+    return {"api": True, "nowebui": False, "listen": not is_loopback(settings.host), "port": settings.port,
+            "api_auth": None, "canvaslab": __version__}
+
+
+@router.get("/scripts", summary="Scripts (none: script arguments are ignored)")
+def scripts() -> dict[str, list[str]]:
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/loras", summary="The server's LoRAs, by name")
+def loras(request: Request) -> list[dict[str, Any]]:
+    names = request.app.state.catalogue.loras
+    return [{"name": name.rsplit(".", 1)[0], "alias": name, "path": None, "metadata": {}} for name in names]
+
+
+@router.get("/embeddings", summary="Textual inversion embeddings (none)")
+def embeddings() -> dict[str, dict[str, Any]]:
+    return {"loaded": {}, "skipped": {}}
+
+
+@router.post("/refresh-checkpoints", summary="Re-list models (the list is fixed at start-up: nothing to do)")
+def refresh_checkpoints() -> None:
+    return None
+
+
+def _empty_list() -> list[Any]:
+    return []
+
+
+for _name, _what in (("sd-vae", "VAEs"), ("face-restorers", "face restorers"), ("realesrgan-models", "RealESRGAN models"),
+                     ("prompt-styles", "prompt styles"), ("hypernetworks", "hypernetworks"),
+                     ("latent-upscale-modes", "latent upscale modes")):
+    router.add_api_route(f"/{_name}", _empty_list, methods=["GET"], summary=f"{_what.capitalize()} (none on this server)",
+                         name=f"a1111_{_name.replace('-', '_')}")
+
+
+# -- extras and interrogate ------------------------------------------------------------------
+
+# A1111's built-in resamplers; "None" leaves the picture as it is (A1111 skips the upscale then).
+UPSCALERS = {"None": None, "Lanczos": "LANCZOS", "Nearest": "NEAREST"}
+EXTRAS_FIELDS = {"image", "resize_mode", "upscaling_resize", "upscaling_resize_w", "upscaling_resize_h",
+                 "upscaling_crop", "upscaler_1", "upscaler_2", "extras_upscaler_2_visibility"}
+_extras_slots = threading.BoundedSemaphore(2)  # resizes run in the request threads: two at a time
+
+
+@router.get("/upscalers", summary="Upscalers: None, Lanczos, Nearest")
+def upscalers() -> list[dict[str, Any]]:
+    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4} for name in UPSCALERS]
+
+
+def _upscaler(body: dict[str, Any], field: str) -> str | None:
+    name = body.get(field) or "None"
+    if not isinstance(name, str) or name not in UPSCALERS:
+        raise ClientError(f"unknown upscaler {str(name)[:40]!r}: this server has {', '.join(UPSCALERS)}", field=field)
+    return UPSCALERS[name]
+
+
+def upscale(data: bytes, body: dict[str, Any], max_pixels: int) -> bytes:
+    """A1111's extras upscale with the built-in resamplers: by a factor, or to width x height (optionally cropped)."""
+    from PIL import Image
+
+    from canvaslab.core.image import encode_image
+
+    first, second = _upscaler(body, "upscaler_1"), _upscaler(body, "upscaler_2")
+    loaded = open_upload(data, "image", max_pixels)
+    if first is None:
+        return encode_image(loaded.rgb, format="png")
+    width, height = loaded.size
+    to_size = number(body, "resize_mode", 0) == 1
+    if to_size:
+        target = (number(body, "upscaling_resize_w", 512), number(body, "upscaling_resize_h", 512))
+        if min(target) < 1 or target[0] * target[1] > max_pixels:
+            raise ClientError(f"upscaling to {target[0]}x{target[1]} is outside 1x1 .. the server's pixel limit of "
+                              f"{max_pixels:,}", field="upscaling_resize_w")
+        scale = max(target[0] / width, target[1] / height)
+    else:
+        scale = number(body, "upscaling_resize", 2.0, float)
+    # A1111 rounds the upscaled size down to a multiple of 8.
+    size = (int(width * scale) // 8 * 8, int(height * scale) // 8 * 8)
+    if min(size) < 8 or size[0] * size[1] > max_pixels:
+        raise ClientError(f"upscaling {width}x{height} by {scale:g} gives {size[0]}x{size[1]}, outside 8x8 .. the "
+                          f"server's pixel limit of {max_pixels:,}", field="upscaling_resize")
+    with _extras_slots:
+        source = Image.fromarray(loaded.rgb)
+        image = source.resize(size, getattr(Image.Resampling, first))
+        visibility = number(body, "extras_upscaler_2_visibility", 0.0, float)
+        if second is not None and visibility > 0:
+            image = Image.blend(image, source.resize(size, getattr(Image.Resampling, second)), min(visibility, 1.0))
+        if to_size and body.get("upscaling_crop", True):
+            canvas = Image.new("RGB", target)
+            canvas.paste(image, (target[0] // 2 - image.width // 2, target[1] // 2 - image.height // 2))
+            image = canvas
+        return encode_image(np.asarray(image), format="png")
+
+
+@router.post("/extra-single-image", summary="Upscale one picture (None, Lanczos, Nearest; face restoration ignored)")
+async def extra_single_image(request: Request) -> dict[str, Any]:
+    body = await read_body(request, EXTRAS_FIELDS)
+    ignored_fields(body, EXTRAS_FIELDS)
+    data = decode_base64_image(body.get("image"), "image")
+    result = await run_in_threadpool(upscale, data, body, request.app.state.settings.max_pixels)
+    return {"html_info": "", "image": base64.b64encode(result).decode()}
+
+
+INTERROGATE_QUESTIONS = {
+    "clip": "Describe this picture in one sentence.",
+    "deepdanbooru": "List what is in this picture as short comma-separated tags.",
+}
+
+
+def unified_model(request: Request) -> str | None:
+    """The unified (Show-o) model interrogate asks: the server's current one when its engine is unified,
+    else the first configured model that is one, else the built-in alias when aliases are offered."""
+    settings, catalogue = request.app.state.settings, request.app.state.catalogue
+    if settings.engine == "unified" and catalogue.current:
+        return catalogue.current
+    for model in catalogue.configured.values():
+        if _is_unified(model):
+            return model
+    return "show-o" if catalogue.offers_aliases else None
+
+
+def _is_unified(model: str) -> bool:
+    from canvaslab.engines.unified.bundle import resolve_model_name
+    from canvaslab.engines.unified.loading import read_unified_config
+    from canvaslab.errors import CanvaslabError
+
+    try:
+        read_unified_config(resolve_model_name(model))
+    except (CanvaslabError, OSError, ValueError):
+        return False
+    return True
+
+
+@router.post("/interrogate", summary="A caption of a picture, answered by the unified model (Show-o)")
+async def interrogate(request: Request) -> dict[str, Any]:
+    body = await read_body(request, {"model", "image"})
+    name = body.get("model") or "clip"
+    if not isinstance(name, str) or name not in INTERROGATE_QUESTIONS:
+        raise ClientError(f"unknown interrogate model {str(name)[:40]!r}: choose {' or '.join(INTERROGATE_QUESTIONS)}",
+                          field="model")
+    model = await run_in_threadpool(unified_model, request)
+    if model is None:
+        raise ClientError("interrogate needs a unified model (Show-o): start the server with --model show-o "
+                          "(or a Show-o folder)", status=404, field="model")
+    image = decode_base64_image(body.get("image"), "image")
+    fields = {"questions": [INTERROGATE_QUESTIONS[name]], "model": model}
+    job = await run_sync(request, "understand", fields, image, None, 1, names={})
+    return {"caption": (job.answers or [{"answer": ""}])[0]["answer"]}
+
+
 @router.post("/png-info", summary="The infotext and recipe embedded in a PNG")
 async def png_info(request: Request) -> dict[str, Any]:
     body = await read_body(request)
@@ -334,6 +548,8 @@ async def png_info(request: Request) -> dict[str, Any]:
         metadata = read_metadata(data)
     except InputError as exc:
         raise ClientError(f"image: {exc}", field="image") from None
+    except (RecursionError, ValueError):  # a recipe text nested thousands deep, and the like
+        raise ClientError("image: its embedded recipe or parameters could not be read", field="image") from None
     text = metadata.parameters or ""
     items: dict[str, Any] = {"parameters": text} if text else {}
     if metadata.recipe is not None:

@@ -19,7 +19,7 @@ from canvaslab.errors import CanvaslabError
 from canvaslab.server import a1111, native
 from canvaslab.server.inputs import Catalogue, ClientError
 from canvaslab.server.jobs import JobQueue, http_status_of
-from canvaslab.server.security import GuardMiddleware
+from canvaslab.server.security import GuardMiddleware, redact_access_log
 from canvaslab.server.settings import ServerSettings
 
 STATIC = Path(__file__).parent / "static"
@@ -30,7 +30,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """The application for `settings`; its job queue starts now and stops with the app's lifespan."""
     settings = settings or ServerSettings()
     settings.output.mkdir(parents=True, exist_ok=True)
-    queue = JobQueue(settings.output, size=settings.queue_size, workers=settings.workers, history=settings.history)
+    queue = JobQueue(settings.output, size=settings.queue_size, workers=settings.workers, history=settings.history,
+                     max_seconds=settings.max_job_seconds)
+    redact_access_log()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -52,7 +54,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     # Added last, so it runs first: nothing (not even CORS) answers an unauthenticated request.
-    app.add_middleware(GuardMiddleware, token=settings.token, max_body=settings.max_upload_bytes)
+    app.add_middleware(GuardMiddleware, token=settings.token, max_body=settings.max_upload_bytes,
+                       timeout=settings.request_timeout, cors_origins=tuple(settings.cors_origins))
     return app
 
 

@@ -1,15 +1,23 @@
-"""From a client's fields and image bytes to a validated request and the work a job runs.
+"""From a client's body and image bytes to a validated request and the work a job runs.
 
-One place for what both APIs accept: images as base64 (data URLs too) or bytes, checked against the
-pixel limit and for matching mask size; request fields validated by the task's request model (the
-same one the CLI and Python API use); and no filesystem paths from clients, only model and LoRA
-names the server knows.
+One place for what both APIs accept, all of it checked before a job is queued:
+- JSON as RFC 8259 has it (no NaN/Infinity, no numbers that overflow, no lone surrogates), nested
+  and sized within bounds, so no body can reach a parser's or our own recursion limit;
+- images as base64 (data URLs too) or bytes, checked against the pixel limit, masks of the image's size;
+- request fields validated by the task's request model (the one the CLI and Python API use), engine
+  options by the engine, every working size by `server.budget`;
+- no filesystem paths from clients, and only the models the server was started with.
+
+Waiting jobs hold the uploaded bytes, not decoded pixels: a 2 KB PNG can decode to 12 MB, and 64
+of them would wait in the queue.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +25,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from canvaslab.core.image import LoadedImage, load_image
-from canvaslab.errors import InputError
-from canvaslab.server.jobs import Work
+from canvaslab.errors import CanvaslabError, InputError
+from canvaslab.server.jobs import Work, each_result, http_status_of
 from canvaslab.server.settings import ServerSettings
 from canvaslab.tasks.requests import REQUESTS, UnderstandRequest, describe_validation_error, parse_lora
 
@@ -27,6 +35,16 @@ CREATIVE_ENGINES = ("diffusion", "unified")
 # Request fields that name files or folders on the server: never taken from clients.
 PATH_FIELDS = ("cache_dir", "frames")
 PATH_OPTIONS = ("config", "magvit", "tokenizer")
+
+# What one body may hold. Prompts are read by a 77-token text encoder (A1111 chunks a few of those),
+# so 10,000 characters is far beyond any real prompt; every value stays in the job history.
+MAX_TEXT = 10_000
+MAX_ITEMS = 64  # list items (LoRAs, questions, step prompts, sides)
+MAX_KEYS = 128  # keys of one object (an A1111 body has about 50)
+MAX_KEY_LENGTH = 100
+MAX_DEPTH = 8  # of a field's value
+JSON_MAX_DEPTH = 2 * MAX_DEPTH  # of a whole document (A1111 script arguments the server ignores nest deeper)
+MAX_DIGITS = 40  # a whole number longer than this is no seed, size or count
 
 
 class ClientError(Exception):
@@ -39,12 +57,108 @@ class ClientError(Exception):
 
 @dataclass
 class Prepared:
-    """A validated submission, ready to queue."""
+    """A validated submission, ready to queue: the request and the uploads as bytes."""
 
     task: str
     request: BaseModel
-    image: LoadedImage | None
+    image: bytes | None
     mask: bytes | None
+
+
+# -- bodies ------------------------------------------------------------------------------------
+
+
+def parse_json(raw: bytes | str, what: str = "the request body") -> Any:
+    """A JSON document, strictly: malformed, non-finite, overflowing or too deep is a 400 naming `what`."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except RecursionError:
+        raise ClientError(f"{what} is nested too deeply (at most {JSON_MAX_DEPTH} levels)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and our hooks' refusals
+        raise ClientError(f"{what} is not valid JSON: {_one_line(exc)}") from None
+    check_text(value, what)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"a whole number has {len(text.lstrip('-')):,} digits (at most {MAX_DIGITS})")
+    return int(text)
+
+
+def check_text(value: Any, what: str, depth: int = 0) -> None:
+    """Refuse nesting beyond JSON_MAX_DEPTH and strings that are not Unicode (lone surrogates cannot be written out)."""
+    if depth > JSON_MAX_DEPTH:
+        raise ClientError(f"{what} is nested too deeply (at most {JSON_MAX_DEPTH} levels)")
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ClientError(f"{what} is not valid JSON: a string holds a lone UTF-16 surrogate") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, what, depth + 1)
+            check_text(item, what, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_text(item, what, depth + 1)
+
+
+def check_field_sizes(fields: dict[str, Any], *, unread: frozenset[str] | set[str] = frozenset()) -> None:
+    """Refuse long texts, long lists, many keys and deep nesting, naming the top-level field.
+
+    Fields in `unread` (A1111 fields the server ignores) are only held to the key and depth bounds.
+    """
+    _check_keys(fields, None)
+    for name, value in fields.items():
+        _check_size(value, name, 1, name not in unread)
+
+
+def _check_keys(mapping: dict[str, Any], field: str | None) -> None:
+    if len(mapping) > MAX_KEYS:
+        raise ClientError(f"{field or 'the request'} has {len(mapping):,} keys; the server takes at most {MAX_KEYS}",
+                          field=field)
+    for key in mapping:
+        if len(key) > MAX_KEY_LENGTH:
+            raise ClientError(f"a key of {field or 'the request'} is {len(key):,} characters long; the server takes at "
+                              f"most {MAX_KEY_LENGTH}", field=field)
+
+
+def _check_size(value: Any, field: str, depth: int, read: bool) -> None:
+    if depth > MAX_DEPTH:
+        raise ClientError(f"{field} is nested {depth} levels deep; the server takes at most {MAX_DEPTH}", field=field)
+    if isinstance(value, str):
+        if read and len(value) > MAX_TEXT:
+            raise ClientError(f"{field} is {len(value):,} characters long; the server takes at most {MAX_TEXT:,}",
+                              field=field)
+    elif isinstance(value, list):
+        if read and len(value) > MAX_ITEMS:
+            raise ClientError(f"{field} has {len(value):,} items; the server takes at most {MAX_ITEMS}", field=field)
+        for item in value:
+            _check_size(item, field, depth + 1, read)
+    elif isinstance(value, dict):
+        _check_keys(value, field)
+        for item in value.values():
+            _check_size(item, field, depth + 1, read)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+# -- models ------------------------------------------------------------------------------------
 
 
 def display_name(model: str) -> str:
@@ -53,14 +167,21 @@ def display_name(model: str) -> str:
 
 
 class Catalogue:
-    """The model and LoRA names clients may use, and which server-side value each stands for."""
+    """The model and LoRA names clients may use, and which server-side value each stands for.
+
+    Only the models the server was started with, unless `allow_downloads` also offers the built-in
+    aliases: a client must not be able to make the server fetch gigabytes (or wait on the hub).
+    """
 
     def __init__(self, settings: ServerSettings) -> None:
         self.configured = {display_name(m): m for m in settings.models}
         self.loras = {display_name(path): path for path in settings.loras}
         self.current: str | None = settings.models[0] if settings.models else None
+        self.offers_aliases = settings.allow_downloads
 
     def aliases(self) -> list[str]:
+        if not self.offers_aliases:
+            return []
         from canvaslab.engines.diffusion.models import ALIASES
         from canvaslab.engines.unified.bundle import ALIASES as UNIFIED_ALIASES
 
@@ -69,17 +190,23 @@ class Catalogue:
     def names(self) -> list[str]:
         return [*self.configured, *(a for a in self.aliases() if a not in self.configured)]
 
+    def offers(self, value: str) -> bool:
+        """Whether `value` (a server-side model value) is one clients may use."""
+        return value in self.configured.values() or value in self.aliases()
+
     def resolve_model(self, name: str) -> str:
         """The server-side model a client's name stands for; paths and unknown names are refused."""
         if name in self.configured:
             return self.configured[name]
-        if name in self.configured.values():
+        if self.offers(name):
             return name
-        if name in self.aliases():
-            return name
-        raise ClientError(
-            f"unknown model {name!r}: the server offers {', '.join(self.names())} (see /api/v1/models)", field="model"
-        )
+        raise ClientError(f"unknown model {name!r}: {self.offered()} (see /api/v1/models)", field="model")
+
+    def offered(self) -> str:
+        names = self.names()
+        if names:
+            return f"the server offers {', '.join(names)}"
+        return "the server offers no models (start it with --model)"
 
     def resolve_lora(self, spec: str) -> str:
         name, weight = parse_lora(spec)
@@ -89,10 +216,15 @@ class Catalogue:
         return f"{self.loras[name]}:{weight}"
 
 
+# -- images ------------------------------------------------------------------------------------
+
+
 def decode_base64_image(value: Any, field: str) -> bytes:
     """Bytes of a base64 string or data URL (`data:image/png;base64,...`)."""
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
         raise ClientError(f"{field} must be a base64-encoded image (a string), got {type(value).__name__}", field=field)
+    if not value.strip():
+        raise ClientError(f"{field} is empty: send a base64-encoded image", field=field)
     text = value.strip()
     if text.startswith("data:"):
         _, _, text = text.partition(",")
@@ -110,6 +242,9 @@ def open_upload(data: bytes, field: str, max_pixels: int) -> LoadedImage:
         return load_image(data, max_pixels=max_pixels)
     except InputError as exc:
         raise ClientError(f"{field}: {exc}", field=field) from None
+
+
+# -- requests ----------------------------------------------------------------------------------
 
 
 def validate_request(task: str, fields: dict[str, Any]) -> BaseModel:
@@ -146,7 +281,8 @@ def refuse_paths(fields: dict[str, Any], catalogue: Catalogue) -> dict[str, Any]
 
 
 def with_defaults(task: str, fields: dict[str, Any], settings: ServerSettings, catalogue: Catalogue) -> dict[str, Any]:
-    """The server's engine (for inpaint/outpaint, or generate/understand when it can paint) and current model."""
+    """The server's engine (for inpaint/outpaint, or generate/understand when it can paint), its current
+    model, and no downloads unless the server allows them."""
     fields = dict(fields)
     engine = settings.engine
     if "engine" not in fields and engine is not None:
@@ -154,27 +290,77 @@ def with_defaults(task: str, fields: dict[str, Any], settings: ServerSettings, c
             fields["engine"] = engine
     kind = UnderstandRequest if task == "understand" else REQUESTS[task]
     chosen = fields.get("engine", kind.model_fields["engine"].default)
-    # The server's model belongs to its engine; edit keeps its own editing model unless asked.
-    if "model" not in fields and catalogue.current and engine in CREATIVE_ENGINES and chosen == engine and task != "edit":
+    # The server's model belongs to its engine (any painting engine when its own is classical); edit
+    # keeps its own editing model unless asked.
+    serves = chosen == engine if engine in CREATIVE_ENGINES else chosen in CREATIVE_ENGINES
+    if "model" not in fields and catalogue.current and serves and task != "edit":
         fields["model"] = catalogue.current
+    if chosen == "diffusion" and not settings.allow_downloads:
+        fields["local_files_only"] = True  # a model missing on disk fails at once instead of holding the worker
     return fields
 
 
+def check_model(request: Any, catalogue: Catalogue) -> None:
+    """A painting engine's model (named, the server's, or the task's default) must be one the server offers."""
+    if request.engine not in CREATIVE_ENGINES:
+        return
+    if request.model is None:
+        if not catalogue.offers_aliases:
+            raise ClientError(f"engine {request.engine!r} needs a model: {catalogue.offered()} (see /api/v1/models)",
+                              field="model")
+    elif not catalogue.offers(request.model):
+        raise ClientError(f"model {request.model!r} (this task's default) is not offered: {catalogue.offered()}",
+                          field="model")
+
+
+def check_engine_options(task: str, request: Any) -> None:
+    """The engine's own options model, now rather than when the job runs (422 naming options.KEY)."""
+    if task == "understand":
+        return  # its request model validates its options itself
+    from canvaslab.engines import get_engine
+
+    engine = get_engine(request.engine)
+    try:
+        engine.parse_options(request.options)
+    except InputError as exc:
+        raise ClientError(str(exc), status=422, field=_option_field(engine.Options, request.options)) from None
+
+
+def _option_field(options: type[BaseModel], values: dict[str, Any]) -> str:
+    try:
+        options.model_validate(dict(values))
+    except ValidationError as exc:
+        key = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        return f"options.{key}" if key else "options"
+    return "options"
+
+
 def prepare(
-    task: str, fields: Any, image: bytes | None, mask: bytes | None, settings: ServerSettings, catalogue: Catalogue
+    task: str, fields: Any, image: bytes | None, mask: bytes | None, settings: ServerSettings, catalogue: Catalogue,
+    *, unread: frozenset[str] | set[str] = frozenset(),
 ) -> Prepared:
-    """Everything checked before a job is queued, so bad input is a 4xx now, not a failed job later."""
+    """Everything checked before a job is queued, so bad input is a 4xx now, not a failed job later.
+
+    `unread`: fields the caller ignores (A1111 extras), held only to the nesting and key bounds.
+    """
+    from canvaslab.server.budget import check_work
+
+    # 1. the task and its fields
     if task not in TASKS:
         raise ClientError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}", status=404)
     if not isinstance(fields, dict):
         raise ClientError(f"the request body must be a JSON object, got {type(fields).__name__}")
+    check_field_sizes(fields, unread=unread)
     fields = with_defaults(task, refuse_paths(fields, catalogue), settings, catalogue)
     request = validate_request(task, fields)
+    # 2. what the job would otherwise only find wrong once it runs: the model and the engine's options
+    check_model(request, catalogue)
+    check_engine_options(task, request)
+    # 3. the images
     loaded = None
     if task == "generate":
         if image is not None:
             raise ClientError("generate takes no input image (edit changes an existing one)", field="image")
-        check_generate_size(request, settings.max_pixels)
     else:
         if image is None:
             raise ClientError(f"{task} needs an input image: send it as base64 in 'image' or as a file part", field="image")
@@ -185,9 +371,14 @@ def prepare(
         check_mask(mask, loaded, settings.max_pixels)  # type: ignore[arg-type]
     elif task == "inpaint" and request.mask_mode.value != "alpha":  # type: ignore[attr-defined]
         raise ClientError("inpaint needs a mask (white = fill): send it in 'mask', or set mask_mode to alpha", field="mask")
-    if task == "outpaint":
-        check_outpaint_size(request, loaded, settings.max_pixels)  # type: ignore[arg-type]
-    return Prepared(task, request, loaded, mask)
+    # 4. every size the work will have
+    try:
+        check_work(task, request, loaded, mask, settings)
+    except ClientError:
+        raise
+    except CanvaslabError as exc:  # a plan the task itself would refuse (an outpaint of nothing, a missing model)
+        raise ClientError(str(exc), status=http_status_of(exc)) from None
+    return Prepared(task, request, image, mask)
 
 
 def check_mask(mask: bytes, image: LoadedImage, max_pixels: int) -> None:
@@ -199,34 +390,25 @@ def check_mask(mask: bytes, image: LoadedImage, max_pixels: int) -> None:
         )
 
 
-def check_generate_size(request: Any, max_pixels: int) -> None:
-    side = request.size
-    width, height = (side, side) if side else (request.width or 0, request.height or 0)
-    if width * height > max_pixels:
-        raise ClientError(f"{width}x{height} is over the server's {max_pixels}-pixel limit", field="size" if side else "width")
-
-
-def check_outpaint_size(request: Any, image: LoadedImage, max_pixels: int) -> None:
-    width = image.size[0] + request.left + request.right
-    height = image.size[1] + request.top + request.bottom
-    if width * height > max_pixels:
-        raise ClientError(f"the outpainted canvas would be {width}x{height}, over the server's {max_pixels}-pixel limit")
-
-
 def task_work(prepared: Prepared, max_pixels: int, count: int = 1) -> Work:
-    """The job's work: `count` results of the task (seeds seed, seed+1, ...), one at a time."""
+    """The job's work: `count` results of the task (seeds seed, seed+1, ...), one at a time, each skippable."""
 
     def work():  # type: ignore[no-untyped-def]
-        from canvaslab.tasks.common import resolve_seed, step_seed
+        from canvaslab.tasks.common import open_image, resolve_seed, step_seed
         from canvaslab.tasks.render import run_task
         from canvaslab.tasks.understand import understand
 
+        # Decoded here, in the worker: the queue holds only the uploaded bytes.
+        image = None if prepared.image is None else open_image(prepared.image, max_pixels)
         if prepared.task == "understand":
-            yield understand(prepared.image, request=prepared.request, max_pixels=max_pixels)  # type: ignore[arg-type]
+            yield understand(image, request=prepared.request, max_pixels=max_pixels)  # type: ignore[arg-type]
             return
         base = resolve_seed(prepared.request.seed)  # type: ignore[attr-defined]
-        for index in range(count):
+
+        def make(index: int):  # type: ignore[no-untyped-def]
             request = prepared.request.model_copy(update={"seed": step_seed(base, index)})
-            yield run_task(prepared.task, prepared.image, prepared.mask, request, max_pixels)  # type: ignore[arg-type]
+            return run_task(prepared.task, image, prepared.mask, request, max_pixels)  # type: ignore[arg-type]
+
+        yield from each_result(count, make)
 
     return work

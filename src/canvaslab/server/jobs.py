@@ -3,7 +3,10 @@
 A job is a piece of work (a generator of task results) plus its state. Workers take jobs in the
 order they came; each result is written under `<output>/<job id>/` atomically (`Result.save`) as
 soon as it exists, so a finished job's files are always complete. Cancelling a queued job removes
-it at once; a running one stops at its next reported step (`core.progress.Cancelled`).
+it at once; a running one stops at its next reported step (`core.progress.Cancelled`), and so does
+one that runs past the queue's time budget. Skipping ends only the running result of a job made
+of several (`each_result`). A finished job lets go of its work (and the inputs it holds), so the
+history keeps only states, file names and recipes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import traceback
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -72,7 +76,7 @@ class Job:
 
     id: str
     task: str
-    work: Work
+    work: Work | None  # dropped once the job ends: it holds the inputs
     expected: int = 1  # results the work yields (A1111 batches: batch_size x n_iter)
     created: datetime = field(default_factory=_now)
     started: datetime | None = None
@@ -88,8 +92,11 @@ class Job:
     notices: list[str] = field(default_factory=list)
     version: int = 0  # bumped on every change; event streams poll it
     statuses: list[Status] = field(default_factory=lambda: [Status.queued])  # every status it had, in order
-    cancel_flag: threading.Event = field(default_factory=threading.Event)
+    cancel_flag: threading.Event = field(default_factory=threading.Event)  # what engines watch
     done_flag: threading.Event = field(default_factory=threading.Event)
+    cancelling: bool = False  # cancel_flag was set to cancel the job, not to skip a result
+    skipping: bool = False  # cancel_flag was set to skip the running result only
+    over_budget: bool = False
 
     @property
     def is_finished(self) -> bool:
@@ -123,10 +130,13 @@ class Job:
 class JobQueue:
     """FIFO of jobs served by `workers` threads; at most `size` jobs wait at a time."""
 
-    def __init__(self, output: Path, *, size: int = 64, workers: int = 1, history: int = 500) -> None:
+    def __init__(
+        self, output: Path, *, size: int = 64, workers: int = 1, history: int = 200, max_seconds: float = 0.0
+    ) -> None:
         self.output = Path(output)
         self.size = size
         self.history = history
+        self.max_seconds = max_seconds  # 0: no limit
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
@@ -190,6 +200,14 @@ class JobQueue:
                 self._waiting.remove(job)
                 self._finish(job, Status.cancelled, "the job was cancelled before it started")
             elif job.status == Status.running:
+                job.cancelling = True
+                job.cancel_flag.set()
+
+    def skip(self, job: Job) -> None:
+        """A running job drops the result it is making at its next step and goes on with the next one."""
+        with self._lock:
+            if job.status == Status.running and not job.cancelling:
+                job.skipping = True
                 job.cancel_flag.set()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -199,6 +217,7 @@ class JobQueue:
             while self._waiting:
                 self._finish(self._waiting.popleft(), Status.cancelled, "the server stopped")
             for job_id in self._running:
+                self._jobs[job_id].cancelling = True
                 self._jobs[job_id].cancel_flag.set()
             self._lock.notify_all()
         for thread in self._threads:
@@ -225,13 +244,24 @@ class JobQueue:
                     self._running.discard(job.id)
 
     def _run(self, job: Job) -> None:
+        timer = None
+        if self.max_seconds:
+            timer = threading.Timer(self.max_seconds, self._expire, (job,))
+            timer.daemon = True
+            timer.start()
+        skip_check = _skip_check.set(lambda: self._take_skip(job))
         try:
             with progress_listener(lambda step, total: self._progress(job, step, total), job.cancel_flag):
-                for index, result in enumerate(job.work()):
+                for index, result in enumerate(job.work()):  # type: ignore[misc]
                     self._keep(job, index, result)
         except Cancelled:
-            with self._lock:
-                self._finish(job, Status.cancelled, "the job was cancelled while it ran")
+            if job.over_budget:
+                # 422: the request was valid, but asks for more work than one job may do here.
+                self._fail(job, f"the job ran longer than the server's limit of {self.max_seconds:g} seconds per job "
+                                "and was stopped: ask for less work (a smaller size, fewer steps or images)", 422)
+            else:
+                with self._lock:
+                    self._finish(job, Status.cancelled, "the job was cancelled while it ran")
             return
         except CanvaslabError as exc:
             self._fail(job, str(exc), http_status_of(exc))
@@ -240,8 +270,28 @@ class JobQueue:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             self._fail(job, f"internal error: {type(exc).__name__}: {exc}", 500)
             return
+        finally:
+            _skip_check.reset(skip_check)
+            if timer is not None:
+                timer.cancel()
         with self._lock:
             self._finish(job, Status.done, None)
+
+    def _take_skip(self, job: Job) -> bool:
+        """Whether the Cancelled just raised in `job` was a skip (then the job goes on, flag cleared)."""
+        with self._lock:
+            if not job.skipping or job.cancelling:
+                return False
+            job.skipping = False
+            job.cancel_flag.clear()
+            return True
+
+    def _expire(self, job: Job) -> None:
+        """The time budget is spent: stop the job at its next step."""
+        with self._lock:
+            if job.status == Status.running:
+                job.over_budget = job.cancelling = True
+                job.cancel_flag.set()
 
     def _progress(self, job: Job, step: int, total: int) -> None:
         with self._lock:
@@ -274,6 +324,7 @@ class JobQueue:
     def _finish(self, job: Job, status: Status, error: str | None) -> None:
         """Caller holds the lock."""
         job.status, job.error, job.finished = status, error, _now()
+        job.work = None  # the inputs it holds (image bytes, request) are not kept in the history
         job.statuses.append(status)
         job.version += 1
         job.done_flag.set()
@@ -296,3 +347,18 @@ class JobQueue:
             if self._jobs[job_id].is_finished:
                 del self._jobs[job_id]
                 excess -= 1
+
+
+# How the work of the job a worker thread runs asks whether a Cancelled was a skip (see each_result).
+_skip_check: ContextVar[Callable[[], bool] | None] = ContextVar("canvaslab_skip_check", default=None)
+
+
+def each_result(count: int, make: Callable[[int], Any]) -> Iterator[Any]:
+    """A job's work that makes `count` results, `make(0)`, `make(1)`, ...; a skipped one is left out."""
+    for index in range(count):
+        try:
+            yield make(index)
+        except Cancelled:
+            skipped = _skip_check.get()
+            if skipped is None or not skipped():
+                raise

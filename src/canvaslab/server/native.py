@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from canvaslab import __version__
-from canvaslab.server.inputs import TASKS, ClientError, decode_base64_image, prepare, task_work
+from canvaslab.server.inputs import TASKS, ClientError, decode_base64_image, parse_json, prepare, task_work
 from canvaslab.server.jobs import Job, QueueFull
 from canvaslab.tasks.requests import REQUESTS, UnderstandRequest
 
@@ -39,10 +39,7 @@ async def read_submission(request: Request, max_part: int) -> tuple[Any, bytes |
     raw = await request.body()
     if not raw.strip():
         raise ClientError("the request body is empty: send the task's fields as a JSON object")
-    try:
-        fields = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ClientError(f"the request body is not valid JSON: {exc}") from None
+    fields = parse_json(raw)
     if not isinstance(fields, dict):
         raise ClientError(f"the request body must be a JSON object, got {type(fields).__name__}")
     images = {name: decode_base64_image(fields.pop(name), name) if fields.get(name) is not None else fields.pop(name, None)
@@ -52,7 +49,8 @@ async def read_submission(request: Request, max_part: int) -> tuple[Any, bytes |
 
 async def _read_multipart(request: Request, max_part: int) -> tuple[Any, bytes | None, bytes | None]:
     try:
-        form = await request.form(max_part_size=max_part)
+        # Three parts at most (request, image, mask): a form of thousands of tiny parts is refused here.
+        form = await request.form(max_part_size=max_part, max_files=len(IMAGE_PARTS) + 1, max_fields=len(IMAGE_PARTS) + 1)
     except Exception as exc:  # noqa: BLE001 - the multipart parser's errors are all "malformed form"
         raise ClientError(f"the multipart form could not be read: {exc}") from None
     unknown = sorted(set(form.keys()) - {"request", *IMAGE_PARTS})
@@ -64,9 +62,9 @@ async def _read_multipart(request: Request, max_part: int) -> tuple[Any, bytes |
         if not isinstance(text, str):
             text = (await text.read()).decode("utf-8", "replace")
         try:
-            fields = json.loads(text) if text.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise ClientError(f"the 'request' part is not valid JSON: {exc}", field="request") from None
+            fields = parse_json(text, "the 'request' part") if text.strip() else {}
+        except ClientError as exc:
+            raise ClientError(exc.message, field="request") from None
     images: dict[str, bytes | None] = {}
     for name in IMAGE_PARTS:
         part = form.get(name)
@@ -279,6 +277,7 @@ def samplers() -> dict[str, Any]:
 
 
 @router.get("/health", tags=["server"], summary="Liveness (open without a token)")
-def health(request: Request) -> dict[str, Any]:
+async def health(request: Request) -> dict[str, Any]:
+    # async: answered on the event loop itself, never waiting for a thread-pool thread.
     queue = request.app.state.queue
     return {"status": "ok", "queue": queue.waiting(), "workers": queue.workers, "version": __version__}
