@@ -254,3 +254,67 @@ def test_ctrl_c_of_a_two_worker_batch_stops_at_once(tmp_path, photo, box_mask):
     time.sleep(1.0)
     assert sorted(out.glob("*.png")) == written and len(written) < len(names) // 2
     assert proc.returncode == 130 and "run the same command again to resume" in stderr
+
+
+# Writes argv[1] through core.image.atomic_write_bytes and, once the bytes are in the temporary file,
+# dies there (kill -9) or stays alive in the middle of the write ("hang").
+WRITER = """
+import os, signal, sys, time
+from canvaslab.core import image
+
+def stop(descriptor):
+    if sys.argv[2] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    print("writing", flush=True)
+    time.sleep(120)
+
+image.os.fsync = stop
+image.atomic_write_bytes(sys.argv[1], b"half an image")
+"""
+
+
+def start_writer(target, how):
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(target), how], stdout=subprocess.PIPE, text=True)
+
+
+def age(path, seconds=60):
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_rerun_removes_temporary_files_of_killed_writes_but_not_of_live_ones(tmp_path, photo, box_mask):
+    """Issue 10: `.name.<hex>.tmp` files left by a kill mid-write were never removed by a successful rerun."""
+    make_folder(tmp_path, photo, box_mask, ["a", "b"])
+    out = tmp_path / "out"
+    killed = start_writer(out / "a.png", "die")
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    [stale] = out.glob(".a.png.*.tmp")
+    age(stale)  # the kill happened a minute ago
+    live = start_writer(out / "b.png", "hang")  # e.g. another shard still writing
+    try:
+        assert live.stdout.readline().strip() == "writing"
+        [busy] = out.glob(".b.png.*.tmp")
+        age(busy)
+        run = run_cli("--json", "inpaint", "--images", tmp_path / "imgs", "--masks", tmp_path / "masks", "--out", out,
+                      "--engine", "telea", "--seed", 0)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["done"] == 2 and "removed 1 unfinished temporary file" in run.stderr
+        assert not stale.exists() and busy.exists()
+        assert Image.open(out / "a.png").size == Image.open(out / "b.png").size == (photo.shape[1], photo.shape[0])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_single_image_rerun_removes_its_output_s_leftover(tmp_path, photo, box_mask):
+    image, mask = write_png(tmp_path / "in.png", photo), write_png(tmp_path / "m.png", box_mask)
+    out = tmp_path / "res" / "out.png"
+    assert start_writer(out, "die").wait(timeout=60) == -signal.SIGKILL
+    [stale] = out.parent.glob(".out.png.*.tmp")
+    age(stale)
+    other = out.parent / ".other.png.0123abcd.tmp"  # some other output's: not this run's to judge
+    other.write_bytes(b"x")
+    age(other)
+    run = run_cli("inpaint", image, "--mask", mask, "--engine", "telea", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == [".other.png.0123abcd.tmp", "out.png"]

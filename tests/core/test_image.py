@@ -653,3 +653,16 @@ def test_encode_rejects_bad_arrays() -> None:
         encode_image(RGB.astype(np.float32))
     with pytest.raises(ValueError):
         encode_image(RGB, alpha=np.zeros((3, 3), np.uint8))
+
+
+def test_stale_temporaries_are_only_old_unlocked_files_of_our_pattern(tmp_path: Path) -> None:
+    past = 1_000_000_000
+    names = [".out.png.0123abcd.tmp", ".out.png.89abcdef.tmp", "out.png.0123abcd.tmp", ".out.png.tmp", "keep.tmp"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (past, past))
+    (tmp_path / ".other.png.00000000.tmp").write_bytes(b"just created: maybe not locked yet")
+    removed = image_module.remove_stale_temporaries(tmp_path, target="out.png")
+    assert sorted(p.name for p in removed) == [".out.png.0123abcd.tmp", ".out.png.89abcdef.tmp"]
+    assert image_module.remove_stale_temporaries(tmp_path) == []  # the young one stays
+    assert image_module.remove_stale_temporaries(tmp_path / "missing") == []

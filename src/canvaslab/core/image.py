@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import secrets
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -51,6 +53,17 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _HIGH_DEPTH_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 # JPEG holds EXIF in one APP1 segment: 65535 bytes minus the 2-byte length field.
 _JPEG_MAX_EXIF_BYTES = 65533
+
+# Temporary files of `atomic_write_bytes`: ".<target name>.<8 hex>.tmp" beside the target.
+_TEMPORARY_NAME = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{8}\.tmp")
+# A temporary file younger than this is never taken for a dead writer's: it may have been created a
+# moment ago by a writer that has not locked it yet.
+_STALE_AFTER_SECONDS = 2.0
+
+try:  # POSIX: writers hold an flock on their temporary file, which the system drops when they die
+    import fcntl
+except ImportError:  # Windows: an open file cannot be deleted, which protects live writers instead
+    fcntl = None  # type: ignore[assignment]
 
 # What Pillow raises for a file it can parse but not decode (corrupt, truncated, odd mode).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
@@ -452,7 +465,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
     Writes a hidden temporary file in the same directory (same file system, so the final rename is
     atomic) and renames it over `path`; parent directories are created. On failure the temporary
-    file is removed, `path` is untouched, and OSErrors become InputError.
+    file is removed, `path` is untouched, and OSErrors become InputError. A process killed mid-write
+    leaves its temporary file behind: `remove_stale_temporaries` removes it (the writer holds a lock
+    on it until the rename, so a live writer's file is never taken).
     """
     target = Path(path)
     try:
@@ -465,7 +480,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())  # the rename must not land before the data on a crash
-        os.replace(temporary, target)
+            if fcntl is not None:
+                os.replace(temporary, target)  # still locked, so no clean-up can take the file first
+        if fcntl is None:
+            os.replace(temporary, target)  # Windows cannot rename an open file
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -483,10 +501,54 @@ def _create_temporary(target: Path) -> tuple[int, Path]:
     for _ in range(100):
         temporary = target.with_name(f".{target.name[:200]}.{secrets.token_hex(4)}.tmp")
         try:
-            return os.open(temporary, flags, 0o666), temporary
+            descriptor = os.open(temporary, flags, 0o666)
         except FileExistsError:
             continue
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # a file system without locks: age alone then tells
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return descriptor, temporary
     raise FileExistsError(f"no free temporary name next to {target}")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], *, target: str | None = None) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left in `folder`; return their paths.
+
+    Only `atomic_write_bytes`' own names are considered (of `target`'s writes when given, else of
+    any), and only files no live process is writing: unlocked (POSIX) or deletable (Windows), and
+    untouched for a couple of seconds. So it is safe while other processes write to the same folder.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed  # no folder yet: nothing was left in it
+    for entry in entries:
+        match = _TEMPORARY_NAME.fullmatch(entry.name)
+        if match is None or (target is not None and match["target"] != target[:200]):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False) and _remove_if_stale(Path(entry.path)):
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _remove_if_stale(path: Path) -> bool:
+    if time.time() - path.stat().st_mtime < _STALE_AFTER_SECONDS:
+        return False
+    if fcntl is None:
+        os.unlink(path)  # fails while a writer still has it open
+        return True
+    descriptor = os.open(path, os.O_RDWR)  # read-write: NFS emulates flock with locks that need it
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer holds it
+        os.unlink(path)
+        return True
+    finally:
+        os.close(descriptor)
 
 
 def _write_failure(exc: OSError) -> str:

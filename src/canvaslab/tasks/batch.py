@@ -4,7 +4,8 @@
   (``imgs/a/b.jpg`` <-> ``masks/a/b.png``; ``b_mask.png`` / ``b-mask.png`` also match; a flat masks
   folder matches by stem when that is unambiguous). One mask *file* may serve the whole folder.
 - An output that already exists is skipped, so an interrupted run resumes where it stopped; outputs
-  are written atomically, so an existing file is always a finished one.
+  are written atomically, so an existing file is always a finished one, and the temporary files a
+  killed run leaves behind are removed when the folder is run again.
 - A bad file does not stop the run: failures are collected and listed at the end.
 - Worker processes die with the batch process, however it ends (kill -9 included): they never go on
   writing outputs nobody collects, nor hang afterwards holding memory.
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from canvaslab.core.image import remove_stale_temporaries
+from canvaslab.core.notices import notice
 from canvaslab.errors import CanvaslabError, InputError
 from canvaslab.tasks.render import OutputSpec, render
 from canvaslab.tasks.requests import REQUESTS
@@ -159,11 +162,25 @@ def shard(items: list[BatchItem], index: int, count: int) -> list[BatchItem]:
 def process_item(item: BatchItem, task: str, request: dict[str, Any], spec: OutputSpec) -> None:
     """Worker entry point (top level so that a process pool can pickle it)."""
     model = REQUESTS[task].model_validate(request)
-    grid = None
-    if spec.grid is not None:
-        grid = spec.grid / f"{item.key}{item.output.suffix}"
-    row_spec = dataclasses.replace(spec, grid=grid)
-    render(task, item.image, item.mask, model, item.output, row_spec)
+    row_spec = dataclasses.replace(spec, grid=_grid_path(item, spec))
+    render(task, item.image, item.mask, model, item.output, row_spec, tidy=False)
+
+
+def _grid_path(item: BatchItem, spec: OutputSpec) -> Path | None:
+    return None if spec.grid is None else spec.grid / f"{item.key}{item.output.suffix}"
+
+
+def remove_leftovers(items: list[BatchItem], spec: OutputSpec) -> int:
+    """Remove the temporary files a killed run left beside these items' outputs and grids (one scan per folder).
+
+    Other processes may be writing to the same folders (shards): their files are locked and stay.
+    """
+    folders = {item.output.parent for item in items}
+    folders |= {grid.parent for item in items if (grid := _grid_path(item, spec)) is not None}
+    removed = sum(len(remove_stale_temporaries(folder)) for folder in sorted(folders))
+    if removed:
+        notice(f"removed {removed} unfinished temporary file{'s' if removed != 1 else ''} left by an interrupted run")
+    return removed
 
 
 def run_batch(
@@ -182,6 +199,8 @@ def run_batch(
     """
     report = BatchReport()
     notify = on_progress or (lambda _item, _status: None)
+    items = list(items)
+    remove_leftovers(items, spec)
     todo = []
     for item in items:
         if item.output.exists():

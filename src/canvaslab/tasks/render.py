@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from canvaslab.core.grid import make_grid, mask_overlay
-from canvaslab.core.image import DEFAULT_MAX_PIXELS, save_image
+from canvaslab.core.image import DEFAULT_MAX_PIXELS, remove_stale_temporaries, save_image
 from canvaslab.errors import InputError
 from canvaslab.tasks.common import ImageInput, open_image, resolve_seed, step_seed
 from canvaslab.tasks.edit import edit
@@ -80,12 +80,14 @@ def row_output(output: Path, seed: int, index: int) -> Path:
 
 def render(
     task: str, image: ImageInput | None, mask: ImageInput | None, request: TaskRequest, output: Path, spec: OutputSpec,
-    *, original: np.ndarray | None = None,
+    *, original: np.ndarray | None = None, tidy: bool = True,
 ) -> list[tuple[Result, Path]]:
     """Run `spec.rows` seeds (seed, seed+1, ...), save each, then the grid, then the main output.
 
     `image` is None for tasks that start from nothing (generate) or from a request's own inputs
     (edit --frames); `original` is then what the grid shows as the original (e.g. the last frame).
+    With `tidy`, temporary files that an earlier, killed run left for these outputs are removed
+    (the batch runner does that once per folder instead).
     """
     source = open_image(image, spec.max_pixels) if image is not None else None
     base_seed = resolve_seed(request.seed)
@@ -100,6 +102,9 @@ def render(
     if spec.grid is not None:
         write_grid(spec.grid, original if source is None else source.rgb, results, spec, GRID_COLUMNS[task])
     results[0].save(output, format=spec.format, quality=spec.quality)
+    if tidy:
+        for path in [*(path for _, path in saved), *([spec.grid] if spec.grid is not None else [])]:
+            remove_stale_temporaries(path.parent, target=path.name)
     return saved
 
 
