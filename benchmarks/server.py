@@ -13,6 +13,14 @@ hand), lost jobs (accepted but never delivered: must be 0), 5xx answers (must be
 (the queue is larger than the client count, so none are expected), and the server's peak RSS (VmHWM).
 
     python benchmarks/server.py [--clients 20] [--requests 25] [--size 64] [--engine telea]
+
+`--hostile` measures instead what hostile clients can do to a server with its default limits
+(`canvaslab serve`, patchmatch, one worker): /health latency (p50/p95/max over 20 Hz polling) while
+the worker runs the largest job the defaults allow (PatchMatch on 2048x2048 with a 10 % hole), that
+job's time and the server's peak RSS, how long a cancel of it takes to land; then /health while 300
+connections sit on half-sent request lines, and how many of them the server closed.
+
+    python benchmarks/server.py --hostile [--side 2048] [--half-sent 300]
 """
 
 from __future__ import annotations
@@ -125,10 +133,10 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(args: argparse.Namespace, output: str) -> tuple[subprocess.Popen, str]:
+def start_server(args: argparse.Namespace, output: str, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "canvaslab", "serve", "--port", str(port), "--engine", args.engine,
-               "--output", output, "--queue-size", str(max(64, 2 * args.clients))]
+               "--output", output, "--queue-size", str(max(64, 2 * args.clients)), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -155,6 +163,118 @@ def in_process_rate(args: argparse.Namespace, image: str, mask: str, count: int 
     return count / (time.perf_counter() - started)
 
 
+class HealthProbe:
+    """Polls /health at 20 Hz in a thread, recording each answer's latency (and status)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.samples, self.statuses = url, [], Counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=120) as client:
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                try:
+                    status = client.get("/api/v1/health").status_code
+                except httpx.HTTPError:
+                    status = 599
+                self.samples.append(time.perf_counter() - started)
+                self.statuses[status] += 1
+                self.stop.wait(max(0.0, 0.05 - (time.perf_counter() - started)))
+
+    def __enter__(self) -> HealthProbe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(130)
+
+    def summary(self) -> str:
+        values = sorted(self.samples)
+        if not values:
+            return "no answers"
+        pick = lambda q: values[min(len(values) - 1, int(q * len(values)))] * 1000  # noqa: E731
+        codes = ", ".join(f"{code}: {n}" for code, n in sorted(self.statuses.items()))
+        return f"{pick(0.5):.0f} / {pick(0.95):.0f} / {values[-1] * 1000:.0f} ms over {len(values)} probes ({codes})"
+
+
+def big_job(client: httpx.Client, side: int, seed: int) -> str:
+    """Queue PatchMatch on a side x side photo with a centred hole of 10 % of it; returns the job id."""
+    image, mask = inputs(side)
+    hole = np.zeros((side, side), np.uint8)
+    edge = int(side * 0.316)  # 0.316^2 = 10 %
+    hole[(side - edge) // 2 : (side + edge) // 2, (side - edge) // 2 : (side + edge) // 2] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(hole).save(buffer, format="PNG")
+    reply = client.post("/api/v1/inpaint", json={"image": image, "mask": base64.b64encode(buffer.getvalue()).decode(),
+                                                 "engine": "patchmatch", "seed": seed})
+    reply.raise_for_status()
+    return reply.json()["id"]
+
+
+def wait_job(client: httpx.Client, job_id: str) -> dict:
+    while True:
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+
+
+def hostile(args: argparse.Namespace) -> None:
+    rows: list[tuple[str, str]] = []
+    args.engine, args.clients = "patchmatch", 1
+    with TemporaryDirectory() as output:
+        server, url = start_server(args, output)
+        try:
+            with httpx.Client(base_url=url, timeout=600) as client:
+                # Warm-up (numba compile or cache load) on a small job, so the numbers are the work's.
+                wait_job(client, big_job(client, 256, 0))
+                with HealthProbe(url) as idle:
+                    time.sleep(2)
+                rows.append(("/health p50/p95/max, idle", idle.summary()))
+                started = time.perf_counter()
+                with HealthProbe(url) as busy:
+                    job = wait_job(client, big_job(client, args.side, 1))
+                seconds = time.perf_counter() - started
+                rows.append((f"/health p50/p95/max, {args.side}x{args.side} PatchMatch running", busy.summary()))
+                rows.append((f"{args.side}x{args.side} PatchMatch, 10 % hole", f"{job['status']} in {seconds:.1f} s, "
+                             f"server peak RSS {peak_rss_mb(server.pid):.0f} MB"))
+                job_id = big_job(client, args.side, 2)
+                while client.get(f"/api/v1/jobs/{job_id}").json()["status"] != "running":
+                    time.sleep(0.02)
+                time.sleep(1.0)
+                asked = time.perf_counter()
+                client.post(f"/api/v1/jobs/{job_id}/cancel")
+                job = wait_job(client, job_id)
+                rows.append(("cancel of the running job lands after", f"{time.perf_counter() - asked:.2f} s ({job['status']})"))
+            hogs = []
+            host, port = url.removeprefix("http://").split(":")
+            for _ in range(args.half_sent):
+                sock = socket.create_connection((host, int(port)))
+                sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")  # never finished
+                hogs.append(sock)
+            with HealthProbe(url) as crowded:
+                time.sleep(3)
+            closed = 0
+            for sock in hogs:
+                sock.settimeout(0.01)
+                try:
+                    closed += sock.recv(1) == b""
+                except (socket.timeout, ConnectionResetError):
+                    pass
+                sock.close()
+            rows.append((f"/health p50/p95/max, {args.half_sent} half-sent requests open", crowded.summary()))
+            rows.append(("half-sent connections the server closed", f"{closed}/{args.half_sent} within 3 s"))
+        finally:
+            server.terminate()
+            server.wait(30)
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=20)
@@ -162,7 +282,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--engine", default="telea")
     parser.add_argument("--a1111-every", type=int, default=5, help="every N-th request is an A1111 img2img (0: none)")
+    parser.add_argument("--hostile", action="store_true", help="measure the cost bounds instead (see above)")
+    parser.add_argument("--side", type=int, default=2048, help="--hostile: side of the big PatchMatch job")
+    parser.add_argument("--half-sent", type=int, default=300, help="--hostile: half-sent connections to open")
     args = parser.parse_args()
+    if args.hostile:
+        hostile(args)
+        return
     image, mask = inputs(args.size)
     tally = Tally()
     with TemporaryDirectory() as output:
