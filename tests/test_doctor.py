@@ -52,7 +52,7 @@ def run(*args, env=None):
 
 
 def test_doctor_reports_the_environment_as_json():
-    result = run("doctor", "--json")
+    result = run("doctor", "--json", "--warm")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["python"]["version"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}")
@@ -63,6 +63,9 @@ def test_doctor_reports_the_environment_as_json():
     assert names["diffusers"]["extra"] == "diffusion" and names["numpy"]["extra"] == "core"
     assert data["verdict"]["ok"] and data["incompatible"] == [] and data["import_errors"] == {}
     assert {"hub_cache", "models", "offline"} <= set(data["caches"]["huggingface"])
+    warm = data["warm"]  # every PatchMatch kernel is compiled or loaded now, and cached where doctor says
+    assert len(warm["compiled"]) + len(warm["loaded"]) + len(warm["ready"]) >= 5
+    assert warm["cache_dir"] == data["caches"]["numba"]["cache_dir"] and warm["cache_dir"]
 
 
 def test_doctor_names_the_fix_for_an_incompatible_pair(tmp_path):

@@ -75,9 +75,9 @@ def print_report(data: dict[str, Any]) -> None:
         _line("", f"{model['id']}  {model['size_gb']} GB")
     hub = data["caches"]["torch_hub"]
     _line("torch hub", f"{hub['checkpoints']} ({', '.join(hub['files']) or 'empty'})")
-    _line("numba kernels", data["caches"]["numba"]["cache_dir"])
+    _line("PatchMatch kernels", data["caches"]["numba"]["cache_dir"] or "no writable cache (set NUMBA_CACHE_DIR)")
     if "warm" in data:
-        _line("warmed", data["warm"])
+        _line("warmed", data["warm"]["summary"])
 
     out.print("[bold]tools[/]")
     tools = data["tools"]

@@ -204,8 +204,17 @@ def caches() -> dict[str, Any]:
         "checkpoints": str(checkpoints),
         "files": sorted(p.name for p in checkpoints.iterdir()) if checkpoints.is_dir() else [],
     }
-    result["numba"] = {"cache_dir": os.environ.get("NUMBA_CACHE_DIR") or "beside the package (__pycache__)"}
+    result["numba"] = {"cache_dir": numba_cache()}
     return result
+
+
+def numba_cache() -> str | None:
+    """Where numba keeps PatchMatch's compiled kernels (None: nowhere writable, every process compiles)."""
+    try:
+        from canvaslab.engines.classical.warm import cache_dir
+    except Exception:  # noqa: BLE001 - a broken numba is reported by the package table, not here
+        return None
+    return cache_dir()
 
 
 def tools() -> dict[str, Any]:
