@@ -26,13 +26,23 @@ Metrics, computed per image and averaged over images:
   is the Sobel gradient magnitude of the grey image.  0 is ideal: no gradient that the real photo
   does not have.  Visible seams and smeared edges both raise it.
 - s/img: wall-clock seconds per image, after a numba warm-up; 2 CPU cores here.
+
+    python benchmarks/classical.py --cancel [--cancel-size 2048]
+
+measures instead how long a big PatchMatch fill (astronaut at --cancel-size px, box hole) goes on
+after its cancel flag is set (core.progress, as the server sets it), at 10-90 % of its run.
+Named baseline: the engine before it checked for cancellation inside the fill (d5ab27a): it ran
+each fill to its end, so its delay is the rest of the run, i.e. the whole fill's time (measured in
+the same run; the kernels' speed is unchanged) minus the moment the flag was set.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import threading
 import time
 from collections import defaultdict
 
@@ -45,6 +55,7 @@ from skimage import data  # noqa: E402
 from skimage.metrics import structural_similarity  # noqa: E402
 from skimage.restoration import inpaint_biharmonic  # noqa: E402
 
+from canvaslab.core.progress import Cancelled, progress_listener  # noqa: E402
 from canvaslab.engines.classical.patchmatch import patchmatch_inpaint  # noqa: E402
 
 IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -201,6 +212,50 @@ def print_tables(results: dict, methods: list[str]) -> None:
             )
 
 
+def cancel_delays(size: int) -> int:
+    """Seconds from setting the cancel flag to the fill raising Cancelled, at points across a fill."""
+    truth = load_photo("astronaut", size)
+    hole = make_mask("box", truth.shape[:2], SEED)
+    warm = load_photo("astronaut", 96)
+    run_patchmatch(warm, make_mask("box", warm.shape[:2], SEED))
+    started = time.perf_counter()
+    run_patchmatch(truth, hole)
+    full = time.perf_counter() - started
+    print(f"astronaut {truth.shape[1]}x{truth.shape[0]}, box hole of {int(hole.sum())} px; one whole fill: "
+          f"{full:.1f} s; numba threads: {os.environ.get('NUMBA_NUM_THREADS')}")
+    print()
+    print("| cancel at | ours: runs on for s | baseline (d5ab27a, no checks in the fill): runs on for s |")
+    print("|---:|---:|---:|")
+    delays = []
+    for fraction in (0.1, 0.3, 0.5, 0.7, 0.9):
+        flag = threading.Event()
+        set_at: list[float] = []
+
+        def cancel_later(wait: float = fraction * full) -> None:
+            time.sleep(wait)
+            set_at.append(time.perf_counter())
+            flag.set()
+
+        began = time.perf_counter()
+        timer = threading.Thread(target=cancel_later)
+        timer.start()
+        try:
+            with progress_listener(None, flag):
+                run_patchmatch(truth, hole)
+        except Cancelled:
+            stopped = time.perf_counter()
+        else:
+            raise SystemExit(f"the fill finished before its cancel at {fraction:.0%}")
+        timer.join()
+        delays.append(stopped - set_at[0])
+        rest = full - (set_at[0] - began)
+        print(f"| {fraction:.0%} | {delays[-1]:.3f} | {rest:.1f} |")
+    print()
+    print(f"ours: median {statistics.median(delays):.3f} s, worst {max(delays):.3f} s after the cancel; "
+          f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="long side of the photos (default 512)")
@@ -209,10 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", default="", help="folder to write every result PNG to")
     parser.add_argument("--tuning", default="", help="patchmatch knobs, e.g. final_top=3,poisson=0")
     parser.add_argument("--methods", default="", help="comma-separated subset of the methods to run")
+    parser.add_argument("--cancel", action="store_true", help="measure how fast a cancelled fill stops instead")
+    parser.add_argument("--cancel-size", type=int, default=2048, help="long side of the photo for --cancel")
     args = parser.parse_args(argv)
     for item in filter(None, args.tuning.split(",")):
         key, value = item.split("=")
         TUNING[key] = float(value)
+    if args.cancel:
+        return cancel_delays(args.cancel_size)
 
     names = args.images.split(",")
     size = args.size
