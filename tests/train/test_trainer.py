@@ -188,7 +188,7 @@ def test_lora_with_alpha_other_than_rank_loads_at_its_trained_scale(bases, mini,
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
 
-    sections = dict(train={"mode": "lora", "learning_rate": 5e-2, "max_steps": 3, "text_encoder": True,
+    sections = dict(train={"mode": "lora", "learning_rate": 5e-2, "max_steps": 1, "text_encoder": True,
                            "lora": {"rank": 2, "alpha": 8.0}})
     lora = run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "lora", export="lora", **sections))
     merged = run(base_config(bases["sd-inpaint"], mini["inpaint-folder"], tmp_path / "merged", export="diffusers",
