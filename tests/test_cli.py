@@ -139,7 +139,7 @@ def test_expensive_axis_runs_outermost():
 
     x = parse_axis("model=a,b", InpaintRequest)
     y = parse_axis("cfg=3,5,7", InpaintRequest)
-    order = run_order(cell_requests(InpaintRequest(), x, y), x, y)
+    order = run_order(cell_requests(InpaintRequest(engine="diffusion"), x, y), x, y)
     assert [cell[0] for cell in order] == [0, 0, 0, 1, 1, 1]  # each model once, all its cells together
     assert y.field == "guidance_scale"
 
@@ -185,3 +185,36 @@ def test_pixel_limit_refuses_a_bomb_and_says_how_to_raise_it(tmp_path, pair):
     )
     assert lowered.returncode == 2 and "limit of 1,000" in lowered.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def test_model_without_engine_runs_the_models_engine_not_patchmatch(tmp_path, pair):
+    """Issue 10: `inpaint IMG --mask M --model sd15-inpaint --prompt ...` silently ran PatchMatch."""
+    image, mask = pair
+    out = tmp_path / "o.png"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")}
+    run = subprocess.run(
+        [sys.executable, "-m", "canvaslab", "inpaint", str(image), "--mask", str(mask), "--model", "sd15-inpaint",
+         "--prompt", "a vase", "--steps", "30", "-o", str(out)], capture_output=True, text=True, env=env,
+    )
+    # The diffusion engine looked for the model (not on this machine) instead of PatchMatch running.
+    assert run.returncode == 3 and "sd15-inpaint" in run.stderr and "Hugging Face cache" in run.stderr
+    assert not out.exists()
+    refused = cli("inpaint", image, "--mask", mask, "--engine", "telea", "--prompt", "a vase", "-o", out)
+    assert refused.returncode == 2 and "--prompt does not apply to the telea engine" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_replay_of_an_older_recipe_with_a_prompt_for_a_classical_engine(tmp_path, pair):
+    """Older versions recorded a prompt given to PatchMatch/Telea (ignored); replay drops it rather than refuse."""
+    from canvaslab.core.image import save_image
+    from canvaslab.core.metadata import read_metadata
+
+    image, mask = pair
+    out = tmp_path / "out.png"
+    assert cli("inpaint", image, "--mask", mask, "--engine", "telea", "--seed", 2, "-o", out).returncode == 0
+    meta = read_metadata(out)
+    meta.recipe["request"]["prompt"] = "a red boat"
+    save_image(out, np.asarray(Image.open(out).convert("RGB")), parameters=meta.parameters, recipe=meta.recipe)
+    replay = cli("replay", out, "-o", tmp_path / "again.png", "--check")
+    assert replay.returncode == 0, replay.stderr
+    assert "does not read prompt; replaying without" in replay.stderr and "identical pixels" in replay.stderr

@@ -1,11 +1,14 @@
 """The Python API: canvaslab.inpaint / canvaslab.outpaint, through the real engines."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 import canvaslab
 from canvaslab.errors import EngineError, InputError
+from canvaslab.tasks.requests import GenerateRequest, InpaintRequest, OutpaintRequest
 from conftest import write_png
 
 ENGINES = ["patchmatch", "telea", "ns"]
@@ -127,10 +130,64 @@ def test_outpaint_conflicting_sizes_is_an_error(photo):
         canvaslab.outpaint(photo, right=10, expand=0.2, direction="left")
 
 
-def test_prompt_with_a_classical_engine_is_recorded_with_a_notice(photo, box_mask):
-    result = canvaslab.inpaint(photo, box_mask, engine="telea", seed=0, prompt="a red boat")
-    assert any("does not read prompts" in n for n in result.notices)
-    assert result.parameters.startswith("a red boat\n")
+@pytest.mark.parametrize(
+    "params, flag",
+    [
+        ({"engine": "telea", "prompt": "a red boat"}, "--prompt"),
+        ({"engine": "patchmatch", "model": "sd15-inpaint"}, "--model"),
+        ({"engine": "ns", "steps": 30}, "--steps"),
+        ({"engine": "patchmatch", "guidance_scale": 5}, "--guidance-scale"),
+        ({"engine": "telea", "lora": ["style.safetensors"]}, "--lora"),
+        ({"prompt": "a red boat"}, "--prompt"),  # no engine, no model: PatchMatch, which reads no prompt
+        ({"engine": "unified", "scheduler": "euler"}, "--scheduler"),
+        ({"model": "show-o", "strength": 0.5}, "--strength"),
+    ],
+)
+def test_a_field_the_engine_would_ignore_is_refused(photo, box_mask, params, flag):
+    """Issue 10: prompts, models and steps given to an engine that does not read them were silently ignored."""
+    with pytest.raises(InputError, match=f"^{flag} does not apply to the") as info:
+        canvaslab.inpaint(photo, box_mask, seed=0, **params)
+    assert "\n" not in str(info.value)
+
+
+def test_outpaint_refuses_sampling_settings_but_not_its_own_steps_for_classical_engines(photo):
+    assert canvaslab.outpaint(photo, right=16, steps=2, engine="telea", seed=0).image.shape[1] == photo.shape[1] + 16
+    for params in ({"sampling_steps": 30}, {"prompts": ["sea", "sky"]}):
+        with pytest.raises(InputError, match="does not apply to the telea engine"):
+            canvaslab.outpaint(photo, right=16, engine="telea", **params)
+
+
+def write_model_folder(folder, files):
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content))
+    return str(folder)
+
+
+def test_a_model_implies_its_engine(tmp_path):
+    """Issue 10: --model without --engine ran PatchMatch; now the model picks diffusion, or unified for Show-o."""
+    showo = write_model_folder(tmp_path / "my-showo", {"config.json": {"_class_name": "Showo", "num_vq_tokens": 256}})
+    pipeline = write_model_folder(tmp_path / "my-sd", {"model_index.json": {"_class_name": "StableDiffusionInpaintPipeline"}})
+    expected = {"sd15-inpaint": "diffusion", "owner/some-model": "diffusion", str(tmp_path / "x.safetensors"): "diffusion",
+                pipeline: "diffusion", "show-o": "unified", "show-o-512": "unified", showo: "unified"}
+    for model, engine in expected.items():
+        assert InpaintRequest(model=model).engine == engine, model
+        assert OutpaintRequest.model_validate({"model": model, "engine": None}).engine == engine
+    assert GenerateRequest(model=showo).engine == "unified" and GenerateRequest().engine == "diffusion"
+    assert InpaintRequest().engine == "patchmatch"
+    assert InpaintRequest(model=showo, engine="diffusion").engine == "diffusion"  # an explicit engine wins
+    with pytest.raises(InputError, match="edit runs on the diffusion engine, not 'unified'"):
+        canvaslab.edit(np.zeros((8, 8, 3), np.uint8), instruction="x", model=showo)
+
+
+def test_every_engine_says_which_fields_it_reads():
+    from canvaslab.engines import engine_names
+    from canvaslab.tasks.requests import ENGINE_FIELDS, GENERATIVE_FIELDS
+
+    assert set(ENGINE_FIELDS) == set(engine_names())
+    assert all(reads <= GENERATIVE_FIELDS for reads in ENGINE_FIELDS.values())
+    assert InpaintRequest.unused_fields("telea") == GENERATIVE_FIELDS - {"prompts", "sampling_steps"}
+    assert "steps" not in OutpaintRequest.unused_fields("telea")
 
 
 @pytest.mark.parametrize("fill", ["matched-noise", "patchmatch"])

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
+from rich.markup import escape
 from pydantic.fields import FieldInfo
 
 from canvaslab.tasks.requests import TaskRequest, field_extra, flag_name
@@ -41,6 +42,8 @@ def _cli_type(annotation: Any) -> Any:
 def _default(field: FieldInfo) -> Any:
     if field.default_factory is not None:
         return None  # list/dict fields: "not given" on the CLI, the model supplies the empty default
+    if "cli_default" in field_extra(field):
+        return _extra(field, "cli_default")  # e.g. --engine: not given, so the model decides
     return field.default
 
 
@@ -52,7 +55,7 @@ def request_parameters(model: type[BaseModel], exclude: tuple[str, ...] = ()) ->
         default = _default(field)
         option = typer.Option(
             flag_name(name, field),
-            help=field.description,
+            help=escape(field.description or ""),  # "[default: ...]" in a description is text, not rich markup
             rich_help_panel=_extra(field, "panel", "Options"),
             metavar=_extra(field, "metavar"),
             show_default=default is not None and default != "",
@@ -69,7 +72,7 @@ def request_values(model: type[TaskRequest], kwargs: dict[str, Any]) -> dict[str
         if name not in kwargs:
             continue
         value = kwargs.pop(name)
-        if field.default_factory is not None and value is None:
+        if value is None and (field.default_factory is not None or "cli_default" in field_extra(field)):
             continue
         if isinstance(value, enum.Enum):
             value = value.value

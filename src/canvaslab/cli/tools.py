@@ -67,7 +67,11 @@ def replay(
         if not recipe or recipe.get("task") not in REQUESTS:
             raise InputError(f"{image} has no canvaslab recipe to replay")
         task = recipe["task"]
-        request = build_request(REQUESTS[task], recipe["request"])
+        values, ignored = REQUESTS[task].drop_unused(recipe["request"])
+        if ignored:  # recorded by versions that let engines ignore them: they did not shape the pixels
+            console.info(f"[yellow]notice:[/] the {values.get('engine')} engine does not read "
+                         f"{', '.join(ignored)}; replaying without")
+        request = build_request(REQUESTS[task], values)
         inputs = recipe.get("inputs", {})
         # generate has no input image to reopen
         image_in = source or (_recorded(inputs.get("image"), "image", "--image") if "image" in inputs else None)

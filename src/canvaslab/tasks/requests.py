@@ -5,7 +5,12 @@ keyword arguments with them, and the server will take them as JSON bodies, so th
 drift apart. Unknown keys are rejected, never dropped. Engine-specific knobs nest under `options`.
 
 Field extras understood by the CLI builder: ``panel`` (help section), ``flag`` (the option name when
-it is not ``--field-name``).
+it is not ``--field-name``), ``cli_default`` (the flag's default when it differs from the field's:
+None for "not given", so the model can tell an omitted --engine from --engine patchmatch).
+
+Engines and fields: a request's model implies its engine (diffusion, or unified for a Show-o
+bundle) unless `engine` is given, and a generative field set for an engine that does not read it
+(a prompt for PatchMatch, --scheduler for Show-o) is refused, never silently ignored.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import dataclasses
 import json
 import os
 from enum import Enum
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import (
@@ -81,6 +87,78 @@ def _panel(name: str, **extra: Any) -> dict[str, Any]:
     return {"panel": name, **extra}
 
 
+# -- engines and the fields they read ----------------------------------------------------------
+
+# The unified engine's model aliases (engines.unified.bundle.ALIASES), repeated here so that validating
+# a request loads no torch; tests/test_requests.py checks the two agree.
+UNIFIED_ALIASES = ("show-o", "show-o-512")
+
+# Request fields only generative engines read; every engine reads the others (seed, mask, geometry,
+# compositing, outpaint canvas). Outpaint's `steps` counts outpaint steps, so it is not here; its
+# sampler steps are `sampling_steps`.
+GENERATIVE_FIELDS = frozenset({
+    "prompt", "negative_prompt", "prompts", "model", "steps", "sampling_steps", "guidance_scale", "strength",
+    "scheduler", "masked_content", "mask_weight", "lora", "dtype", "device", "offload", "attention_slicing",
+    "vae_tiling", "cache_dir", "local_files_only",
+})
+
+# Which generative fields each engine reads. A new engine must be added here (a test checks).
+ENGINE_FIELDS: dict[str, frozenset[str]] = {
+    "patchmatch": frozenset(),
+    "telea": frozenset(),
+    "ns": frozenset(),
+    "diffusion": GENERATIVE_FIELDS,
+    # Show-o: MaskGIT has no scheduler, LoRAs, strength or masked content; it loads from local folders
+    # and the default cache only, so --local-files-only holds anyway and --cache-dir cannot be honoured.
+    "unified": frozenset({
+        "prompt", "negative_prompt", "prompts", "model", "steps", "sampling_steps", "guidance_scale", "dtype",
+        "device", "local_files_only",
+    }),
+}
+
+_WHY_NOT: dict[str, str] = {
+    "patchmatch": "copies texture from the image itself",
+    "telea": "spreads the surrounding colours inwards",
+    "ns": "spreads the surrounding colours inwards",
+    "unified": "runs Show-o's MaskGIT",
+}
+
+
+def engine_for_model(model: str) -> str:
+    """The engine a model runs on: unified for a Show-o bundle, diffusion for anything else.
+
+    A Show-o bundle is one of its aliases, or a folder (or hub id in the local Hugging Face cache)
+    whose config.json is Show-o's. Nothing is downloaded and no weights are read.
+    """
+    if model in UNIFIED_ALIASES:
+        return "unified"
+    config = _root_config(model)
+    if config is not None and (config.parent / "model_index.json").exists():
+        return "diffusion"  # a diffusers pipeline folder
+    try:
+        data = json.loads(config.read_text()) if config is not None else {}
+    except (OSError, ValueError):
+        data = {}
+    is_showo = isinstance(data, dict) and (data.get("_class_name") == "Showo" or "num_vq_tokens" in data)
+    return "unified" if is_showo else "diffusion"
+
+
+def _root_config(model: str) -> Path | None:
+    """The config.json at the top of a model folder or cached hub snapshot, if there is one."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder / "config.json" if (folder / "config.json").is_file() else None
+    if model.count("/") != 1 or model.startswith((".", "/", "~")) or folder.suffix in (".safetensors", ".ckpt"):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model, "config.json")
+    except (ValueError, OSError):  # not a valid hub id: simply not a cached one
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
 def options_from_pairs(value: Any) -> Any:
     """Engine options: the CLI's ["key=value", ...] as well as a dict."""
     if isinstance(value, (list, tuple)):
@@ -102,15 +180,19 @@ class TaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_assignment=True)
 
+    # Fields only some engines read (see ENGINE_FIELDS); outpaint's `steps` is not one of them.
+    generative_fields: ClassVar[frozenset[str]] = GENERATIVE_FIELDS
+
     engine: str = Field(
-        DEFAULT_ENGINE, description=f"engine that fills the pixels: {', '.join(engine_names())}",
-        json_schema_extra=_panel("Engine", metavar="NAME"),
+        DEFAULT_ENGINE, description=f"engine that fills the pixels: {', '.join(engine_names())} [default: the "
+        f"model's engine with --model (diffusion, or unified for Show-o), else {DEFAULT_ENGINE}]",
+        json_schema_extra=_panel("Engine", metavar="NAME", cli_default=None),
     )
     seed: int | None = Field(
         None, ge=0, le=2**32 - 1, description="random seed (omit for a random one; it is recorded in the output)",
         json_schema_extra=_panel("Engine"),
     )
-    prompt: str = Field("", description="what to paint (generative engines; recorded for all)", json_schema_extra=_panel("Engine"))
+    prompt: str = Field("", description="what to paint (diffusion and unified engines)", json_schema_extra=_panel("Engine"))
     negative_prompt: str = Field("", description="what to avoid (generative engines)", json_schema_extra=_panel("Engine"))
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -186,12 +268,66 @@ class TaskRequest(BaseModel):
         json_schema_extra=_panel("Geometry"),
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_from_model(cls, data: Any) -> Any:
+        """No engine given (or None): the model's engine when there is a model, else the task's default."""
+        if isinstance(data, dict) and data.get("engine") is None:
+            data = dict(data)
+            if data.get("model"):
+                data["engine"] = engine_for_model(str(data["model"]))
+            else:
+                data.pop("engine", None)
+        return data
+
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, value: str) -> str:
         if value not in engine_names():
             raise ValueError(f"unknown engine {value!r}: choose one of {', '.join(engine_names())}")
         return value
+
+    @model_validator(mode="after")
+    def _engine_reads_every_field(self) -> TaskRequest:
+        """Refuse a generative field set for an engine that would ignore it."""
+        for name in sorted(self.unused_fields(self.engine)):
+            field = type(self).model_fields[name]
+            if getattr(self, name) != field.get_default(call_default_factory=True):
+                readers = [e for e, reads in ENGINE_FIELDS.items() if name in reads and e in self.engines_allowed()]
+                raise ValueError(
+                    f"{flag_name(name, field)} does not apply to the {self.engine} engine, which "
+                    f"{_WHY_NOT.get(self.engine, 'does not read it')}: leave it out"
+                    + (f", or choose --engine {' or '.join(readers)}" if readers else "")
+                )
+        return self
+
+    @classmethod
+    def unused_fields(cls, engine: str) -> frozenset[str]:
+        """This request's fields that `engine` does not read (an unknown engine reads them all)."""
+        reads = ENGINE_FIELDS.get(engine, GENERATIVE_FIELDS)
+        return frozenset(name for name in cls.generative_fields - reads if name in cls.model_fields)
+
+    @classmethod
+    def engines_allowed(cls) -> tuple[str, ...]:
+        """The engines this task runs on."""
+        return tuple(engine_names())
+
+    @classmethod
+    def drop_unused(cls, values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """`values` without the fields their engine does not read, and the names of those that were set.
+
+        For input that predates the refusal (recipes of older versions) or that always carries every
+        field (A1111 clients send steps and a CFG scale whatever the engine); validate the rest as usual.
+        """
+        engine = values.get("engine")
+        if engine is None:
+            engine = engine_for_model(str(values["model"])) if values.get("model") else cls.model_fields["engine"].default
+        unused = cls.unused_fields(str(engine))
+        dropped = sorted(
+            name for name in unused
+            if name in values and values[name] != cls.model_fields[name].get_default(call_default_factory=True)
+        )
+        return {key: value for key, value in values.items() if key not in unused}, dropped
 
     @field_validator("scheduler")
     @classmethod
@@ -257,6 +393,8 @@ class InpaintRequest(TaskRequest):
 
 class OutpaintRequest(TaskRequest):
     """Extend the canvas and fill the new area."""
+
+    generative_fields: ClassVar[frozenset[str]] = GENERATIVE_FIELDS - {"steps"}
 
     left: int = Field(0, ge=0, le=16384, description="pixels to add on the left", json_schema_extra=_panel("Canvas"))
     right: int = Field(0, ge=0, le=16384, description="pixels to add on the right", json_schema_extra=_panel("Canvas"))
@@ -386,7 +524,7 @@ class _CreateRequest(TaskRequest):
 
     engine: str = Field(
         "diffusion", description="engine that paints: diffusion (the only one for this task so far)",
-        json_schema_extra=_panel("Engine", metavar="NAME"),
+        json_schema_extra=_panel("Engine", metavar="NAME", cli_default=None),
     )
 
     @field_validator("engine")
@@ -395,6 +533,10 @@ class _CreateRequest(TaskRequest):
         if value not in cls.engines:
             raise ValueError(f"{cls.task} runs on the {' or '.join(cls.engines)} engine, not {value!r}")
         return value
+
+    @classmethod
+    def engines_allowed(cls) -> tuple[str, ...]:
+        return cls.engines
 
     @field_validator("*")
     @classmethod
@@ -488,8 +630,9 @@ class GenerateRequest(_CreateRequest):
     used_fields: ClassVar[frozenset[str]] = _CreateRequest.used_fields | {"width", "height", "size"}
 
     engine: str = Field(
-        "diffusion", description="engine that paints: diffusion (Stable Diffusion) or unified (Show-o, MaskGIT)",
-        json_schema_extra=_panel("Engine", metavar="NAME"),
+        "diffusion", description="engine that paints: diffusion (Stable Diffusion) or unified (Show-o, MaskGIT) "
+        "[default: the model's engine with --model, else diffusion]",
+        json_schema_extra=_panel("Engine", metavar="NAME", cli_default=None),
     )
     model: str | None = Field(
         None, description="text-to-image model: alias (sd15, sd21, sdxl, sdxl-turbo; unified: show-o, show-o-512), "
@@ -691,4 +834,6 @@ def describe_validation_error(exc: ValidationError) -> str:
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"unknown parameter {field!r}"
+    if not err["loc"]:  # a rule over several fields: its message names them, the input would be the whole request
+        return message
     return f"invalid {field}={err.get('input')!r}: {message}"

@@ -1,0 +1,42 @@
+"""Issue 10 seen from outside, on the tiny Show-o bundle: the model picks the engine, and outputs say
+what made them the way A1111 readers expect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tokenizers")
+
+import canvaslab  # noqa: E402
+from canvaslab.engines.unified import bundle  # noqa: E402
+from canvaslab.errors import InputError  # noqa: E402
+from canvaslab.tasks import requests  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def picture(photo):
+    return np.ascontiguousarray(photo[10:74, 30:94])
+
+
+@pytest.fixture(scope="module")
+def hole(picture):
+    mask = np.zeros(picture.shape[:2], bool)
+    mask[20:40, 24:50] = True
+    return mask
+
+
+def test_request_models_know_the_unified_aliases_without_torch():
+    assert set(requests.UNIFIED_ALIASES) == set(bundle.ALIASES)
+
+
+def test_a_show_o_folder_without_engine_runs_unified(picture, hole, bundle_folder):
+    result = canvaslab.inpaint(picture, hole, model=str(bundle_folder), prompt="a table", steps=2, seed=1,
+                               guidance_scale=1.5)
+    assert result.recipe["request"]["engine"] == "unified"
+    assert "Sampler: MaskGIT" in result.parameters
+    with pytest.raises(InputError, match="^--scheduler does not apply to the unified engine"):
+        canvaslab.inpaint(picture, hole, model=str(bundle_folder), scheduler="euler")
+    image = canvaslab.generate(model=str(bundle_folder), steps=2, seed=1, size=64)
+    assert image.recipe["request"]["engine"] == "unified"
