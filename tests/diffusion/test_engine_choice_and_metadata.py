@@ -15,6 +15,7 @@ pytest.importorskip("diffusers")
 
 import canvaslab  # noqa: E402
 from conftest import write_png  # noqa: E402
+from infotext import check_output  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +49,26 @@ def test_cli_model_without_engine_paints_with_diffusion(tmp_path, small, tiny_fo
     assert done.returncode == 0, done.stderr
     meta = json.loads(cli("--json", "info", out).stdout)
     assert meta["recipe"]["request"]["engine"] == "diffusion" and "Steps: 2" in meta["parameters"]
+
+
+PROMPT = 'a "quiet" café, 画像: sunrise\nsecond line'
+NEGATIVE = "blurry, lowres"
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_every_task_s_output_parses_as_a1111(tmp_path, small, tiny_folders, suffix):
+    image, mask = small
+    prompts = {"prompt": PROMPT, "negative_prompt": NEGATIVE}
+    results = {
+        "inpaint": canvaslab.inpaint(image, mask, model=str(tiny_folders["sd-inpaint"]), steps=2, seed=4,
+                                     scheduler="euler-a", **prompts),
+        "outpaint": canvaslab.outpaint(image, right=16, model=str(tiny_folders["sd-inpaint"]), sampling_steps=2,
+                                       seed=4, **prompts),
+        "generate": canvaslab.generate(model=str(tiny_folders["sd-txt2img"]), steps=2, seed=4, size=64, **prompts),
+        "edit": canvaslab.edit(image, instruction=PROMPT, negative_prompt=NEGATIVE,
+                               model=str(tiny_folders["sd-pix2pix"]), steps=2, seed=4),
+    }
+    for task, result in results.items():
+        settings = check_output(result.save(tmp_path / f"{task}{suffix}"), prompt=PROMPT, negative=NEGATIVE, seed=4)
+        assert settings["Steps"] == "2", task
+    assert check_output(tmp_path / f"inpaint{suffix}", prompt=PROMPT, negative=NEGATIVE)["Sampler"] == "Euler a"

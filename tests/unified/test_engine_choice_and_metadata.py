@@ -13,6 +13,7 @@ import canvaslab  # noqa: E402
 from canvaslab.engines.unified import bundle  # noqa: E402
 from canvaslab.errors import InputError  # noqa: E402
 from canvaslab.tasks import requests  # noqa: E402
+from infotext import check_output  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +41,19 @@ def test_a_show_o_folder_without_engine_runs_unified(picture, hole, bundle_folde
         canvaslab.inpaint(picture, hole, model=str(bundle_folder), scheduler="euler")
     image = canvaslab.generate(model=str(bundle_folder), steps=2, seed=1, size=64)
     assert image.recipe["request"]["engine"] == "unified"
+
+
+PROMPT = 'a "quiet" café, 画像: sunrise\nsecond line'
+NEGATIVE = "blurry, lowres"
+
+
+def test_every_task_s_output_parses_as_a1111(tmp_path, picture, hole, bundle_folder):
+    common = {"model": str(bundle_folder), "seed": 5, "guidance_scale": 1.5, "prompt": PROMPT, "negative_prompt": NEGATIVE}
+    results = {
+        "inpaint": canvaslab.inpaint(picture, hole, steps=2, **common),
+        "outpaint": canvaslab.outpaint(picture, right=16, sampling_steps=2, **common),
+        "generate": canvaslab.generate(steps=2, size=64, **common),
+    }
+    for task, result in results.items():
+        settings = check_output(result.save(tmp_path / f"{task}.png"), prompt=PROMPT, negative=NEGATIVE, seed=5)
+        assert settings["Sampler"] == "MaskGIT" and settings["Steps"] == "2", task

@@ -29,7 +29,7 @@ from pydantic import (
 from canvaslab import __version__
 from canvaslab.core.canvas import InitialFill, parse_directions, parse_sequence
 from canvaslab.core.geometry import AlignMode
-from canvaslab.engines import DEFAULT_ENGINE, Generation, engine_names
+from canvaslab.engines import DEFAULT_ENGINE, Generation, engine_names, get_engine
 from canvaslab.engines.diffusion.schedulers import SCHEDULERS
 from canvaslab.errors import InputError
 
@@ -351,8 +351,16 @@ class TaskRequest(BaseModel):
     _options_from_pairs = field_validator("options", mode="before")(options_from_pairs)
 
     def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
-        """The settings line of the A1111 `parameters` text (fields A1111 knows, then ours)."""
-        settings: dict[str, object] = {"Seed": seed, "Size": f"{size[0]}x{size[1]}", "Engine": self.engine}
+        """The settings line of the A1111 `parameters` text (fields A1111 knows, then ours).
+
+        The engine's `describe_sampling` (Steps, Sampler, CFG scale, Model, ...) goes before these.
+        """
+        settings: dict[str, object] = {}
+        if "Sampler" not in get_engine(self.engine).describe_sampling(self.generation()):
+            # A1111 readers (sd-parsers, Civitai) only take a settings line with Steps and Sampler for one;
+            # an engine without a sampler (PatchMatch, OpenCV) fills in one step of its own.
+            settings.update({"Steps": 1, "Sampler": self.engine})
+        settings.update({"Seed": seed, "Size": f"{size[0]}x{size[1]}", "Engine": self.engine})
         settings.update({f"Engine {k}": v for k, v in self.options.items()})
         if self.feather:
             settings["Mask blur"] = _number(self.feather)
