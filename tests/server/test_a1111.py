@@ -45,7 +45,8 @@ def test_img2img_inpaint_with_classical_engine(make_server, photo_png, mask_png)
         assert np.array_equal(pixels[~mask], original[~mask])  # outside the mask: untouched
         recipe = read_metadata(base64.b64decode(image_b64)).recipe
         assert recipe["request"]["seed"] == seed and recipe["request"]["engine"] == "patchmatch"
-        assert recipe["request"]["scheduler"] == "euler-a"
+    # PatchMatch reads no sampler or CFG scale: left out and reported, as unsupported fields are.
+    assert {"sampler_name", "cfg_scale"} <= set(info["canvaslab"]["ignored_fields"])
 
 
 def test_img2img_mask_invert_and_resize(make_server, photo_png, mask_png):
@@ -133,9 +134,11 @@ def test_png_info_of_a_result(make_server, photo_png, mask_png):
         out = client.post("/sdapi/v1/img2img", json={"init_images": [b64(photo_png)], "mask": b64(mask_png),
                                                       "prompt": "a cup", "seed": 4}).json()
         info = client.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + out["images"][0]}).json()
-    assert info["parameters"]["Prompt"] == "a cup" and info["parameters"]["Seed"] == "4"
+    # telea reads no prompt: it is left out (and reported) rather than recorded as if it had been used.
+    assert "prompt" in json.loads(out["info"])["canvaslab"]["ignored_fields"]
+    assert info["parameters"]["Prompt"] == "" and info["parameters"]["Seed"] == "4"
+    assert info["parameters"]["Engine"] == "telea"
     assert json.loads(info["items"]["canvaslab"])["request"]["seed"] == 4
-    assert info["info"].startswith("a cup")
 
 
 def test_progress_and_interrupt(make_server, photo_png, mask_png):
@@ -218,3 +221,20 @@ def test_native_generate_streams_diffusion_steps(make_server, tiny_model):
     request = events[-1][1]["result"]["recipe"]["request"]
     assert events[-1][1]["status"] == "done" and request["model"] == str(tiny_model)
     assert request["local_files_only"] is True  # the server never downloads unless started with --allow-downloads
+
+
+def test_a_named_model_brings_its_engine_on_a_classical_server(make_server, tiny_model, photo_png, mask_png):
+    """The server's --engine is the default only when the client names neither an engine nor a model."""
+    live = make_server(engine="patchmatch", models=[str(tiny_model)])
+    image = png_bytes(np.asarray(Image.open(io.BytesIO(photo_png)).resize((64, 64))))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:40, 16:40] = 255
+    with live.client() as client:
+        reply = client.post("/api/v1/inpaint", json={"image": b64(image), "mask": b64(png_bytes(mask)),
+                                                     "model": "tiny-sd", "steps": 2, "prompt": "a cup", "seed": 1})
+        assert reply.status_code == 202, reply.text
+        from .conftest import wait_done
+
+        job = wait_done(client, reply.json()["id"])
+    assert job["status"] == "done", job["error"]
+    assert job["result"]["recipe"]["request"]["engine"] == "diffusion"

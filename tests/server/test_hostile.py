@@ -168,7 +168,7 @@ def test_finished_jobs_keep_no_decoded_inputs(server):
     noise = png_bytes(np.random.default_rng(1).integers(0, 255, (384, 512, 3), dtype=np.uint8))  # 576 KB decoded
     mask = np.zeros((384, 512), np.uint8)
     mask[100:140, 200:260] = 255
-    body = {"image": b64(noise), "mask": b64(png_bytes(mask)), "engine": "telea", "prompt": "p" * 2000}
+    body = {"image": b64(noise), "mask": b64(png_bytes(mask)), "engine": "telea", "feather": 2}
     with server.client() as client:
         wait_done(client, client.post("/api/v1/inpaint", json=body).json()["id"])  # imports, caches
         gc.collect()
@@ -207,8 +207,8 @@ def test_malformed_bodies_are_400(server, name, raw):
             reply = client.post(route, content=raw, headers={"content-type": "application/json"})
             assert reply.status_code == 400, (route, reply.status_code, reply.text[:200])
             assert "\n" not in reply.json()["error"]
-        form = client.post("/api/v1/inpaint", data={"request": raw.decode("utf-8", "replace")},
-                           files={"image": ("a.png", b"x", "image/png")})
+        form = client.post("/api/v1/inpaint", files={"request": ("request.json", raw, "application/json"),
+                                                     "image": ("a.png", b"x", "image/png")})
         assert form.status_code == 400, form.text[:200]
         assert nothing_queued(client)
 

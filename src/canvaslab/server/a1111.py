@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import math
@@ -150,14 +151,17 @@ def common_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_sync(request: Request, task: str, fields: dict[str, Any], image: bytes | None, mask: bytes | None,
-                   count: int, names: dict[str, str] = A1111_NAMES) -> Job:
+                   count: int, names: dict[str, str] = A1111_NAMES) -> tuple[Job, list[str]]:
     """Queue like any job, then wait for it: A1111 clients expect the images in the answer.
 
-    A refusal names the client's field: `names` maps our request fields to the A1111 ones.
+    A1111 clients send every field whatever the engine: the ones the engine does not read are left out
+    and returned (as the client named them) with the job. A refusal names the client's field: `names`
+    maps our request fields to the A1111 ones.
     """
     state = request.app.state
     try:
-        prepared = await run_in_threadpool(prepare, task, fields, image, mask, state.settings, state.catalogue)
+        prepared = await run_in_threadpool(
+            functools.partial(prepare, drop_unused=True), task, fields, image, mask, state.settings, state.catalogue)
     except ClientError as exc:
         raise ClientError(exc.message, status=exc.status, field=names.get(exc.field or "", exc.field)) from None
     try:
@@ -168,7 +172,7 @@ async def run_sync(request: Request, task: str, fields: dict[str, Any], image: b
         await asyncio.sleep(0.02)
     if job.status == Status.failed:
         raise ClientError(job.error or "the job failed", status=job.error_status or 500)
-    return job
+    return job, [names.get(name, name) for name in prepared.dropped]
 
 
 def response(job: Job, body: dict[str, Any], fields: dict[str, Any], ignored: list[str], model: str | None) -> dict[str, Any]:
@@ -214,8 +218,8 @@ async def txt2img(request: Request) -> dict[str, Any]:
     model = request.app.state.catalogue.current
     if model:
         fields["model"] = model
-    job = await run_sync(request, "generate", fields, None, None, image_count(body))
-    return response(job, body, fields, ignored, model)
+    job, dropped = await run_sync(request, "generate", fields, None, None, image_count(body))
+    return response(job, body, fields, sorted({*ignored, *dropped}), model)
 
 
 def a1111_mask(data: bytes, max_pixels: int) -> np.ndarray:
@@ -304,8 +308,8 @@ async def img2img(request: Request) -> dict[str, Any]:
         resize_to = a1111_size(body, settings.max_pixels)
     image, mask = await run_in_threadpool(img2img_inputs, body, settings.max_pixels, resize_to)
     model = request.app.state.catalogue.current if settings.engine in CREATIVE_ENGINES else None
-    job = await run_sync(request, "inpaint", fields, image, mask, image_count(body))
-    return response(job, body, fields, ignored, model)
+    job, dropped = await run_sync(request, "inpaint", fields, image, mask, image_count(body))
+    return response(job, body, fields, sorted({*ignored, *dropped}), model)
 
 
 # -- server state ----------------------------------------------------------------------------
@@ -536,7 +540,7 @@ async def interrogate(request: Request) -> dict[str, Any]:
                           "(or a Show-o folder)", status=404, field="model")
     image = decode_base64_image(body.get("image"), "image")
     fields = {"questions": [INTERROGATE_QUESTIONS[name]], "model": model}
-    job = await run_sync(request, "understand", fields, image, None, 1, names={})
+    job, _ = await run_sync(request, "understand", fields, image, None, 1, names={})
     return {"caption": (job.answers or [{"answer": ""}])[0]["answer"]}
 
 

@@ -18,7 +18,7 @@ import base64
 import binascii
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from canvaslab.core.image import LoadedImage, load_image
 from canvaslab.errors import CanvaslabError, InputError
 from canvaslab.server.jobs import Work, each_result, http_status_of
 from canvaslab.server.settings import ServerSettings
-from canvaslab.tasks.requests import REQUESTS, UnderstandRequest, describe_validation_error, parse_lora
+from canvaslab.tasks.requests import REQUESTS, UnderstandRequest, describe_validation_error, engine_for_model, parse_lora
 
 TASKS = (*REQUESTS, "understand")
 CREATIVE_ENGINES = ("diffusion", "unified")
@@ -63,6 +63,7 @@ class Prepared:
     request: BaseModel
     image: bytes | None
     mask: bytes | None
+    dropped: list[str] = field(default_factory=list)  # fields left out because the engine does not read them
 
 
 # -- bodies ------------------------------------------------------------------------------------
@@ -285,11 +286,13 @@ def with_defaults(task: str, fields: dict[str, Any], settings: ServerSettings, c
     model, and no downloads unless the server allows them."""
     fields = dict(fields)
     engine = settings.engine
-    if "engine" not in fields and engine is not None:
+    named = fields.get("model") if isinstance(fields.get("model"), str) else None
+    # A named model implies its engine (tasks.requests); otherwise the server's engine is the default.
+    if fields.get("engine") is None and named is None and engine is not None:
         if task in ("inpaint", "outpaint") or (task == "generate" and engine in CREATIVE_ENGINES):
             fields["engine"] = engine
     kind = UnderstandRequest if task == "understand" else REQUESTS[task]
-    chosen = fields.get("engine", kind.model_fields["engine"].default)
+    chosen = fields.get("engine") or (engine_for_model(named) if named else kind.model_fields["engine"].default)
     # The server's model belongs to its engine (any painting engine when its own is classical); edit
     # keeps its own editing model unless asked.
     serves = chosen == engine if engine in CREATIVE_ENGINES else chosen in CREATIVE_ENGINES
@@ -337,11 +340,13 @@ def _option_field(options: type[BaseModel], values: dict[str, Any]) -> str:
 
 def prepare(
     task: str, fields: Any, image: bytes | None, mask: bytes | None, settings: ServerSettings, catalogue: Catalogue,
-    *, unread: frozenset[str] | set[str] = frozenset(),
+    *, unread: frozenset[str] | set[str] = frozenset(), drop_unused: bool = False,
 ) -> Prepared:
     """Everything checked before a job is queued, so bad input is a 4xx now, not a failed job later.
 
     `unread`: fields the caller ignores (A1111 extras), held only to the nesting and key bounds.
+    `drop_unused`: leave out the fields the engine does not read instead of refusing them (A1111
+    clients send a CFG scale and steps whatever the engine); `Prepared.dropped` names them.
     """
     from canvaslab.server.budget import check_work
 
@@ -352,6 +357,9 @@ def prepare(
         raise ClientError(f"the request body must be a JSON object, got {type(fields).__name__}")
     check_field_sizes(fields, unread=unread)
     fields = with_defaults(task, refuse_paths(fields, catalogue), settings, catalogue)
+    dropped: list[str] = []
+    if drop_unused and task != "understand":
+        fields, dropped = REQUESTS[task].drop_unused(fields)
     request = validate_request(task, fields)
     # 2. what the job would otherwise only find wrong once it runs: the model and the engine's options
     check_model(request, catalogue)
@@ -378,7 +386,7 @@ def prepare(
         raise
     except CanvaslabError as exc:  # a plan the task itself would refuse (an outpaint of nothing, a missing model)
         raise ClientError(str(exc), status=http_status_of(exc)) from None
-    return Prepared(task, request, image, mask)
+    return Prepared(task, request, image, mask, dropped)
 
 
 def check_mask(mask: bytes, image: LoadedImage, max_pixels: int) -> None:
