@@ -11,6 +11,9 @@ Masks (seeded, so every run sees the same holes):
 
 Methods: canvaslab `patchmatch`, OpenCV Telea (the baseline every ratio is taken against),
 OpenCV Navier-Stokes, skimage `inpaint_biharmonic`, and `pypatchmatch` (PyPI) when it imports.
+With `--against COMMIT`, also our PatchMatch as it was at that commit (its patchmatch.py, loaded
+from git), to compare an engine change on the same photos in the same run: its quality columns,
+and the median of per-image time ratios old / new.
 
 Metrics, computed per image and averaged over images:
 
@@ -39,12 +42,18 @@ the same run; the kernels' speed is unchanged) minus the moment the flag was set
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib.util
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("NUMBA_NUM_THREADS", str(os.cpu_count() or 2))
@@ -120,6 +129,26 @@ def run_ns(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
 def run_biharmonic(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
     out = inpaint_biharmonic(img, hole, channel_axis=-1)
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
+def patchmatch_at(commit: str):
+    """Our PatchMatch as of `commit` (its self-contained patchmatch.py from git), as a method."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(["git", "show", f"{commit}:src/canvaslab/engines/classical/patchmatch.py"], cwd=root,
+                            capture_output=True, text=True, check=True).stdout
+    folder = Path(tempfile.mkdtemp(prefix="canvaslab-patchmatch-"))  # numba caches its kernels beside it
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / f"patchmatch_{commit}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+
+    def run(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        return module.patchmatch_inpaint(img, hole, seed=SEED, **TUNING)
+
+    return run
 
 
 def pypatchmatch_runner():
@@ -222,7 +251,7 @@ def cancel_delays(size: int) -> int:
     run_patchmatch(truth, hole)
     full = time.perf_counter() - started
     print(f"astronaut {truth.shape[1]}x{truth.shape[0]}, box hole of {int(hole.sum())} px; one whole fill: "
-          f"{full:.1f} s; numba threads: {os.environ.get('NUMBA_NUM_THREADS')}")
+          f"{full:.1f} s; threads (NUMBA_NUM_THREADS): {os.environ.get('NUMBA_NUM_THREADS')}")
     print()
     print("| cancel at | ours: runs on for s | baseline (d5ab27a, no checks in the fill): runs on for s |")
     print("|---:|---:|---:|")
@@ -264,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", default="", help="folder to write every result PNG to")
     parser.add_argument("--tuning", default="", help="patchmatch knobs, e.g. final_top=3,poisson=0")
     parser.add_argument("--methods", default="", help="comma-separated subset of the methods to run")
+    parser.add_argument("--against", default="", help="also run our PatchMatch as of this commit")
     parser.add_argument("--cancel", action="store_true", help="measure how fast a cancelled fill stops instead")
     parser.add_argument("--cancel-size", type=int, default=2048, help="long side of the photo for --cancel")
     args = parser.parse_args(argv)
@@ -284,19 +314,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pypatchmatch unavailable ({why}); install the PyPI package 'pypatchmatch' to compare.")
     else:
         methods["pypatchmatch"] = pyp
+    old = f"patchmatch@{args.against}"
+    if args.against:
+        methods[old] = patchmatch_at(args.against)
     if args.methods:
         # Telea is the baseline every ratio is taken against, so it always runs.
-        keep = set(args.methods.split(",")) | {"telea"}
+        keep = set(args.methods.split(",")) | {"telea"} | ({old} if args.against else set())
         methods = {m: fn for m, fn in methods.items() if m in keep}
 
     # Compile (or load from the numba cache) before anything is timed.
     warm = load_photo(names[0], 64)
-    run_patchmatch(warm, make_mask("box", warm.shape[:2], SEED))
+    for method in ("patchmatch", old):
+        if method in methods:
+            methods[method](warm, make_mask("box", warm.shape[:2], SEED))
 
     print(f"images: {', '.join(names)} at long side {size}; masks: {', '.join(MASKS)}; "
-          f"numba threads: {os.environ.get('NUMBA_NUM_THREADS')}")
+          f"threads (NUMBA_NUM_THREADS): {os.environ.get('NUMBA_NUM_THREADS')}")
     print()
     results: dict = defaultdict(lambda: defaultdict(list))
+    outputs: dict = defaultdict(list)
     for i, name in enumerate(names):
         truth = load_photo(name, size)
         for j, kind in enumerate(MASKS):
@@ -311,10 +347,18 @@ def main(argv: list[str] | None = None) -> int:
                 for key, value in metrics(out, truth, hole).items():
                     row[key].append(value)
                 row["seconds"].append(seconds)
+                if m.startswith("patchmatch"):
+                    outputs[m].append(out)
                 if args.save:
                     os.makedirs(args.save, exist_ok=True)
                     cv2.imwrite(os.path.join(args.save, f"{name}_{kind}_{m}.png"), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
     print_tables(results, list(methods))
+    if args.against and "patchmatch" in methods:
+        ratios = [a / b for kind in MASKS for a, b in zip(results[(old, kind)]["seconds"], results[("patchmatch", kind)]["seconds"])]
+        same = all(np.array_equal(a, b) for a, b in zip(outputs[old], outputs["patchmatch"]))
+        print()
+        print(f"time {old} / patchmatch: {statistics.median(ratios):.2f}x (median of {len(ratios)} images, "
+              f"{min(ratios):.2f}-{max(ratios):.2f}); outputs {'identical' if same else 'DIFFERENT'}")
     return 0
 
 
