@@ -8,6 +8,9 @@ count are exact; the conftest pins torch to one thread.
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +28,8 @@ import canvaslab  # noqa: E402
 from canvaslab.engines.diffusion import models  # noqa: E402
 from canvaslab.engines.diffusion.lora import apply_loras, loaded_loras, resolve_lora  # noqa: E402
 from canvaslab.errors import InputError, ModelNotAvailableError  # noqa: E402
+
+from conftest import write_png  # noqa: E402
 
 from . import tiny  # noqa: E402
 
@@ -293,3 +298,23 @@ def test_public_api_lora(tiny_folders, loras):
     styled = canvaslab.inpaint(image, mask, lora=[f"{loras['a-kohya']}:0.8"], **params)
     assert not np.array_equal(plain.image, styled.image)
     np.testing.assert_array_equal(canvaslab.inpaint(image, mask, **params).image, plain.image)
+
+
+def test_an_incompatible_transformers_peft_pair_is_one_line_naming_the_fix(tiny_folders, loras, tmp_path):
+    """transformers 5.24 with peft 0.21 (what a fresh unpinned install resolved on 2026-12-01) fails every
+    LoRA load deep inside transformers; canvaslab says which pair and which pip command, before loading."""
+    fake = tmp_path / "site"
+    info = fake / "transformers-5.24.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: transformers\nVersion: 5.24.0\n")
+    image, mask = write_png(tmp_path / "in.png", np.full((SIZE, SIZE, 3), 128, np.uint8)), tmp_path / "m.png"
+    write_png(mask, np.pad(np.ones((16, 16), bool), 24))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-m", "canvaslab", "inpaint", str(image), "--mask", str(mask), "--engine", "diffusion",
+            "--model", str(tiny_folders["sd-inpaint"]), "--steps", "1", "-o", str(tmp_path / "out.png")]
+    done = subprocess.run([*args, "--lora", str(loras["a"])], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: transformers 5.24.0 does not work with peft"), done.stderr
+    assert "pip install 'transformers<5.24'" in lines[-1]
+    assert not (tmp_path / "out.png").exists()

@@ -450,3 +450,20 @@ def test_validation_images_are_cropped_with_their_masks(bases, mini, tmp_path):
     # the centre crop (x 32..96 of the original) puts the stripe at x 16..48; a squashed mask would sit at 24..40
     assert case.mask[:, 17:47].all() and not case.mask[:, :15].any() and not case.mask[:, 49:].any()
     assert (case.images[0][case.mask][:, 0] > 200).all() and (case.images[0][~case.mask][:, 0] < 50).all()
+
+
+def test_lora_training_with_an_incompatible_transformers_peft_pair_is_one_line(bases, mini, tmp_path):
+    """transformers 5.24 refuses peft 0.21 deep inside peft's integration; training says which pair and the fix."""
+    fake = tmp_path / "site"
+    (fake / "transformers-5.24.0.dist-info").mkdir(parents=True)
+    (fake / "transformers-5.24.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: transformers\nVersion: 5.24.0\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
+    args = ["train", "inpaint", f"model.base={bases['sd-inpaint']}", f"data.path={mini['inpaint-folder']}",
+            "data.resolution=64", "train.mode=lora", "train.max_steps=1", "log.trackers=[]", "validation.count=0",
+            "export=none", f"output={tmp_path / 'run'}"]
+    done = subprocess.run(_cli(*args), capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: transformers 5.24.0 does not work with peft") and "pip install 'transformers<5.24'" in last
+    assert not (tmp_path / "run" / "checkpoints").exists()

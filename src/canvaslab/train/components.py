@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from canvaslab.core.compat import check_compatible
 from canvaslab.errors import InputError
 from canvaslab.train.config import TrainConfig
 from canvaslab.train.expand import expand_conv_in
@@ -148,6 +149,7 @@ def _is_attention_projection(name: str) -> bool:
 
 
 def _add_lora(module: Any, rank: int, alpha: float, dropout: float, targets: list[str]) -> None:
+    check_compatible("peft")  # a known-broken transformers/peft pair: the pip fix in one line, before peft fails
     from peft import LoraConfig
 
     names = {name for name, _ in module.named_modules()}

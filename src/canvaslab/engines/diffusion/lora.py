@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from canvaslab.core.compat import check_compatible
 from canvaslab.errors import EngineError, InputError, ModelNotAvailableError
 
 # A LoRA file is small (MBs to a few hundred MB), but several of them in a long-lived process add up.
@@ -185,6 +186,8 @@ def apply_loras(pipe: Any, loras: Sequence[tuple[str, float]], *, cache_dir: str
     ones) are asked for. All files are resolved and checked before the pipeline is touched.
     """
     files = [(resolve_lora(spec, cache_dir=cache_dir), float(weight)) for spec, weight in loras]
+    if any(weight != 0.0 for _, weight in files):
+        check_compatible("peft")  # a known-broken transformers/peft pair fails here in one line, not mid-load
     with _lock:
         loaded: dict[str, str] = _loaded(pipe)
         weights: dict[str, float] = {}
