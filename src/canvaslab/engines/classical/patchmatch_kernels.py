@@ -92,7 +92,8 @@ def _match_cost(img, wts, far, ty, tx, sy, sx, r, limit):
     penalty = far[ty, tx] * np.sqrt(oy * oy + ox * ox)
     if penalty >= limit:
         return np.inf
-    return penalty + _patch_distance(img, wts, ty, tx, sy, sx, r, limit - penalty)
+    # int64 source and float64 limit whatever the caller's types: one compiled _patch_distance.
+    return penalty + _patch_distance(img, wts, ty, tx, np.int64(sy), np.int64(sx), r, limit - penalty)
 
 
 @kernel
@@ -187,14 +188,16 @@ def _improve(
     """One PatchMatch update of target (y, x): propagation from the scan's predecessors, then
     random search."""
     h, w = targets.shape
-    by = nnf[y, x, 0]
-    bx = nnf[y, x, 1]
-    best = dist[y, x]
+    # One type per variable (int64 positions, float64 costs, exact for the int32 / float32 they are
+    # read from), so numba compiles each helper once instead of once per mix of types.
+    by = np.int64(nnf[y, x, 0])
+    bx = np.int64(nnf[y, x, 1])
+    best = np.float64(dist[y, x])
 
     # Propagation: a neighbour's good offset, shifted by one pixel, is likely good here too.
     px = x - step
     if 0 <= px < w and targets[y, px]:
-        cy = nnf[y, px, 0]
+        cy = np.int64(nnf[y, px, 0])
         cx = nnf[y, px, 1] + step
         if cy != by or cx != bx:
             d = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best)
@@ -204,10 +207,10 @@ def _improve(
     if 0 <= py < h and targets[py, x]:
         if y_lo <= py < y_hi:
             cy = nnf[py, x, 0] + step
-            cx = nnf[py, x, 1]
+            cx = np.int64(nnf[py, x, 1])
         else:
             cy = snapshot[py, x, 0] + step
-            cx = snapshot[py, x, 1]
+            cx = np.int64(snapshot[py, x, 1])
         if cy != by or cx != bx:
             d = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best)
             if d < best:
@@ -268,7 +271,7 @@ def vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, out, y_lo, y_hi):
                     for k in range(c):
                         cand_c[m, k] = img[sy, sx, k]
                     m += 1
-            _blend(cand_w, cand_c, m, top, out, y, x)
+            _blend(cand_w, cand_c, np.int64(m), top, out, y, x)  # int64, not a literal: one compile
 
 
 @njit
@@ -348,7 +351,7 @@ def gradient_vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, grad, y_
                     for k in range(3):
                         grad[axis, y, x, k] = img[y2, x2, k] - img[y, x, k]
                 else:
-                    _blend(cand_w, cand_c, m, top, grad[axis], y, x)
+                    _blend(cand_w, cand_c, np.int64(m), top, grad[axis], y, x)
 
 
 @kernel
