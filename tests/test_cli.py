@@ -218,3 +218,31 @@ def test_replay_of_an_older_recipe_with_a_prompt_for_a_classical_engine(tmp_path
     replay = cli("replay", out, "-o", tmp_path / "again.png", "--check")
     assert replay.returncode == 0, replay.stderr
     assert "does not read prompt; replaying without" in replay.stderr and "identical pixels" in replay.stderr
+
+
+def test_metadata_private_and_none(tmp_path, pair):
+    """Issue 10: recipes carried the inputs' full paths; --metadata private keeps names and hashes only."""
+    from canvaslab.core.metadata import read_metadata
+
+    image, mask = pair
+    out = tmp_path / "private.png"
+    env = {**os.environ, "CANVASLAB_METADATA": "private"}
+    run = subprocess.run([sys.executable, "-m", "canvaslab", "inpaint", str(image), "--mask", str(mask), "--engine",
+                          "telea", "--seed", "1", "-o", str(out)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert str(tmp_path) not in out.read_bytes().decode("latin-1")
+    recipe = read_metadata(out).recipe
+    assert recipe["inputs"]["image"] == {"path": None, "name": image.name, "sha256": recipe["inputs"]["image"]["sha256"]}
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for file in (out, image, mask):
+        (moved / file.name).write_bytes(file.read_bytes())
+    image.unlink()
+    replay = cli("replay", moved / out.name, "-o", moved / "again.png", "--check")
+    assert replay.returncode == 0 and "identical pixels" in replay.stderr, replay.stderr
+    assert read_metadata(moved / "again.png").recipe["private"]
+
+    bare = tmp_path / "bare.png"
+    assert cli("inpaint", moved / image.name, "--mask", mask, "--engine", "telea", "--metadata", "none",
+               "-o", bare).returncode == 0
+    assert read_metadata(bare).parameters is None and read_metadata(bare).recipe is None

@@ -383,3 +383,67 @@ def test_reading_metadata_ignores_pillows_pixel_guard(monkeypatch: pytest.Monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_metadata(data).parameters == "p"
+
+
+# --- model hashes -----------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def hash_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh digest cache in its own folder, as on a machine that never hashed anything."""
+    from canvaslab.core import metadata
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(metadata, "_hash_entries", None)
+    return tmp_path / "cache" / "canvaslab" / "hashes.json"
+
+
+def safetensors_file(path: Path, payload: bytes) -> Path:
+    header = json.dumps({"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + payload)
+    return path
+
+
+def test_checkpoint_and_lora_hashes_are_a1111_s(tmp_path: Path, hash_cache: Path) -> None:
+    import hashlib
+
+    from canvaslab.core.metadata import lora_sha256, model_sha256
+
+    checkpoint = safetensors_file(tmp_path / "model.safetensors", b"weights" * 100)
+    # A1111's "Model hash" is the file's sha256 (AutoV2); a .safetensors LoRA's skips the header (AutoV3).
+    assert model_sha256(checkpoint) == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert lora_sha256(checkpoint) == hashlib.sha256(b"weights" * 100).hexdigest()
+    assert hash_cache.is_file()
+
+
+def test_folder_hash_lists_weight_files_and_reads_no_hub_blob(tmp_path: Path, hash_cache: Path) -> None:
+    from canvaslab.core.metadata import model_sha256
+
+    blob = "ab" * 32
+    hub = tmp_path / "models--owner--name"
+    (hub / "blobs").mkdir(parents=True)
+    (hub / "blobs" / blob).write_bytes(b"not read: the name is the hash")
+    snapshot = hub / "snapshots" / "rev"
+    (snapshot / "unet").mkdir(parents=True)
+    (snapshot / "unet" / "model.safetensors").symlink_to(hub / "blobs" / blob)
+    (snapshot / "model_index.json").write_text("{}")  # not a weight file
+    copy = tmp_path / "copy" / "unet"
+    copy.mkdir(parents=True)
+    (copy / "model.safetensors").write_bytes(b"other bytes")
+    assert model_sha256(snapshot) != model_sha256(copy.parent)
+    (copy / "model.safetensors").unlink()
+    (copy / "model.safetensors").symlink_to(hub / "blobs" / blob)
+    assert model_sha256(snapshot) == model_sha256(copy.parent)
+
+
+def test_a_hashed_model_is_found_again_until_it_changes(tmp_path: Path, hash_cache: Path) -> None:
+    from canvaslab.core import metadata
+
+    checkpoint = tmp_path / "x.ckpt"
+    checkpoint.write_bytes(b"one")
+    digest = metadata.model_sha256(checkpoint)
+    metadata._hash_entries = None  # a new process: only the cache file remembers
+    assert metadata.find_by_sha256(digest[:10]) == checkpoint.resolve()
+    checkpoint.write_bytes(b"two")
+    assert metadata.find_by_sha256(digest[:10]) is None
+    assert metadata.model_sha256(checkpoint) != digest

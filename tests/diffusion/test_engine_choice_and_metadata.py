@@ -15,7 +15,13 @@ pytest.importorskip("diffusers")
 
 import canvaslab  # noqa: E402
 from conftest import write_png  # noqa: E402
-from infotext import check_output  # noqa: E402
+from infotext import check_output, sd_parsers_read  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _own_hash_cache(tmp_path, monkeypatch):
+    """Model digests go to this test's folder, not to the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +78,63 @@ def test_every_task_s_output_parses_as_a1111(tmp_path, small, tiny_folders, suff
         settings = check_output(result.save(tmp_path / f"{task}{suffix}"), prompt=PROMPT, negative=NEGATIVE, seed=4)
         assert settings["Steps"] == "2", task
     assert check_output(tmp_path / f"inpaint{suffix}", prompt=PROMPT, negative=NEGATIVE)["Sampler"] == "Euler a"
+
+
+def all_text(path):
+    """Everything an image file says, as text (chunks, EXIF), to look for paths in."""
+    return path.read_bytes().decode("latin-1")
+
+
+def test_parameters_name_a_local_checkpoint_by_file_name_and_a1111_hash(tmp_path, small, tiny_folders, tiny_single_files):
+    """Issue 10: the A1111 line carried `Model: /home/.../models/x`; A1111 writes the name and a short hash."""
+    import hashlib
+
+    image, mask = small
+    checkpoint = tiny_single_files["sd-inpaint"]
+    result = canvaslab.inpaint(image, mask, model=str(checkpoint), options={"config": str(tiny_folders["sd-inpaint"])},
+                               prompt="wood", steps=2, seed=1)
+    out = result.save(tmp_path / "out.png", metadata="private")
+    settings = check_output(out, prompt="wood", seed=1)
+    assert settings["Model"] == checkpoint.stem and settings["Engine config"] == tiny_folders["sd-inpaint"].name
+    assert settings["Model hash"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:10]  # Civitai's AutoV2
+    [sampler] = sd_parsers_read(out).samplers
+    assert (sampler.model.name, sampler.model.hash) == (checkpoint.stem, settings["Model hash"])
+    assert str(checkpoint.parent) not in result.parameters and str(tiny_folders["sd-inpaint"]) not in all_text(out)
+
+
+def test_private_outputs_carry_no_local_path_and_still_replay(tmp_path, small, tiny_folders):
+    """--metadata private: names and hashes instead of paths; replay finds inputs beside the image and the
+    model by its hash, or takes --model on a machine that never used it."""
+    image, mask = small
+    home = tmp_path / "home" / "alice"
+    src, mask_path = write_png(home / "photos" / "in.png", image), write_png(home / "photos" / "m.png", mask)
+    model = tiny_folders["sd-inpaint"]
+    out = home / "out" / "o.png"
+    env = {"XDG_CACHE_HOME": str(home / ".cache")}
+    done = cli_env(env, "inpaint", src, "--mask", mask_path, "--model", model, "--prompt", "wood", "--steps", 2,
+                   "--seed", 5, "--metadata", "private", "--rows", 2, "--grid", home / "out" / "grid.png", "-o", out)
+    assert done.returncode == 0, done.stderr
+    for written in (out, home / "out" / "o-seed6.png", home / "out" / "grid.png"):
+        text = all_text(written)
+        assert str(home) not in text and str(model.parent) not in text, written.name
+    recipe = json.loads(cli_env(env, "--json", "info", out).stdout)["recipe"]
+    assert recipe["private"] and recipe["inputs"]["image"]["name"] == "in.png"
+    assert recipe["request"]["model"] == model.name and len(recipe["models"]["model"]["sha256"]) == 64
+
+    shared = tmp_path / "bob"  # what someone else receives: the image and its inputs, no folders
+    shared.mkdir()
+    for file in (out, src, mask_path):
+        (shared / file.name).write_bytes(file.read_bytes())
+    replayed = cli_env(env, "replay", shared / "o.png", "-o", shared / "again.png", "--check")
+    assert replayed.returncode == 0 and "identical pixels" in replayed.stderr, replayed.stderr
+    elsewhere = {"XDG_CACHE_HOME": str(tmp_path / "bob-cache")}  # a machine that never hashed the model
+    missing = cli_env(elsewhere, "replay", shared / "o.png", "-o", shared / "again.png")
+    assert missing.returncode == 2 and "pass --model PATH" in missing.stderr and model.name in missing.stderr
+    given = cli_env(elsewhere, "replay", shared / "o.png", "--model", model, "-o", shared / "again.png", "--check")
+    assert given.returncode == 0, given.stderr
+
+
+def cli_env(env, *args):
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, "-m", "canvaslab", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=300)

@@ -16,6 +16,12 @@ from canvaslab.tasks import requests  # noqa: E402
 from infotext import check_output  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _own_hash_cache(tmp_path, monkeypatch):
+    """Model digests go to this test's folder, not to the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @pytest.fixture(scope="module")
 def picture(photo):
     return np.ascontiguousarray(photo[10:74, 30:94])
@@ -57,3 +63,6 @@ def test_every_task_s_output_parses_as_a1111(tmp_path, picture, hole, bundle_fol
     for task, result in results.items():
         settings = check_output(result.save(tmp_path / f"{task}.png"), prompt=PROMPT, negative=NEGATIVE, seed=5)
         assert settings["Sampler"] == "MaskGIT" and settings["Steps"] == "2", task
+        # A Show-o folder is named by its folder name and the hash of its weight files, not by its path.
+        assert settings["Model"] == bundle_folder.name and len(settings["Model hash"]) == 10
+        assert str(bundle_folder.parent) not in result.parameters

@@ -15,7 +15,7 @@ import typer
 from canvaslab.cli import console
 from canvaslab.cli.options import command
 from canvaslab.cli.paint import (
-    SUFFIXES, FormatOpt, HSpaceOpt, ImageArg, LabelsOpt, QualityOpt, RowsOpt, VSpaceOpt,
+    SUFFIXES, FormatOpt, HSpaceOpt, ImageArg, LabelsOpt, MetadataOpt, QualityOpt, RowsOpt, VSpaceOpt,
     check_format, output_options, report_saved, run_command,
 )
 from canvaslab.errors import InputError
@@ -23,6 +23,7 @@ from canvaslab.tasks.common import open_image
 from canvaslab.tasks.edit import frame_files
 from canvaslab.tasks.render import OutputSpec, render
 from canvaslab.tasks.requests import EditRequest, GenerateRequest, build_request
+from canvaslab.tasks.result import MetadataMode
 
 
 def _edit_inputs(image: ImageArg = None) -> None:
@@ -57,7 +58,7 @@ def _run_edit(values: dict[str, Any], **cli: Any) -> None:
         check_format(output, fmt)
         spec = OutputSpec(
             format=fmt, quality=cli["quality"], rows=cli["rows"], grid=cli["grid"], h_spacing=cli["h_spacing"],
-            v_spacing=cli["v_spacing"], labels=cli["labels"], max_pixels=cli["max_pixels"],
+            v_spacing=cli["v_spacing"], labels=cli["labels"], max_pixels=cli["max_pixels"], metadata=cli["metadata"],
         )
         saved = _render_frames(request, output, spec)
         report_saved(f"edit --frames {folder}", saved, spec)
@@ -94,6 +95,7 @@ def _generate_options(
     labels: LabelsOpt = False,
     format: FormatOpt = None,
     quality: QualityOpt = 95,
+    metadata: MetadataOpt = MetadataMode.full,
 ) -> None:
     """Paint an image from a text prompt.
 
@@ -117,7 +119,7 @@ def _run_generate(values: dict[str, Any], **cli: Any) -> None:
         check_format(output, fmt)
         spec = OutputSpec(
             format=fmt, quality=cli["quality"], rows=cli["rows"], grid=cli["grid"], h_spacing=cli["h_spacing"],
-            v_spacing=cli["v_spacing"], labels=cli["labels"],
+            v_spacing=cli["v_spacing"], labels=cli["labels"], metadata=cli["metadata"],
         )
         saved = render("generate", None, None, request, output, spec)
         report_saved("generate", saved, spec)

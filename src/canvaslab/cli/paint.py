@@ -12,10 +12,11 @@ from rich.table import Table
 
 from canvaslab.cli import console
 from canvaslab.cli.options import command
-from canvaslab.core.image import DEFAULT_MAX_PIXELS
+from canvaslab.core.image import DEFAULT_MAX_PIXELS, load_image, save_image
 from canvaslab.errors import InputError
 from canvaslab.tasks.batch import BatchItem, launcher_shard, pair_folder, parse_shard, run_batch, shard
 from canvaslab.tasks.render import OutputSpec, render
+from canvaslab.tasks.result import MetadataMode, recipe_to_write
 from canvaslab.tasks.xyz import parse_axis, render_xyz
 from canvaslab.tasks.requests import REQUESTS, InpaintRequest, MaskMode, OutpaintRequest, build_request
 
@@ -42,6 +43,7 @@ VSpaceOpt = Annotated[int, typer.Option("--v-spacing", min=0, max=1024, help="pi
 GridXOpt = Annotated[Optional[str], typer.Option("--grid-x", metavar="FIELD=V1,V2", help="parameter grid: one column per value of a request field, e.g. steps=10,20,30 (needs --grid)", rich_help_panel=OUT)]
 GridYOpt = Annotated[Optional[str], typer.Option("--grid-y", metavar="FIELD=V1,V2", help="parameter grid rows, e.g. guidance_scale=3,5,7", rich_help_panel=OUT)]
 LabelsOpt = Annotated[bool, typer.Option("--labels/--no-labels", help="label grid rows (seed) and columns", rich_help_panel=OUT)]
+MetadataOpt = Annotated[MetadataMode, typer.Option("--metadata", envvar="CANVASLAB_METADATA", help="what outputs remember: full (A1111 parameters + the recipe with local paths, so replay works here), private (the recipe names inputs and models by file name and sha256, no paths: for images you share), none", rich_help_panel=OUT)]
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, envvar="CANVASLAB_MAX_PIXELS", help="refuse images with more pixels (decompression-bomb guard; 8192x8192 by default, raise it for bigger photos and scans)", rich_help_panel="Input")]
 ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="folder of images, searched recursively", rich_help_panel=BATCH)]
 OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="output folder (existing outputs are skipped: reruns resume)", rich_help_panel=BATCH)]
@@ -94,6 +96,7 @@ def output_options(
     labels: LabelsOpt = False,
     format: FormatOpt = None,
     quality: QualityOpt = 95,
+    metadata: MetadataOpt = MetadataMode.full,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Output, grid and batch options shared by inpaint and outpaint."""
@@ -106,7 +109,7 @@ def _run(task: str, values: dict[str, Any], **cli: Any) -> None:
         fmt = cli["format"].value if cli["format"] is not None else None
         spec_args = dict(
             format=fmt, quality=cli["quality"], rows=cli["rows"], h_spacing=cli["h_spacing"],
-            v_spacing=cli["v_spacing"], labels=cli["labels"], max_pixels=cli["max_pixels"],
+            v_spacing=cli["v_spacing"], labels=cli["labels"], max_pixels=cli["max_pixels"], metadata=cli["metadata"],
         )
         if cli["grid_x"] is not None or cli["grid_y"] is not None:
             _run_xyz(task, model, request, cli, spec_args)
@@ -158,11 +161,22 @@ def _run_xyz(task: str, model: Any, request: Any, cli: dict[str, Any], spec_args
         raise InputError("--rows makes seed rows; with --grid-y use seed=1,2,3 as an axis instead")
     x = parse_axis(cli["grid_x"], model)
     y = parse_axis(cli["grid_y"], model) if cli["grid_y"] else None
-    path, results = render_xyz(task, cli["image"], cli.get("mask"), request, x, y, cli["grid"], OutputSpec(**spec_args))
+    spec = OutputSpec(**spec_args)
+    path, results = render_xyz(task, cli["image"], cli.get("mask"), request, x, y, cli["grid"], spec)
+    if spec.metadata != MetadataMode.full:
+        _rewrite_grid_metadata(path, x.field, y.field if y else None, list(results.values()), spec.metadata)
     if console.settings.json:
         console.emit_json({"grid": str(path), "cells": len(results), "seconds": round(sum(r.seconds for r in results.values()), 3)})
         return
     print(path)
+
+
+def _rewrite_grid_metadata(path: Path, x: str, y: str | None, results: list[Any], metadata: MetadataMode) -> None:
+    """render_xyz embeds every cell's full recipe; store the grid again with what --metadata allows."""
+    cells = [recipe_to_write(r.recipe, metadata) for r in results]
+    recipe = None if metadata == MetadataMode.none else {"canvaslab_xyz": {"x": x, "y": y, "cells": cells}}
+    grid = load_image(path, max_pixels=2**62)  # written just now by us: no decompression bomb
+    save_image(path, grid.rgb, recipe=recipe)
 
 
 def check_format(output: Path, fmt: str | None) -> None:

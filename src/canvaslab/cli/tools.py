@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -13,11 +14,12 @@ from rich.table import Table
 from canvaslab.cli import console
 from canvaslab.core.grid import grid_from_files
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, encode_image, load_image, save_image
-from canvaslab.core.metadata import read_metadata
+from canvaslab.core.metadata import find_by_sha256, lora_sha256, model_sha256, read_metadata
 from canvaslab.engines import engine_class, engine_names
 from canvaslab.errors import InputError
-from canvaslab.tasks.requests import REQUESTS, build_request
 from canvaslab.tasks.render import run_task
+from canvaslab.tasks.requests import REQUESTS, build_request, display_name, local_path, parse_lora
+from canvaslab.tasks.result import MetadataMode
 
 
 def grid(
@@ -57,11 +59,18 @@ def info(
 def replay(
     image: Annotated[Path, typer.Argument(help="an image written by canvaslab", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where to write [default: <name>-replay.png]")] = None,
-    source: Annotated[Optional[Path], typer.Option("--image", help="use this input image instead of the recorded path")] = None,
-    mask: Annotated[Optional[Path], typer.Option("--mask", help="use this mask instead of the recorded path")] = None,
+    source: Annotated[Optional[Path], typer.Option("--image", help="use this input image instead of the recorded one")] = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="use this mask instead of the recorded one")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="use this model (file, folder, alias) instead of the recorded one")] = None,
+    lora: Annotated[Optional[list[str]], typer.Option("--lora", metavar="PATH[:WEIGHT]", help="use these LoRAs instead of the recorded ones, repeatable")] = None,
     check: Annotated[bool, typer.Option("--check", help="exit 1 unless the replay reproduces the pixels exactly")] = False,
 ) -> None:
-    """Re-run the recipe stored in an output image; deterministic engines reproduce the same pixels."""
+    """Re-run the recipe stored in an output image; deterministic engines reproduce the same pixels.
+
+    Inputs are found at their recorded path, else by name and sha256 beside the image or in the current
+    folder; local models and LoRAs at their recorded path, else by sha256 among those hashed on this
+    machine (private recipes record no paths). --image, --mask, --model and --lora say where they are.
+    """
     with console.friendly_errors():
         recipe = read_metadata(image).recipe
         if not recipe or recipe.get("task") not in REQUESTS:
@@ -71,14 +80,18 @@ def replay(
         if ignored:  # recorded by versions that let engines ignore them: they did not shape the pixels
             console.info(f"[yellow]notice:[/] the {values.get('engine')} engine does not read "
                          f"{', '.join(ignored)}; replaying without")
-        request = build_request(REQUESTS[task], values)
+        values = _with_models(values, recipe.get("models") or {}, model, lora)
         inputs = recipe.get("inputs", {})
+        near = [image.resolve().parent, Path.cwd()]
+        if isinstance(values.get("frames"), str) and "frames" in inputs:
+            values["frames"] = str(_recorded_folder(inputs["frames"], near))
+        request = build_request(REQUESTS[task], values)
         # generate has no input image to reopen
-        image_in = source or (_recorded(inputs.get("image"), "image", "--image") if "image" in inputs else None)
-        mask_in = mask or (_recorded(inputs["mask"], "mask", "--mask") if inputs.get("mask") else None)
+        image_in = source or (_recorded(inputs.get("image"), "image", "--image", near) if "image" in inputs else None)
+        mask_in = mask or (_recorded(inputs["mask"], "mask", "--mask", near) if inputs.get("mask") else None)
         result = run_task(task, image_in, mask_in, request, max_pixels=_pixels_limit(recipe))
         target = output or image.with_name(f"{image.stem}-replay.png")
-        print(result.save(target))
+        print(result.save(target, metadata=MetadataMode.private if recipe.get("private") else MetadataMode.full))
         if not engine_class(request.engine).deterministic:
             console.info(f"engine {request.engine} is not deterministic: the pixels will differ")
             return
@@ -98,11 +111,74 @@ def _as_saved(result: Any, original_format: str | None, recipe: dict) -> np.ndar
     return load_image(encoded).rgb
 
 
-def _recorded(entry: dict | None, what: str, flag: str) -> Path:
-    path = Path(entry["path"]) if entry and entry.get("path") else None
-    if path is None or not path.is_file():
-        raise InputError(f"the recorded {what} {path or '(not a file)'} is not available: pass {flag} FILE")
-    return path
+def _recorded(entry: dict | None, what: str, flag: str, near: list[Path]) -> Path:
+    """The recorded input: at its path, else a file of its name and sha256 in one of the `near` folders."""
+    entry = entry or {}
+    path = Path(entry["path"]) if entry.get("path") else None
+    if path is not None and path.is_file():
+        return path
+    name = entry.get("name") or (path.name if path is not None else None)
+    for folder in near if name else []:
+        candidate = folder / name
+        if candidate.is_file() and entry.get("sha256") in (None, hashlib.sha256(candidate.read_bytes()).hexdigest()):
+            return candidate
+    where = f"at {path}" if path is not None else f"named {name} beside the image or here" if name else "recorded"
+    raise InputError(f"the {what} the recipe was made from is not {where}: pass {flag} FILE")
+
+
+def _recorded_folder(entry: dict, near: list[Path]) -> Path:
+    """edit --frames: the recorded folder, else a folder of its name beside the image or here."""
+    path = Path(entry["path"]) if entry.get("path") else None
+    if path is not None and path.is_dir():
+        return path
+    name = entry.get("name") or (path.name if path is not None else "")
+    found = next((folder / name for folder in near if name and (folder / name).is_dir()), None)
+    if found is None:
+        raise InputError(f"the frames folder {name or path} the recipe was made from is not here: copy it beside the image")
+    return found
+
+
+def _with_models(values: dict[str, Any], models: dict[str, Any], model: str | None, lora: list[str] | None) -> dict[str, Any]:
+    """The request with its local model and LoRAs found: given, at their recorded path, or by sha256."""
+    values = dict(values)
+    if model is not None:
+        values["model"] = model
+    elif isinstance(models.get("model"), dict):
+        values["model"] = str(_find_model(values.get("model"), models["model"], "model", "--model", model_sha256))
+    if lora is not None:
+        values["lora"] = list(lora)
+    else:
+        recorded = {entry.get("name"): entry for entry in models.get("lora") or [] if isinstance(entry, dict)}
+        specs = []
+        for spec in values.get("lora") or []:
+            name, weight = parse_lora(spec)
+            entry = recorded.get(display_name(name)) or recorded.get(Path(name).stem) or recorded.get(Path(name).name)
+            if entry is not None:
+                name = str(_find_model(name, entry, "LoRA", "--lora", lora_sha256))
+            specs.append(f"{name}:{weight:g}")
+        values["lora"] = specs
+    return values
+
+
+def _find_model(recorded: Any, entry: dict[str, Any], what: str, flag: str, digest_of: Any) -> Path | str:
+    """A model the recipe names with its sha256: at the recorded path if unchanged, else any file with that hash."""
+    sha256 = str(entry.get("sha256", ""))
+    path = local_path(recorded) if isinstance(recorded, str) else None
+    if path is not None and digest_of(path) == sha256:
+        return path
+    found = find_by_sha256(sha256)
+    if found is not None:
+        if path is None or found != path.resolve():
+            console.info(f"[yellow]notice:[/] the recipe's {what} {entry.get('name')} (sha256 {sha256[:10]}) is at {found}")
+        return found
+    if path is not None:
+        console.info(f"[yellow]notice:[/] the {what} at {path} changed since the image was made (its sha256 is not "
+                     f"{sha256[:10]} any more): replaying with it")
+        return path
+    raise InputError(
+        f"the recipe's {what} {entry.get('name')!r} (sha256 {sha256[:10]}) is not on this machine, or was never used "
+        f"here: pass {flag} PATH"
+    )
 
 
 def _pixels_limit(recipe: dict) -> int:

@@ -27,19 +27,25 @@ Where they live:
 The EXIF block is written here by hand (`exif_for`) rather than through ``PIL.Image.Exif``: Pillow
 types an unregistered bytes tag such as UserComment as BYTE, which piexif then reads as a tuple of
 ints and A1111 fails on; the EXIF spec requires UNDEFINED. Reading uses Pillow's EXIF API.
+
+Models are named the way A1111 names them, never by their path: a file name and a short hash
+(`model_sha256`, `lora_sha256`; see "model hashes" below).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO, Any, Union
+from pathlib import Path
+from typing import IO, Any, Callable, Union
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
@@ -446,3 +452,152 @@ def _inflate(data: bytes) -> bytes:
 def _one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+# --- model hashes -----------------------------------------------------------------------------
+#
+# A1111 writes "Model: <file name without extension>, Model hash: <first 10 hex of the file's
+# sha256>" (Civitai's AutoV2) and, for LoRAs, 'Lora hashes: "<name>: <first 12 hex>"' where a
+# .safetensors file is hashed without its JSON header (the "addnet" hash, Civitai's AutoV3). Folders
+# (diffusers pipelines, Show-o bundles) have no A1111 hash; theirs is the sha256 of a manifest of
+# "<relative path>\t<sha256>" lines, one per weight file. In a Hugging Face snapshot the weights are
+# links to blobs named by their sha256, so nothing is read there. Hashing a multi-GB checkpoint takes
+# seconds, so digests are kept (as A1111 keeps its cache.json) in `hash_cache_path()`, keyed by path,
+# size and modification time; the same file lets `find_by_sha256` find a model again.
+
+MODEL_HASH_LENGTH = 10  # A1111's "Model hash"
+LORA_HASH_LENGTH = 12  # A1111's "Lora hashes"
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
+_SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+_NOTICE_ABOVE_BYTES = 256 * 1024 * 1024
+_hash_lock = threading.Lock()
+_hash_entries: dict[str, dict[str, Any]] | None = None
+
+
+def hash_cache_path() -> Path:
+    """Where digests are kept: $XDG_CACHE_HOME (or ~/.cache)/canvaslab/hashes.json."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "canvaslab" / "hashes.json"
+
+
+def model_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 naming a checkpoint file (of the whole file) or a model folder (of its manifest)."""
+    target = Path(path).expanduser().resolve()
+    return _folder_sha256(target) if target.is_dir() else _cached_sha256(target, "file", _file_sha256)
+
+
+def lora_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 naming a LoRA: A1111's header-less hash for .safetensors, else as `model_sha256`."""
+    target = Path(path).expanduser().resolve()
+    if target.is_file() and target.suffix == ".safetensors":
+        return _cached_sha256(target, "addnet", _safetensors_data_sha256)
+    return model_sha256(target)
+
+
+def find_by_sha256(digest: str) -> Path | None:
+    """A file or folder hashed on this machine before, still unchanged, whose sha256 starts with `digest`."""
+    digest = digest.lower()
+    if len(digest) < MODEL_HASH_LENGTH:
+        return None
+    for key, entry in sorted(_load_hash_entries().items()):
+        kind, _, name = key.partition(":")
+        path = Path(name)
+        if not str(entry.get("sha256", "")).startswith(digest):
+            continue
+        try:
+            if kind == "folder" and path.is_dir() and _folder_sha256(path).startswith(digest):
+                return path
+            if kind in ("file", "addnet") and _unchanged(path, entry):
+                return path
+        except OSError:
+            continue
+    return None
+
+
+def _folder_sha256(folder: Path) -> str:
+    lines = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or not name.endswith(WEIGHT_SUFFIXES):
+                continue
+            file = Path(dirpath) / name
+            blob = os.path.basename(os.readlink(file)) if file.is_symlink() else ""
+            digest = blob if _SHA256_NAME.fullmatch(blob) else _cached_sha256(file.resolve(), "file", _file_sha256)
+            lines.append(f"{file.relative_to(folder).as_posix()}\t{digest}\n")
+    digest = hashlib.sha256("".join(lines).encode()).hexdigest()
+    _remember(f"folder:{folder}", {"sha256": digest})
+    return digest
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as file:
+        return _sha256_of_rest(file)
+
+
+def _safetensors_data_sha256(path: Path) -> str:
+    """sha256 of a .safetensors file after its header (8-byte length + JSON), as A1111 hashes LoRAs."""
+    with open(path, "rb") as file:
+        header_length = struct.unpack("<Q", file.read(8))[0]
+        file.seek(8 + header_length)
+        return _sha256_of_rest(file)
+
+
+def _sha256_of_rest(file: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while chunk := file.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cached_sha256(path: Path, kind: str, compute: Callable[[Path], str]) -> str:
+    key = f"{kind}:{path}"
+    entry = _load_hash_entries().get(key)
+    if entry is not None and _unchanged(path, entry):
+        return str(entry["sha256"])
+    stat = path.stat()
+    if stat.st_size > _NOTICE_ABOVE_BYTES:
+        notice(f"computing the sha256 of {path.name} once, to name it in the outputs (kept in {hash_cache_path()})")
+    digest = compute(path)
+    _remember(key, {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return digest
+
+
+def _unchanged(path: Path, entry: Mapping[str, Any]) -> bool:
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
+
+
+def _load_hash_entries() -> dict[str, dict[str, Any]]:
+    global _hash_entries
+    with _hash_lock:
+        if _hash_entries is None:
+            _hash_entries = _read_hash_file()
+        return _hash_entries
+
+
+def _read_hash_file() -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(hash_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+
+def _remember(key: str, entry: dict[str, Any]) -> None:
+    """Keep a digest in memory and in the cache file (merged with what other processes wrote meanwhile)."""
+    from canvaslab.core.image import atomic_write_bytes  # image.py imports this module at load time
+
+    entries = _load_hash_entries()
+    with _hash_lock:
+        if entries.get(key) == entry:
+            return
+        entries[key] = entry
+        merged = {**_read_hash_file(), key: entry}
+        try:
+            atomic_write_bytes(hash_cache_path(), json.dumps(merged, indent=1, sort_keys=True).encode())
+        except (OSError, InputError):
+            pass  # an unwritable cache only costs hashing again next time

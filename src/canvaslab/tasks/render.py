@@ -21,7 +21,7 @@ from canvaslab.tasks.generate import generate
 from canvaslab.tasks.inpaint import inpaint
 from canvaslab.tasks.outpaint import outpaint
 from canvaslab.tasks.requests import REQUESTS, TaskRequest
-from canvaslab.tasks.result import Result
+from canvaslab.tasks.result import MetadataMode, Result, recipe_to_write
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,10 @@ class OutputSpec:
     v_spacing: int = 8
     labels: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    metadata: MetadataMode = MetadataMode.full  # what outputs and grids remember
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "metadata", MetadataMode(self.metadata))
         if self.rows < 1:
             raise InputError(f"--rows must be >= 1, got {self.rows}")
         if not 1 <= self.quality <= 100:
@@ -98,10 +100,10 @@ def render(
         results.append(result)
     saved = [(r, row_output(output, r.seed, i)) for i, r in enumerate(results)]
     for result, path in saved[1:]:
-        result.save(path, format=spec.format, quality=spec.quality)
+        result.save(path, format=spec.format, quality=spec.quality, metadata=spec.metadata)
     if spec.grid is not None:
         write_grid(spec.grid, original if source is None else source.rgb, results, spec, GRID_COLUMNS[task])
-    results[0].save(output, format=spec.format, quality=spec.quality)
+    results[0].save(output, format=spec.format, quality=spec.quality, metadata=spec.metadata)
     if tidy:
         for path in [*(path for _, path in saved), *([spec.grid] if spec.grid is not None else [])]:
             remove_stale_temporaries(path.parent, target=path.name)
@@ -124,4 +126,5 @@ def write_grid(
         row_labels=[f"seed {r.seed}" for r in results] if spec.labels else None,
         col_labels=list(columns) if spec.labels else None,
     )
-    return save_image(path, grid, recipe={"canvaslab_grid": [r.recipe for r in results]})
+    recipes = [recipe_to_write(r.recipe, spec.metadata) for r in results]
+    return save_image(path, grid, recipe=None if spec.metadata == MetadataMode.none else {"canvaslab_grid": recipes})

@@ -29,6 +29,7 @@ from pydantic import (
 from canvaslab import __version__
 from canvaslab.core.canvas import InitialFill, parse_directions, parse_sequence
 from canvaslab.core.geometry import AlignMode
+from canvaslab.core.metadata import LORA_HASH_LENGTH, MODEL_HASH_LENGTH, lora_sha256, model_sha256
 from canvaslab.engines import DEFAULT_ENGINE, Generation, engine_names, get_engine
 from canvaslab.engines.diffusion.schedulers import SCHEDULERS
 from canvaslab.errors import InputError
@@ -157,6 +158,41 @@ def _root_config(model: str) -> Path | None:
     except (ValueError, OSError):  # not a valid hub id: simply not a cached one
         return None
     return Path(found) if isinstance(found, str) else None
+
+
+# -- names of local files ------------------------------------------------------------------------
+
+# Request fields and engine options that may name files or folders on this machine: outputs show
+# their names, never their paths (see display_name), and private recipes keep only the names.
+PATH_FIELDS = ("model", "lora", "cache_dir", "frames")
+PATH_OPTIONS = ("config", "magvit", "tokenizer")
+
+
+def local_path(value: str | None) -> Path | None:
+    """The file or folder `value` names on this machine; None for nothing, an alias or a hub id."""
+    if not value or value in UNIFIED_ALIASES or value in _diffusion_aliases():
+        return None  # an alias means the alias even where a file of that name exists (resolve_source)
+    path = Path(value).expanduser()
+    return path if path.exists() else None
+
+
+def display_name(value: str) -> str:
+    """How outputs name a model, LoRA or config: as given, unless it is a local path; then by its file
+    name without extension (as A1111 names checkpoints), its folder's name, or a Hugging Face snapshot's
+    hub id (<cache>/models--owner--name/snapshots/<revision>)."""
+    path = local_path(value)
+    if path is None:
+        return value
+    parts = path.resolve().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3][len("models--"):].replace("--", "/")
+    return path.stem if path.is_file() else path.name
+
+
+def _diffusion_aliases() -> dict[str, Any]:
+    from canvaslab.engines.diffusion.models import ALIASES  # configs only: no torch
+
+    return ALIASES
 
 
 def options_from_pairs(value: Any) -> Any:
@@ -361,11 +397,32 @@ class TaskRequest(BaseModel):
             # an engine without a sampler (PatchMatch, OpenCV) fills in one step of its own.
             settings.update({"Steps": 1, "Sampler": self.engine})
         settings.update({"Seed": seed, "Size": f"{size[0]}x{size[1]}", "Engine": self.engine})
-        settings.update({f"Engine {k}": v for k, v in self.options.items()})
+        settings.update({
+            f"Engine {k}": display_name(v) if k in PATH_OPTIONS and isinstance(v, str) else v
+            for k, v in self.options.items()
+        })
+        settings.update(self.a1111_models())
         if self.feather:
             settings["Mask blur"] = _number(self.feather)
         if self.color_match != ColorMatch.none:
             settings["Color match"] = self.color_match.value
+        return settings
+
+    def a1111_models(self) -> dict[str, object]:
+        """A local model and LoRAs as A1111 names them: file name and short hash, never the path.
+
+        Aliases and hub ids are names already (and the engine writes the default model's alias).
+        """
+        settings: dict[str, object] = {}
+        if self.model is not None and (path := local_path(self.model)) is not None:
+            settings["Model hash"] = model_sha256(path)[:MODEL_HASH_LENGTH]
+            settings["Model"] = display_name(self.model)
+        hashes = [
+            f"{display_name(name)}: {lora_sha256(path)[:LORA_HASH_LENGTH]}"
+            for name, _ in map(parse_lora, self.lora) if (path := local_path(name)) is not None
+        ]
+        if hashes:
+            settings["Lora hashes"] = ", ".join(hashes)
         return settings
 
 
