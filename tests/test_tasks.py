@@ -196,3 +196,28 @@ def test_outpaint_initial_fills_run_and_keep_pixels(photo, fill):
     h, w = photo.shape[:2]
     np.testing.assert_array_equal(result.image[:, :w], photo)
     assert result.image.shape == (h, w + 24, 3)
+
+
+def test_parameters_name_local_models_loras_and_configs_like_a1111(tmp_path, monkeypatch):
+    import hashlib
+    import struct
+
+    from canvaslab.core.metadata import format_parameters
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    models = tmp_path / "home" / "models"
+    models.mkdir(parents=True)
+    checkpoint = models / "my-model.safetensors"
+    checkpoint.write_bytes(b"checkpoint bytes")
+    header = b'{"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}'
+    lora = models / "style.safetensors"
+    lora.write_bytes(struct.pack("<Q", len(header)) + header + b"\x01\x02\x03\x04")
+    (models / "sd15-config").mkdir()
+    request = InpaintRequest(model=str(checkpoint), lora=[f"{lora}:0.8"], options={"config": str(models / "sd15-config")})
+    settings = request.a1111_settings((64, 48), 3)
+    assert settings["Model"] == "my-model"
+    assert settings["Model hash"] == hashlib.sha256(b"checkpoint bytes").hexdigest()[:10]
+    assert settings["Lora hashes"] == f"style: {hashlib.sha256(bytes([1, 2, 3, 4])).hexdigest()[:12]}"
+    assert settings["Engine config"] == "sd15-config"
+    assert str(models) not in format_parameters("p", "", settings)
+    assert InpaintRequest(model="sd15-inpaint").a1111_models() == {}  # an alias is a name already
