@@ -1,8 +1,8 @@
 """PatchMatch's compiled kernels: how they are cached, a notice when they compile, and `warm()`.
 
-numba turns each kernel into machine code for this CPU the first time a process calls it (PatchMatch:
-tens of seconds, once) and stores the result on disk, so later processes only load it (well under
-a second). Where numba keeps that cache, first match wins:
+numba turns each kernel into machine code for this CPU the first time a process calls it
+(PatchMatch: 10-30 s on two cores, once) and stores the result on disk, so later processes only load
+it (well under a second). Where numba keeps that cache, first match wins:
 
 1. `NUMBA_CACHE_DIR`, when set;
 2. `__pycache__` beside the module, when writable (a checkout, a user's own virtualenv);
@@ -63,7 +63,7 @@ def cache_dir() -> str | None:
 
 class _CompileNotice(event.Listener):
     """Tells the user, once per process, that the kernels are being compiled: otherwise a first run
-    looks hung for tens of seconds."""
+    looks hung."""
 
     _installed: _CompileNotice | None = None
     _lock = threading.Lock()
@@ -85,10 +85,10 @@ class _CompileNotice(event.Listener):
         self.told = True
         where = ev.data["dispatcher"].stats.cache_path
         if where is None:
-            notice("compiling PatchMatch for this CPU (tens of seconds): numba found no writable cache "
+            notice("compiling PatchMatch for this CPU (10-30 s): numba found no writable cache "
                    "folder, so every process compiles again; set NUMBA_CACHE_DIR to a writable folder")
         else:
-            notice(f"compiling PatchMatch for this CPU, once (tens of seconds); later runs load it from "
+            notice(f"compiling PatchMatch for this CPU, once (10-30 s); later runs load it from "
                    f"{where} ('canvaslab doctor --warm' does this ahead of time)")
 
     def on_end(self, ev: event.Event) -> None:
