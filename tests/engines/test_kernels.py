@@ -53,14 +53,13 @@ def test_another_python_thread_runs_while_a_kernel_runs():
     assert np.isfinite(args[-1]).all()
 
 
-def test_every_kernel_releases_the_gil_and_is_cached_on_disk():
+def test_every_kernel_releases_the_gil():
     assert set(warm.KERNELS) == {
         "downsample_known", "distance_rows", "random_nnf", "upsample_nnf", "sweep_bands", "vote_rows",
         "gradient_vote_rows", "poisson_system", "cg_steps",
     }
     for name, dispatcher in warm.KERNELS.items():
         assert dispatcher.targetoptions.get("nogil") is True, name
-        assert dispatcher.stats.cache_path is not None, name  # this checkout is writable
 
 
 def test_warm_reaches_every_kernel_and_says_what_it_did():
