@@ -138,3 +138,28 @@ def cli_env(env, *args):
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
     return subprocess.run([sys.executable, "-m", "canvaslab", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=300)
+
+
+def test_grid_over_models_runs_each_model_on_its_engine(small, tiny_folders):
+    """--grid-x model=A,B with no --engine: the cells are diffusion runs, not a PatchMatch request refusing
+    --model (the base request without a model is a PatchMatch one)."""
+    from canvaslab.tasks.requests import InpaintRequest
+    from canvaslab.tasks.xyz import base_request, cell_requests, parse_axis
+
+    x = parse_axis(f"model={tiny_folders['sd-inpaint']},{tiny_folders['sd-txt2img']}", InpaintRequest)
+    cells = cell_requests(base_request(InpaintRequest, {"prompt": "wood", "steps": 2}, x, None), x, None)
+    assert [cells[(c, 0)].engine for c in range(2)] == ["diffusion", "diffusion"]
+    assert all(cell.prompt == "wood" for cell in cells.values())
+
+
+def test_grid_over_engines_leaves_a_prompt_out_of_the_classical_cells(tmp_path, small, tiny_folders):
+    image, mask = small
+    grid = tmp_path / "grid.png"
+    done = cli("inpaint", write_png(tmp_path / "i.png", image), "--mask", write_png(tmp_path / "m.png", mask),
+               "--model", tiny_folders["sd-inpaint"], "--prompt", "wood", "--steps", 2, "--seed", 1,
+               "--grid", grid, "--grid-x", "engine=patchmatch,diffusion")
+    assert done.returncode == 0, done.stderr
+    assert "engine=patchmatch: its engine does not read" in done.stderr
+    cells = json.loads(cli("--json", "info", grid).stdout)["recipe"]["canvaslab_xyz"]["cells"]
+    engines = [(cell["request"]["engine"], cell["request"]["prompt"]) for cell in cells]
+    assert sorted(engines) == [("diffusion", "wood"), ("patchmatch", "")]

@@ -17,7 +17,7 @@ from canvaslab.errors import InputError
 from canvaslab.tasks.batch import BatchItem, launcher_shard, pair_folder, parse_shard, run_batch, shard
 from canvaslab.tasks.render import OutputSpec, render
 from canvaslab.tasks.result import MetadataMode, recipe_to_write
-from canvaslab.tasks.xyz import parse_axis, render_xyz
+from canvaslab.tasks.xyz import base_request, parse_axis, render_xyz
 from canvaslab.tasks.requests import REQUESTS, InpaintRequest, MaskMode, OutpaintRequest, build_request
 
 
@@ -105,7 +105,11 @@ def output_options(
 def _run(task: str, values: dict[str, Any], **cli: Any) -> None:
     with console.friendly_errors():
         model = REQUESTS[task]
-        request = build_request(model, values)
+        if cli["grid_x"] is not None:
+            axes = parse_axis(cli["grid_x"], model), parse_axis(cli["grid_y"], model) if cli["grid_y"] else None
+            request = base_request(model, values, *axes)
+        else:
+            request = build_request(model, values)
         fmt = cli["format"].value if cli["format"] is not None else None
         spec_args = dict(
             format=fmt, quality=cli["quality"], rows=cli["rows"], h_spacing=cli["h_spacing"],

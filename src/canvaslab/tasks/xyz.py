@@ -19,15 +19,18 @@ import numpy as np
 
 from canvaslab.core.grid import make_grid
 from canvaslab.core.image import save_image
+from canvaslab.core.notices import notice
 from canvaslab.errors import InputError
 from canvaslab.tasks.common import ImageInput, open_image, resolve_seed
 from canvaslab.tasks.render import OutputSpec, run_task
-from canvaslab.tasks.requests import TaskRequest, build_request
+from canvaslab.tasks.requests import TaskRequest, build_request, engine_for_model
 from canvaslab.tasks.result import Result
 
 ALIASES = {"guidance": "guidance_scale", "cfg": "guidance_scale", "sampler": "scheduler", "denoise": "strength"}
 # Changing these reloads weights or switches back ends: keep them in the outer loop.
 EXPENSIVE = ("engine", "model", "dtype", "device", "offload", "lora")
+# Axes that can change which engine a cell runs on.
+ENGINE_AXES = ("engine", "model")
 
 
 @dataclass(frozen=True)
@@ -51,17 +54,51 @@ def parse_axis(text: str, model: type[TaskRequest]) -> Axis:
     return Axis(name, values)
 
 
+def base_request(model: type[TaskRequest], values: dict[str, Any], x: Axis, y: Axis | None) -> TaskRequest:
+    """The request a grid's cells vary. An engine or model axis stands in for a missing --engine/--model:
+    the first of its values under which `values` validate (so --prompt with --grid-x model=A,B, or with
+    --grid-x engine=patchmatch,diffusion, is not refused for the task's default engine)."""
+    axes = [a for a in (x, y) if a is not None and a.field in ENGINE_AXES and values.get(a.field) in (None, "")]
+    if not axes:
+        return build_request(model, values)
+    first_error: InputError | None = None
+    for choice in itertools.product(*(a.values for a in axes)):
+        trial = {**values, **{a.field: _value(v, a.field, values) for a, v in zip(axes, choice)}}
+        try:
+            return build_request(model, trial)
+        except InputError as exc:
+            first_error = first_error or exc
+    assert first_error is not None
+    raise first_error
+
+
 def cell_requests(request: TaskRequest, x: Axis, y: Axis | None) -> dict[tuple[int, int], TaskRequest]:
     """(column, row) -> the validated request of that cell (bad values fail before anything runs)."""
     base = request.model_dump(mode="json")
     rows = y.values if y is not None else ("",)
+    engine_axis = x.field in ENGINE_AXES or (y is not None and y.field in ENGINE_AXES)
+    if engine_axis and _engine_was_inferred(request):
+        base["engine"] = None  # each cell's model picks its engine (--grid-x model=sd15,show-o)
     cells = {}
     for (col, x_value), (row, y_value) in itertools.product(enumerate(x.values), enumerate(rows)):
         values = {**base, x.field: _value(x_value, x.field, base)}
         if y is not None:
             values[y.field] = _value(y_value, y.field, base)
+        if engine_axis:
+            # Comparing engines: a prompt is for the cells whose engine reads one, not an error in the others.
+            values, dropped = type(request).drop_unused(values)
+            if dropped:
+                label = ", ".join(a.label(v) for a, v in ((x, x_value), (y, y_value)) if a is not None)
+                notice(f"grid cell {label}: its engine does not read {', '.join(dropped)}, left out there")
         cells[(col, row)] = build_request(type(request), values)
     return cells
+
+
+def _engine_was_inferred(request: TaskRequest) -> bool:
+    """Whether the request's engine is the one its model (or the task default) implies, i.e. not a choice
+    that should hold for every cell."""
+    default = type(request).model_fields["engine"].default
+    return request.engine == (engine_for_model(request.model) if request.model else default)
 
 
 def _value(raw: str, field: str, base: dict[str, Any]) -> Any:
