@@ -50,6 +50,14 @@ def tiny_single_files(tiny_root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_dit_folders(tiny_root: Path):
+    """kind -> a saved diffusers folder of that tiny DiT-family model (tiny_dit.DIT_KINDS), built on first use."""
+    from . import tiny_dit
+
+    return tiny_dit.DitFolders(tiny_root / "dit")
+
+
+@pytest.fixture(scope="session")
 def v_prediction_folder(tiny_root: Path) -> Path:
     return tiny.save_pipeline_folder("sd2-txt2img", tiny_root / "folders" / "sd2-txt2img-v", prediction_type="v_prediction")
 
