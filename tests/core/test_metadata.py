@@ -447,3 +447,17 @@ def test_a_hashed_model_is_found_again_until_it_changes(tmp_path: Path, hash_cac
     checkpoint.write_bytes(b"two")
     assert metadata.find_by_sha256(digest[:10]) is None
     assert metadata.model_sha256(checkpoint) != digest
+
+
+def test_a_recipe_nested_thousands_deep_is_ignored_not_a_crash(tmp_path, caplog):
+    """A hostile PNG whose canvaslab chunk is JSON nested 100,000 deep raised RecursionError from
+    read_metadata (so from `canvaslab info` and the server's png-info)."""
+    info = PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 1, Sampler: patchmatch")
+    info.add_text("canvaslab", "[" * 100_000 + "]" * 100_000)
+    path = tmp_path / "deep.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    with caplog.at_level(logging.WARNING, logger="canvaslab"):
+        metadata = read_metadata(path)
+    assert metadata.recipe is None and metadata.parameters.startswith("a cat")
+    assert "not a JSON object" in caplog.text

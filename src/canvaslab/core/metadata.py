@@ -320,7 +320,7 @@ def _from_texts(texts: Mapping[str, str], name: str) -> ImageMetadata:
 def _parse_recipe(text: str, name: str) -> dict[str, Any] | None:
     try:
         recipe = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep (a hostile file)
         recipe = None
     if not isinstance(recipe, dict):
         notice(f"image '{name}' carries a canvaslab recipe that is not a JSON object: ignored it")
