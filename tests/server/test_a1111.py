@@ -218,9 +218,27 @@ def test_native_generate_streams_diffusion_steps(make_server, tiny_model):
     steps = [data for name, data in events if name == "progress"]
     assert steps and steps[-1] == {"step": 3, "total": 3}
     assert [s["step"] for s in steps] == sorted(s["step"] for s in steps)
-    request = events[-1][1]["result"]["recipe"]["request"]
-    assert events[-1][1]["status"] == "done" and request["model"] == str(tiny_model)
+    result = events[-1][1]["result"]
+    request = result["recipe"]["request"]
+    # the server's own path to its model never reaches a client: a name and the files' hash instead
+    assert events[-1][1]["status"] == "done" and request["model"] == "tiny-sd" and result["recipe"]["private"]
+    assert result["recipe"]["models"]["model"]["sha256"]
     assert request["local_files_only"] is True  # the server never downloads unless started with --allow-downloads
+    with live.client() as client:
+        job = client.get(f"/api/v1/jobs/{events[-1][1]['id']}").text
+        png = client.get(result["images"][0]["url"]).content
+    assert str(tiny_model) not in job and str(tiny_model).encode() not in png
+    assert read_metadata(png).recipe["request"]["model"] == "tiny-sd"
+
+
+def test_a_server_started_with_metadata_full_keeps_paths(make_server, tiny_model):
+    from .test_native import read_events
+
+    live = make_server(engine="diffusion", models=[str(tiny_model)], metadata="full")
+    with live.client() as client:
+        reply = client.post("/api/v1/generate", json={"prompt": "a cup", "steps": 1, "size": 64, "seed": 2})
+        events = read_events(client, reply.json()["id"])
+    assert events[-1][1]["result"]["recipe"]["request"]["model"] == str(tiny_model)
 
 
 def test_a_named_model_brings_its_engine_on_a_classical_server(make_server, tiny_model, photo_png, mask_png):

@@ -38,6 +38,9 @@ def serve(
         "--cors-origin", help="web origin allowed to call the API from a browser, repeatable [default: none]")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file clients may use by its name, repeatable")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="worker threads (one per device)")] = 1,
+    metadata: Annotated[str, typer.Option(
+        "--metadata", help="what results say about how they were made: private (models, LoRAs and inputs by name "
+        "+ sha256, never the server's paths), full, or none")] = "private",
 ) -> None:
     """Serve the HTTP API, the AUTOMATIC1111-compatible subset and the browser UI (see docs/server.md)."""
     with console.friendly_errors():
@@ -53,6 +56,7 @@ def serve(
             loras=list(lora or []), allow_downloads=allow_downloads, queue_size=queue_size, max_upload_mb=max_upload_mb,
             max_pixels=max_pixels, max_job_seconds=max_job_seconds, request_timeout=request_timeout,
             max_connections=max_connections, cors_origins=list(cors_origin or []), workers=workers,
+            metadata=metadata,
         )
         run_server(settings)
 

@@ -31,7 +31,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     settings.output.mkdir(parents=True, exist_ok=True)
     queue = JobQueue(settings.output, size=settings.queue_size, workers=settings.workers, history=settings.history,
-                     max_seconds=settings.max_job_seconds)
+                     max_seconds=settings.max_job_seconds, metadata=settings.metadata)
     redact_access_log()
 
     @asynccontextmanager

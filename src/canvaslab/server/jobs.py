@@ -26,6 +26,7 @@ from typing import Any
 
 from canvaslab.core.progress import Cancelled, progress_listener
 from canvaslab.errors import CanvaslabError, EngineError, InputError, ModelNotAvailableError
+from canvaslab.tasks.result import recipe_to_write
 
 log = logging.getLogger("canvaslab.server")
 
@@ -131,9 +132,11 @@ class JobQueue:
     """FIFO of jobs served by `workers` threads; at most `size` jobs wait at a time."""
 
     def __init__(
-        self, output: Path, *, size: int = 64, workers: int = 1, history: int = 200, max_seconds: float = 0.0
+        self, output: Path, *, size: int = 64, workers: int = 1, history: int = 200, max_seconds: float = 0.0,
+        metadata: str = "private",
     ) -> None:
         self.output = Path(output)
+        self.metadata = metadata  # full | private | none: what saved results and job answers reveal
         self.size = size
         self.history = history
         self.max_seconds = max_seconds  # 0: no limit
@@ -304,15 +307,17 @@ class JobQueue:
         if hasattr(result, "answers"):
             answers = [{"image": a.image, "question": a.question, "answer": a.answer} for a in result.answers]
             with self._lock:
-                job.answers, job.recipe, job.notices = answers, result.recipe, job.notices + notices
+                job.answers, job.notices = answers, job.notices + notices
+                job.recipe = recipe_to_write(result.recipe, self.metadata)
                 job.version += 1
             return
         name = f"{job.task}-{index}-{result.seed}.png"
-        path = result.save(self.output / job.id / name, format="png")
+        path = result.save(self.output / job.id / name, format="png", metadata=self.metadata)
         with self._lock:
             job.images.append(SavedImage(name, path, result.seed))
             if job.recipe is None:
-                job.recipe, job.parameters = {**result.recipe, "output": {"quality": 95}}, result.parameters
+                job.recipe = recipe_to_write({**result.recipe, "output": {"quality": 95}}, self.metadata)
+                job.parameters = result.parameters if self.metadata != "none" else None
             job.notices += notices
             job.version += 1
 

@@ -53,6 +53,9 @@ class ServerSettings:
     cors_origins: list[str] = field(default_factory=list)
     workers: int = 1
     history: int = 200
+    # What result files and job answers say about how they were made: "private" names the server's
+    # models, LoRAs and inputs by name + sha256, never by the server's paths (see core.metadata).
+    metadata: str = "private"
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -72,6 +75,8 @@ class ServerSettings:
             raise InputError(f"--max-connections must be at least 2, got {self.max_connections}")
         if self.workers < 1:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
+        if self.metadata not in ("full", "private", "none"):
+            raise InputError(f"--metadata must be full, private or none, got {self.metadata!r}")
         if self.history < 1:
             raise InputError(f"the job history must hold at least 1 job, got {self.history}")
 

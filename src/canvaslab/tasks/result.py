@@ -124,7 +124,10 @@ def private_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
             key: display_name(value) if key in PATH_OPTIONS and isinstance(value, str) else value
             for key, value in request["options"].items()
         }
-    inputs = {name: _private_input(entry) for name, entry in (recipe.get("inputs") or {}).items()}
+    inputs = recipe.get("inputs") or {}
+    # inpaint and friends name their inputs ({"image": {...}}); understand lists one entry per image
+    inputs = ([_private_input(entry) for entry in inputs] if isinstance(inputs, list)
+              else {name: _private_input(entry) for name, entry in inputs.items()})
     return {**recipe, "request": request, "inputs": inputs, "private": True}
 
 
