@@ -15,6 +15,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
+# Caches the code writes under the user's home (model hashes, Hugging Face, torch hub) go to a folder of
+# this test process instead: tests neither read what a developer has cached nor leave files behind.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="canvaslab-test-cache-")
+
 # The network guard (tests/netguard/sitecustomize.py): this process and every Python subprocess a test
 # starts refuse connections off this machine and log them; `_no_network` fails the test that tried.
 NETGUARD = Path(__file__).resolve().parent / "netguard"
