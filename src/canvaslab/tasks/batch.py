@@ -213,6 +213,12 @@ def run_batch(
         for item in todo:
             _record(report, item, _call(job, item), notify)
         return report
+    if todo and request.get("engine", "patchmatch") == "patchmatch":
+        # Compile (or load) PatchMatch's kernels once here: on a first run every worker would otherwise
+        # compile the same machine code at once, on the same cores, and cache it N times over.
+        from canvaslab.engines.classical.warm import warm
+
+        warm()
     # spawn, not fork: forking a process whose numba/OpenMP threads are running can deadlock.
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
