@@ -51,6 +51,7 @@ def run(*args, env=None):
                           timeout=300, env=env)
 
 
+@pytest.mark.slow
 def test_doctor_reports_the_environment_as_json():
     result = run("doctor", "--json", "--warm")
     assert result.returncode == 0, result.stderr
@@ -68,6 +69,7 @@ def test_doctor_reports_the_environment_as_json():
     assert warm["cache_dir"] == data["caches"]["numba"]["cache_dir"] and warm["cache_dir"]
 
 
+@pytest.mark.slow
 def test_doctor_names_the_fix_for_an_incompatible_pair(tmp_path):
     """With transformers 5.24.0 installed beside peft 0.21.2, the verdict is one line naming the pip command."""
     fake = fake_distribution(tmp_path, "transformers", "5.24.0")

@@ -125,6 +125,7 @@ def run_cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_cli_generate_rows_grid_json_info_and_replay(tmp_path, tiny_folders):
     out, grid = tmp_path / "gen.png", tmp_path / "grid.png"
     done = cli("generate", "--prompt", "a lighthouse", "--model", tiny_folders["sd-txt2img"], "--steps", 2,

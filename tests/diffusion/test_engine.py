@@ -135,6 +135,7 @@ def cli(*args, **env):
                           env=full_env, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_diffusion_inpaint_replays_identically(tmp_path, small, tiny_folders):
     image, mask = small
     src, mask_path, out = write_png(tmp_path / "i.png", image), write_png(tmp_path / "m.png", mask), tmp_path / "o.png"

@@ -102,6 +102,7 @@ def test_parameters_name_a_local_checkpoint_by_file_name_and_a1111_hash(tmp_path
     assert str(checkpoint.parent) not in result.parameters and str(tiny_folders["sd-inpaint"]) not in all_text(out)
 
 
+@pytest.mark.slow
 def test_private_outputs_carry_no_local_path_and_still_replay(tmp_path, small, tiny_folders):
     """--metadata private: names and hashes instead of paths; replay finds inputs beside the image and the
     model by its hash, or takes --model on a machine that never used it."""
@@ -152,6 +153,7 @@ def test_grid_over_models_runs_each_model_on_its_engine(small, tiny_folders):
     assert all(cell.prompt == "wood" for cell in cells.values())
 
 
+@pytest.mark.slow
 def test_grid_over_engines_leaves_a_prompt_out_of_the_classical_cells(tmp_path, small, tiny_folders):
     image, mask = small
     grid = tmp_path / "grid.png"

@@ -300,6 +300,7 @@ def test_public_api_lora(tiny_folders, loras):
     np.testing.assert_array_equal(canvaslab.inpaint(image, mask, **params).image, plain.image)
 
 
+@pytest.mark.slow
 def test_an_incompatible_transformers_peft_pair_is_one_line_naming_the_fix(tiny_folders, loras, tmp_path):
     """transformers 5.24 with peft 0.21 (what a fresh unpinned install resolved on 2026-12-01) fails every
     LoRA load deep inside transformers; canvaslab says which pair and which pip command, before loading."""

@@ -452,6 +452,7 @@ def test_validation_images_are_cropped_with_their_masks(bases, mini, tmp_path):
     assert (case.images[0][case.mask][:, 0] > 200).all() and (case.images[0][~case.mask][:, 0] < 50).all()
 
 
+@pytest.mark.slow
 def test_lora_training_with_an_incompatible_transformers_peft_pair_is_one_line(bases, mini, tmp_path):
     """transformers 5.24 refuses peft 0.21 deep inside peft's integration; training says which pair and the fix."""
     fake = tmp_path / "site"
