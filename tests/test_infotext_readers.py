@@ -5,7 +5,7 @@ tests/unified, test_engine_choice_and_metadata.py."""
 import pytest
 
 import canvaslab
-from infotext import a1111_parse, check_output
+from infotext import check_output
 
 CLASSICAL = ["patchmatch", "telea", "ns"]
 

@@ -8,7 +8,6 @@ checks what a client sees: the status, the one-line error and its field, and tha
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import socket
