@@ -6,11 +6,12 @@ Three steps, each usable on its own:
    single `.safetensors`/`.ckpt` file into a `ModelSource`. Hub ids are looked up in the local
    Hugging Face cache first; when downloads are off (`HF_HUB_OFFLINE=1` or `local_files_only`) a model
    that is not there fails at once with `ModelNotAvailableError`, never after a library's retries.
-2. `detect(source)` reads config files (or a single file's tensor header, without loading weights)
-   and reports the family (sd1/sd2/sdxl), the UNet's input channels and what they mean, the
-   prediction type and the native resolution.
-3. `load_pipeline(source, task=...)` picks the diffusers pipeline class for (family, UNet, task),
-   loads it in the asked dtype on the asked device, and keeps it in a small cache.
+2. `detect(source)` reads config files (or a single file's tensor header, without loading weights),
+   asks the family registry (`families/`) which family the model belongs to, and lets that family
+   report the model kind (its denoiser's input channels and what they mean), the prediction type and
+   the native resolution.
+3. `load_pipeline(source, task=...)` picks the diffusers pipeline class the family names for
+   (kind, task), loads it in the asked dtype on the asked device, and keeps it in a small cache.
 
 Only `load_pipeline` (and reading a `.ckpt` header) imports torch and diffusers, so resolving and
 detecting stay light.
@@ -32,22 +33,29 @@ import re
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from canvaslab.core.notices import notice
-from canvaslab.errors import CanvaslabError, EngineError, InputError, ModelNotAvailableError
+from canvaslab.engines.diffusion import families
+from canvaslab.engines.diffusion.families.base import (
+    CheckpointHeader,
+    Family,
+    ModelAlias,
+    ModelInfo,
+    Task,
+    config_file,
+    one_line,
+    read_json,
+)
+from canvaslab.engines.diffusion.families.sd import FRAME_EDIT_PIPELINE, StableDiffusion, kind_of_channels
+from canvaslab.errors import CanvaslabError, InputError, ModelNotAvailableError
 
 if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
-Family = Literal["sd1", "sd2", "sdxl"]
-ModelKind = Literal["txt2img", "inpaint", "edit"]  # what a UNet was trained for
-Task = Literal["inpaint", "txt2img", "edit"]
-PredictionType = Literal["epsilon", "v_prediction"]
 DType = Literal["auto", "fp32", "fp16", "bf16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Offload = Literal["model", "sequential"]
@@ -61,51 +69,8 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 # -- aliases -----------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class ModelAlias:
-    """A short name for a well-known hub model."""
-
-    name: str
-    hub_id: str
-    family: Family
-    kind: ModelKind
-    native_resolution: int
-    description: str
-
-
-ALIASES: dict[str, ModelAlias] = {
-    alias.name: alias
-    for alias in (
-        ModelAlias("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd1", "txt2img", 512,
-                   "Stable Diffusion 1.5, text to image; inpaints by latent blending"),
-        ModelAlias("sd15-inpaint", "stable-diffusion-v1-5/stable-diffusion-inpainting", "sd1", "inpaint", 512,
-                   "Stable Diffusion 1.5 inpainting (9-channel UNet)"),
-        ModelAlias("sd21", "stabilityai/stable-diffusion-2-1", "sd2", "txt2img", 768,
-                   "Stable Diffusion 2.1, text to image, v-prediction"),
-        ModelAlias("sd2-inpaint", "stabilityai/stable-diffusion-2-inpainting", "sd2", "inpaint", 512,
-                   "Stable Diffusion 2 inpainting (9-channel UNet)"),
-        ModelAlias("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", "txt2img", 1024,
-                   "Stable Diffusion XL base 1.0, text to image"),
-        ModelAlias("sdxl-inpaint", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "sdxl", "inpaint", 1024,
-                   "Stable Diffusion XL 1.0 inpainting 0.1 (9-channel UNet)"),
-        ModelAlias("sdxl-turbo", "stabilityai/sdxl-turbo", "sdxl", "txt2img", 512,
-                   "SDXL Turbo: 1-4 steps, no guidance"),
-        ModelAlias("instruct-pix2pix", "timbrooks/instruct-pix2pix", "sd1", "edit", 512,
-                   "InstructPix2Pix: edit an image from an instruction"),
-    )
-}
-
-# Which alias supplies the component configs for a single file that came without `config=`.
-_DEFAULT_CONFIGS: dict[tuple[Family, ModelKind], str] = {
-    ("sd1", "txt2img"): "sd15",
-    ("sd1", "inpaint"): "sd15-inpaint",
-    ("sd1", "edit"): "instruct-pix2pix",
-    ("sd2", "txt2img"): "sd21",
-    ("sd2", "inpaint"): "sd2-inpaint",
-    ("sdxl", "txt2img"): "sdxl",
-    ("sdxl", "inpaint"): "sdxl-inpaint",
-}
+# Every family's aliases (families/<family>.py declares its own).
+ALIASES: dict[str, ModelAlias] = families.all_aliases()
 
 
 # -- sources -----------------------------------------------------------------------------------
@@ -242,14 +207,10 @@ def _hub_source(name: str, hub_id: str, cache_dir: str | None, offline: bool) ->
 
 # Components canvaslab never loads (the safety checker is switched off), so their absence is fine.
 _SKIPPED_COMPONENTS = {"safety_checker", "feature_extractor", "image_encoder"}
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.index.json")
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.index.json", "*.gguf")
 # tokenizer_config.json alone is not enough: transformers 5 then builds a 2-token tokenizer, silently.
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+_DENOISERS = ("unet", "transformer")
 
 
 def folder_problem(path: Path) -> str | None:
@@ -258,29 +219,31 @@ def folder_problem(path: Path) -> str | None:
     if not index_file.is_file():
         return "no model_index.json"
     try:
-        index = _read_json(index_file)
+        index = read_json(index_file)
     except (OSError, ValueError):
         return "model_index.json is not valid JSON"
-    if "unet" not in index:
-        return f"no UNet (it is a {index.get('_class_name', 'non-Stable-Diffusion')} pipeline)"
+    if not any(name in index for name in _DENOISERS):
+        return f"no UNet or transformer (it is a {index.get('_class_name', 'non-diffusion')} pipeline)"
     for component, spec in index.items():
         if component.startswith("_") or component in _SKIPPED_COMPONENTS:
             continue
         if not (isinstance(spec, list) and len(spec) == 2 and spec[0] is not None):
             continue  # a plain option (e.g. requires_safety_checker) or a component saved as null
-        problem = _component_problem(path / component, component)
+        problem = _component_problem(path / component, component, str(spec[1]))
         if problem:
             return problem
     return None
 
 
-def _component_problem(folder: Path, component: str) -> str | None:
+def _component_problem(folder: Path, component: str, class_name: str) -> str | None:
     if not folder.is_dir():
         return f"{component}/ is missing"
-    if component.startswith("tokenizer"):
+    if component.startswith("tokenizer") or class_name.endswith(("Tokenizer", "TokenizerFast")):
         return None if any((folder / f).is_file() for f in _TOKENIZER_FILES) else f"{component}/ has no tokenizer files"
-    if component == "scheduler":
-        return None if (folder / "scheduler_config.json").is_file() else "scheduler/scheduler_config.json is missing"
+    if component == "scheduler" or class_name.endswith("Scheduler"):
+        return None if (folder / "scheduler_config.json").is_file() else f"{component}/scheduler_config.json is missing"
+    if class_name.endswith(("Processor", "FeatureExtractor")):  # configs only (Qwen-Image-Edit's processor)
+        return None if next(folder.glob("*.json"), None) else f"{component}/ has no processor configs"
     if not (folder / "config.json").is_file():
         return f"{component}/config.json is missing"
     if not any(next(folder.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
@@ -298,16 +261,19 @@ def check_folder(path: Path, name: str) -> None:
         )
 
 
+def folder_family(folder: Path, name: str) -> type[Family]:
+    """The family of a diffusers folder (from model_index.json and its denoiser's config)."""
+    index = config_file(folder, "model_index.json")
+    found = families.family_of_folder(folder, index)
+    if found is None:
+        raise InputError(
+            f"model {name!r} at {folder} is a {index.get('_class_name', 'diffusers')} pipeline, which no canvaslab "
+            f"family drives (known: {', '.join(families.FAMILIES)})"
+        )
+    return found
+
+
 # -- single files ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckpointHeader:
-    """What a single-file checkpoint says about itself, read without loading its weights."""
-
-    shapes: Mapping[str, tuple[int, ...]]
-    metadata: Mapping[str, str]
-    global_step: int | None = None
 
 
 def read_checkpoint_header(path: Path) -> CheckpointHeader:
@@ -324,7 +290,7 @@ def _cached_header(path: str, mtime_ns: int, size: int) -> CheckpointHeader:
             return _read_safetensors_header(Path(path))
         return _read_ckpt_header(Path(path))
     except (OSError, ValueError, RuntimeError, struct.error) as exc:
-        raise ModelNotAvailableError(f"checkpoint {path} could not be read ({_one_line(exc)}); is it complete?") from None
+        raise ModelNotAvailableError(f"checkpoint {path} could not be read ({one_line(exc)}); is it complete?") from None
 
 
 def _read_safetensors_header(path: Path) -> CheckpointHeader:
@@ -352,29 +318,17 @@ def _read_ckpt_header(path: Path) -> CheckpointHeader:
     return CheckpointHeader(shapes, {}, int(step) if isinstance(step, int) else None)
 
 
-_UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
-
-
-def _checkpoint_family(header: CheckpointHeader, path: Path) -> Family:
-    keys = header.shapes
-    if _UNET_IN not in keys:
-        raise InputError(
-            f"{path} is not a Stable Diffusion checkpoint (no model.diffusion_model weights); "
-            "LoRA, VAE and text-encoder files are not models on their own"
-        )
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"  # OpenCLIP text encoder
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd1"
-    # A UNet-only file: the cross-attention width tells the text encoder it was trained with.
-    context = next((s[1] for k, s in keys.items() if k.endswith("attn2.to_k.weight") and len(s) == 2), None)
-    if "model.diffusion_model.label_emb.0.0.weight" in keys or context in (1280, 2048):
-        return "sdxl"
-    if context in (768, 1024):
-        return "sd1" if context == 768 else "sd2"
-    raise InputError(f"cannot tell which Stable Diffusion family {path} belongs to; pass config=<a diffusers folder of the same model>")
+def checkpoint_family(header: CheckpointHeader, path: Path) -> type[Family]:
+    """The family a single file belongs to, from its tensor names and shapes."""
+    found = families.family_of_checkpoint(header)
+    if found is not None:
+        return found
+    if "model.diffusion_model.input_blocks.0.0.weight" in header.shapes:
+        raise InputError(f"cannot tell which Stable Diffusion family {path} belongs to; pass config=<a diffusers folder of the same model>")
+    raise InputError(
+        f"{path} is not a Stable Diffusion checkpoint (no model.diffusion_model weights) nor a transformer of a "
+        "family canvaslab knows; LoRA, VAE and text-encoder files are not models on their own"
+    )
 
 
 def _single_file_source(
@@ -384,16 +338,18 @@ def _single_file_source(
         raise InputError(f"{path} is neither a diffusers folder nor a .safetensors/.ckpt checkpoint")
     common = dict(path=path.resolve(), cache_dir=cache_dir, local_files_only=offline)
     header = read_checkpoint_header(path)
-    family = _checkpoint_family(header, path)
+    family = checkpoint_family(header, path)
     if config is not None:
         resolved = _resolve_config(str(config), cache_dir, offline)
         _check_config_family(resolved, family, path)
         return ModelSource(name, "single_file", config=resolved, config_from_user=True, **common)
-    kind, _ = kind_of_channels(header.shapes[_UNET_IN][1], str(path))
-    alias = _DEFAULT_CONFIGS.get((family, kind))
+    if not issubclass(family, StableDiffusion):
+        raise ModelNotAvailableError(family.needs_base_message(path))
+    kind = family.checkpoint_kind(header, path)
+    alias = family.default_configs.get(kind)
     if alias is None:
         raise ModelNotAvailableError(
-            f"single file {path} ({family} {kind}) has no standard config to pair with; pass config=<local diffusers folder>"
+            f"single file {path} ({family.name} {kind}) has no standard config to pair with; pass config=<local diffusers folder>"
         )
     try:
         resolved = _resolve_config(alias, cache_dir, offline)
@@ -406,14 +362,17 @@ def _single_file_source(
     return ModelSource(name, "single_file", config=resolved, **common)
 
 
-def _check_config_family(config: str, family: Family, path: Path) -> None:
+def _check_config_family(config: str, family: type[Family], path: Path) -> None:
     """A config from another family would only fail deep in diffusers with a shape mismatch."""
     folder = Path(config)
     if not folder.is_dir():
         return  # a hub id to download: nothing to compare yet
-    config_family = _folder_family(_config_file(folder, "model_index.json"), _config_file(folder, "unet", "config.json"))
-    if config_family != family:
-        raise InputError(f"{path} is an {family} checkpoint but config {folder} is an {config_family} model; pass a config of the same family")
+    config_family = families.family_of_folder(folder, config_file(folder, "model_index.json"))
+    if config_family is not None and config_family.name != family.name:
+        raise InputError(
+            f"{path} is an {family.name} checkpoint but config {folder} is an {config_family.name} model; "
+            "pass a config of the same family"
+        )
 
 
 def _resolve_config(config: str, cache_dir: str | None, offline: bool) -> str:
@@ -440,39 +399,17 @@ def _resolve_config(config: str, cache_dir: str | None, offline: bool) -> str:
 # -- detection ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a model is, as far as choosing and running a pipeline goes."""
-
-    family: Family
-    kind: ModelKind
-    in_channels: int
-    prediction_type: PredictionType
-    native_resolution: int
-    condition_frames: int = 0  # edit models: images concatenated to the latents (1 = InstructPix2Pix)
-
-
-def kind_of_channels(in_channels: int, label: str) -> tuple[ModelKind, int]:
-    """UNet input channels -> (kind, conditioning frames): 4 noise latents, plus mask + masked image
-    (9), or plus the latents of 1..N images to edit (4 + 4N; N = 1 is InstructPix2Pix)."""
-    if in_channels == 4:
-        return "txt2img", 0
-    if in_channels == 9:
-        return "inpaint", 0
-    if in_channels > 4 and in_channels % 4 == 0:
-        return "edit", (in_channels - 4) // 4
-    raise InputError(
-        f"model {label} has a UNet with {in_channels} input channels, which canvaslab does not support "
-        "(4 = text to image, 9 = inpainting, 4+4N = image editing)"
-    )
-
-
 def detect(source: ModelSource) -> ModelInfo:
-    """Family, UNet channels, prediction type and native resolution, read from configs or tensor shapes."""
+    """Family, model kind, prediction type and native resolution, read from configs or tensor shapes."""
     if source.format == "single_file":
-        return _detect_single_file(source)
+        assert source.path is not None
+        header = read_checkpoint_header(source.path)
+        config = Path(source.config) if source.config and Path(source.config).is_dir() else None
+        return checkpoint_family(header, source.path).detect_checkpoint(
+            source.path, header, config, source.config_from_user
+        )
     folder = source.path if source.path is not None else _download_configs(source)
-    return _detect_folder(folder, source.name)
+    return folder_family(folder, source.name).detect_folder(folder, config_file(folder, "model_index.json"), source.name)
 
 
 def _download_configs(source: ModelSource) -> Path:
@@ -484,157 +421,19 @@ def _download_configs(source: ModelSource) -> Path:
     except Exception as exc:  # hub/network failures of every kind end as one line naming the model
         raise ModelNotAvailableError(
             f"model {source.name!r} ({source.hub_id}) is not on this machine and could not be downloaded "
-            f"({_one_line(exc)}); pass a local diffusers folder or .safetensors file, or run "
+            f"({one_line(exc)}); pass a local diffusers folder or .safetensors file, or run "
             f"`canvaslab models pull {source.name}` on a connected machine and copy its HF_HOME cache here"
         ) from exc
 
 
-def _config_file(folder: Path, *parts: str) -> dict[str, Any]:
-    path = folder.joinpath(*parts)
-    try:
-        return _read_json(path)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(f"config {path} could not be read: {_one_line(exc)}") from None
-
-
-def _detect_folder(folder: Path, name: str) -> ModelInfo:
-    index = _config_file(folder, "model_index.json")
-    unet = _config_file(folder, "unet", "config.json")
-    if not unet:
-        raise ModelNotAvailableError(f"model {name!r} at {folder} has no unet/config.json; is the folder complete?")
-    kind, frames = kind_of_channels(int(unet.get("in_channels", 4)), repr(name))
-    scheduler = _config_file(folder, "scheduler", "scheduler_config.json")
-    return ModelInfo(
-        family=_folder_family(index, unet),
-        kind=kind,
-        in_channels=int(unet.get("in_channels", 4)),
-        prediction_type=scheduler.get("prediction_type", "epsilon"),
-        native_resolution=_native_resolution(folder, unet),
-        condition_frames=frames,
-    )
-
-
-def _folder_family(index: Mapping[str, Any], unet: Mapping[str, Any]) -> Family:
-    second_encoder = index.get("text_encoder_2")
-    if (isinstance(second_encoder, list) and second_encoder[0]) or unet.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    # SD 2.x: OpenCLIP's 1024-wide text features and linear transformer projections.
-    if unet.get("cross_attention_dim") == 1024 or unet.get("use_linear_projection"):
-        return "sd2"
-    return "sd1"
-
-
-def _native_resolution(folder: Path, unet: Mapping[str, Any]) -> int:
-    vae = _config_file(folder, "vae", "config.json")
-    factor = 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
-    size = unet.get("sample_size", 64)
-    return int(size[0] if isinstance(size, (list, tuple)) else size) * factor
-
-
-_FAMILY_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024}
-
-
-def _detect_single_file(source: ModelSource) -> ModelInfo:
-    assert source.path is not None
-    header = read_checkpoint_header(source.path)
-    family = _checkpoint_family(header, source.path)
-    in_channels = header.shapes[_UNET_IN][1]
-    kind, frames = kind_of_channels(in_channels, str(source.path))
-    config = Path(source.config) if source.config and Path(source.config).is_dir() else None
-    prediction = _single_file_prediction(source, header, family, kind, config)
-    if source.config_from_user and config is not None:
-        resolution = _native_resolution(config, _config_file(config, "unet", "config.json"))
-    elif family == "sd2" and prediction == "v_prediction":
-        resolution = 768  # SD 2.x v-models were trained at 768 px
-    else:
-        resolution = _FAMILY_RESOLUTION[family]
-    return ModelInfo(family, kind, in_channels, prediction, resolution, frames)
-
-
-def _single_file_prediction(
-    source: ModelSource, header: CheckpointHeader, family: Family, kind: ModelKind, config: Path | None
-) -> PredictionType:
-    """epsilon or v_prediction, from the strongest evidence available.
-
-    1. Markers in or next to the checkpoint: a `v_pred` tensor (ComfyUI), a `prediction_type`
-       metadata entry (kohya/ModelSpec), or an A1111 sidecar `<name>.yaml` with `parameterization: v`.
-    2. A config folder the user passed explicitly: its scheduler's prediction type.
-    3. The usual heuristic: SD 2.x text-to-image checkpoints are the 768-v models unless they are the
-       512 base (trained 875000 steps, or "512"/"base" in the file name); everything else is epsilon.
-    """
-    assert source.path is not None
-    marked = _prediction_marker(source.path, header)
-    if marked:
-        return marked
-    if source.config_from_user and config is not None:
-        return _config_file(config, "scheduler", "scheduler_config.json").get("prediction_type", "epsilon")
-    if family == "sd2" and kind == "txt2img":
-        stem = source.path.stem.lower()
-        base = header.global_step == 875000 or "512" in stem or "base" in stem
-        return "epsilon" if base else "v_prediction"
-    return "epsilon"
-
-
-def _prediction_marker(path: Path, header: CheckpointHeader) -> PredictionType | None:
-    if "v_pred" in header.shapes:
-        return "v_prediction"
-    for key, value in header.metadata.items():
-        if key.endswith("prediction_type"):
-            value = str(value).lower()
-            if value in ("v", "v_prediction", "v-prediction"):
-                return "v_prediction"
-            if value in ("epsilon", "eps"):
-                return "epsilon"
-    sidecar = path.with_suffix(".yaml")
-    if sidecar.is_file():
-        text = sidecar.read_text(encoding="utf-8", errors="replace")
-        if re.search(r"""parameterization:\s*["']?v["']?\s*$""", text, re.MULTILINE):
-            return "v_prediction"
-    return None
-
-
 # -- pipeline choice ---------------------------------------------------------------------------
 
-# (family group, UNet kind, task) -> diffusers pipeline class. A plain 4-channel UNet inpaints through
-# the inpaint pipeline too: diffusers then re-noises the known region's latents and blends them in
-# after every step (as A1111 does), instead of conditioning on mask channels.
-_PIPELINES: dict[tuple[str, ModelKind, Task], str] = {
-    ("sd", "txt2img", "txt2img"): "StableDiffusionPipeline",
-    ("sd", "txt2img", "inpaint"): "StableDiffusionInpaintPipeline",
-    ("sd", "inpaint", "inpaint"): "StableDiffusionInpaintPipeline",
-    ("sd", "edit", "edit"): "StableDiffusionInstructPix2PixPipeline",
-    ("sdxl", "txt2img", "txt2img"): "StableDiffusionXLPipeline",
-    ("sdxl", "txt2img", "inpaint"): "StableDiffusionXLInpaintPipeline",
-    ("sdxl", "inpaint", "inpaint"): "StableDiffusionXLInpaintPipeline",
-    ("sdxl", "edit", "edit"): "StableDiffusionXLInstructPix2PixPipeline",
-}
-
-# Multi-frame editing (4 + 4N channels, N > 1) has no diffusers pipeline: canvaslab's own runs it.
-FRAME_EDIT_PIPELINE = "StableDiffusionFrameEditPipeline"
 _OWN_PIPELINES = {FRAME_EDIT_PIPELINE: "canvaslab.engines.diffusion.frames"}  # class name -> module
-
-_KIND_WORDS = {"txt2img": "a text-to-image", "inpaint": "an inpainting", "edit": "an image-editing"}
 
 
 def pipeline_class_name(info: ModelInfo, task: Task, *, label: str = "the model") -> str:
     """The diffusers pipeline class that runs `task` with a model described by `info`."""
-    group = "sdxl" if info.family == "sdxl" else "sd"
-    name = _PIPELINES.get((group, info.kind, task))
-    if name is None:
-        raise InputError(
-            f"{label} is {_KIND_WORDS[info.kind]} model ({info.in_channels}-channel UNet) and cannot run task "
-            f"{task!r}; pick a model made for it (e.g. {_suggest(info.family, task)})"
-        )
-    if info.kind == "edit" and info.condition_frames > 1:
-        if group == "sdxl":
-            raise EngineError(
-                f"{label} is an SDXL model editing from {info.condition_frames} conditioning frames "
-                f"({info.in_channels}-channel UNet); multi-frame editing runs SD 1.x/2.x models only so far"
-            )
-        return FRAME_EDIT_PIPELINE
-    return name
+    return families.family(info.family).pipeline_class_name(info, task, label=label)
 
 
 def pipeline_class(name: str) -> type:
@@ -645,12 +444,6 @@ def pipeline_class(name: str) -> type:
 
     module = importlib.import_module(_OWN_PIPELINES[name]) if name in _OWN_PIPELINES else diffusers
     return getattr(module, name)
-
-
-def _suggest(family: Family, task: Task) -> str:
-    kind: ModelKind = "txt2img" if task == "txt2img" else ("edit" if task == "edit" else "inpaint")
-    alias = _DEFAULT_CONFIGS.get((family, kind)) or _DEFAULT_CONFIGS[("sd1", kind)]
-    return alias
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -811,11 +604,13 @@ def _load_base(source: ModelSource, info: ModelInfo, class_name: str, torch_dtyp
     import torch
 
     cls = pipeline_class(class_name)
+    family = families.family(info.family)
     pipe = _load_weights(cls, source, info, torch_dtype)
     _check_no_missing_weights(pipe, source)
     _check_tokenizers(pipe, source)
-    _match_prediction_type(pipe, info)
-    if torch_dtype == torch.float16 and info.family != "sdxl":  # SDXL pipelines upcast by themselves
+    if issubclass(family, StableDiffusion):
+        _match_prediction_type(pipe, info)
+    if torch_dtype == torch.float16 and not family.pipeline_upcasts_vae:
         keep_vae_in_fp32(pipe.vae)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
@@ -848,14 +643,15 @@ def _load_weights(cls: type, source: ModelSource, info: ModelInfo, torch_dtype: 
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
         if source.format == "single_file":
-            return _load_single_file(cls, source, info, kwargs)
+            assert source.path is not None and source.config is not None
+            return families.family(info.family).load_single_file(cls, source.path, source.config, info, kwargs)
         if source.format == "folder" and torch_dtype == torch.float16 and _has_fp16_variant(source.path):
             kwargs["variant"] = "fp16"  # half the bytes to read
-        return cls.from_pretrained(str(source.path or source.hub_id), **kwargs)
+        return families.family(info.family).load_folder(cls, str(source.path or source.hub_id), kwargs)
     except CanvaslabError:
         raise
     except _load_errors() as exc:
-        raise ModelNotAvailableError(f"could not load model {source.name!r}: {_one_line(exc)}") from exc
+        raise ModelNotAvailableError(f"could not load model {source.name!r}: {one_line(exc)}") from exc
 
 
 def _init_parameters(cls: type) -> set[str]:
@@ -865,24 +661,7 @@ def _init_parameters(cls: type) -> set[str]:
 
 
 def _has_fp16_variant(folder: Path | None) -> bool:
-    return folder is not None and any((folder / "unet").glob("*.fp16.safetensors"))
-
-
-def _load_single_file(cls: type, source: ModelSource, info: ModelInfo, kwargs: dict[str, Any]) -> DiffusionPipeline:
-    from diffusers import UNet2DConditionModel
-
-    assert source.path is not None and source.config is not None
-    kwargs = dict(kwargs, config=source.config)
-    config_folder = Path(source.config)
-    config_unet = _config_file(config_folder, "unet", "config.json") if config_folder.is_dir() else {}
-    if config_unet and config_unet.get("in_channels") != info.in_channels:
-        # A config folder from a sibling model (e.g. SD 1.5 for an SD 1.5 inpainting file): the UNet
-        # takes its channel count from the weights, everything else from the config.
-        kwargs["unet"] = UNet2DConditionModel.from_single_file(
-            str(source.path), config=source.config, subfolder="unet", in_channels=info.in_channels,
-            dtype=kwargs["dtype"], local_files_only=kwargs["local_files_only"],
-        )
-    return cls.from_single_file(str(source.path), **kwargs)
+    return folder is not None and any(next((folder / d).glob("*.fp16.safetensors"), None) for d in _DENOISERS)
 
 
 def _check_no_missing_weights(pipe: DiffusionPipeline, source: ModelSource) -> None:
@@ -965,12 +744,6 @@ def _apply_memory_options(pipe: DiffusionPipeline, entry: _CacheEntry, *, attent
         else:
             pipe.vae.disable_tiling()
         entry.vae_tiling = vae_tiling
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of a library's error, for a one-line message (the full one stays in __cause__)."""
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 __all__ = [
