@@ -39,6 +39,13 @@ Sciences 2014):
    The texture stays; colour offsets spread smoothly over the hole.  Boundary mismatches too large
    to be an offset are taken as edges the patches missed and are not spread.
 
+Wrap-around (`wrap="x"`, `"y"` or `"both"`, for --tiling): the image is a torus along those axes.
+Patches may straddle the edge, so a source can be copied across it and a target at the right edge is
+matched with what continues it at the left; votes, voted differences and the Poisson solve wrap too,
+so the fill is continuous across the seam. The masks and weights of every scale (sources, targets,
+depths) are computed on a wrap-padded copy. Coarse scales of odd-sized images are tori only
+approximately (their last row or column covers one fine pixel), which the finest scale corrects.
+
 Everything that touches pixels runs in numba (patchmatch_kernels.py), on ranges of rows spread
 over a few threads (`_Workers`).  Random numbers come from a counter-based hash of (seed, scale,
 step, pixel), and the search works on fixed-height row bands that read other bands only from a
@@ -72,7 +79,10 @@ from canvaslab.engines.classical.patchmatch_kernels import (
 )
 from canvaslab.errors import EngineError, InputError
 
-__all__ = ["patchmatch_inpaint"]
+__all__ = ["patchmatch_inpaint", "WRAPS"]
+
+# wrap= value -> (along y, along x): the axes the image is a torus along
+WRAPS = {"none": (False, False), "x": (False, True), "y": (True, False), "both": (True, True)}
 
 # Lowest weight of a hole pixel relative to a known one (below it, float32 sums would underflow).
 _MIN_CONFIDENCE = 1e-6
@@ -125,6 +135,7 @@ def patchmatch_inpaint(
     iterations: int = 3,
     min_size: int = 64,
     threads: int | None = None,
+    wrap: str = "none",
     **tuning: float,
 ) -> np.ndarray:
     """Fill `hole` (True = fill) in the HxWx3 uint8 RGB `image` with patches from the rest of it.
@@ -133,7 +144,9 @@ def patchmatch_inpaint(
     region cannot hold one.  `iterations` is the number of EM steps per scale; `min_size` is the
     smallest short side of the coarsest pyramid scale (or a quarter of the image's short side, if
     that is smaller).  `threads` run the kernels (None: NUMBA_NUM_THREADS if set, else every CPU
-    this process may use).  Other knobs (see `_Tuning`) can be passed by name.
+    this process may use).  `wrap` ("none", "x", "y", "both") makes the image a torus along those
+    axes: patches are searched and copied across the edges, and the fill continues across them.
+    Other knobs (see `_Tuning`) can be passed by name.
 
     Pixels outside the hole are returned bit for bit, and the same `seed` always gives the same
     bytes, whatever `threads`.  Reports progress per EM step and raises `Cancelled` when the
@@ -143,17 +156,20 @@ def patchmatch_inpaint(
     image, hole = _checked_inputs(image, hole, patch_size)
     opts = _tuning_from(tuning)
     workers = _checked_threads(threads)
+    if wrap not in WRAPS:
+        raise InputError(f"wrap must be one of {', '.join(WRAPS)}, got {wrap!r}")
+    torus = WRAPS[wrap]
     if not hole.any():
         return image.copy()
     if hole.all():
         raise EngineError("cannot inpaint: the hole covers the whole image, leaving nothing to copy")
     check_cancelled()
 
-    radius = _usable_radius(hole, patch_size // 2)
-    stack = _feature_stack(image, hole, opts)
-    pyramid = _build_pyramid(stack, hole, radius, min_size, opts)
+    radius = _usable_radius(hole, patch_size // 2, torus)
+    stack = _feature_stack(image, hole, opts, torus)
+    pyramid = _build_pyramid(stack, hole, radius, min_size, opts, torus)
     with _Workers(workers) as run:
-        filled = _complete_pyramid(pyramid, radius, int(iterations), int(seed), opts, run)
+        filled = _complete_pyramid(pyramid, radius, int(iterations), int(seed), opts, run, torus)
 
     out = image.copy()
     out[hole] = np.clip(np.rint(filled[hole][:, :3]), 0, 255).astype(np.uint8)
@@ -205,12 +221,17 @@ def _checked_threads(threads: int | None) -> int:
     return int(threads)
 
 
-def _feature_stack(image: np.ndarray, hole: np.ndarray, opts: _Tuning) -> np.ndarray:
+def _feature_stack(image: np.ndarray, hole: np.ndarray, opts: _Tuning, wrap=(False, False)) -> np.ndarray:
     """RGB plus (optionally) two texture channels: local means of |dI/dx| and |dI/dy|.
 
     Newson et al. 2014 add these so that a smooth patch no longer matches a textured one well:
     without them EM drifts towards blurry fills, since blur is what averaging many patches makes.
     """
+    if any(wrap):  # the filters' neighbourhoods continue across the wrapped edges
+        margin = opts.texture_window // 2 + 2
+        padded, cut = _wrap_pad(image, margin, wrap)
+        stack = _feature_stack(padded, _wrap_pad(hole, margin, wrap)[0], opts)
+        return np.ascontiguousarray(stack[cut])
     rgb = image.astype(np.float32)
     if opts.texture_weight <= 0:
         return rgb
@@ -230,32 +251,61 @@ def _feature_stack(image: np.ndarray, hole: np.ndarray, opts: _Tuning) -> np.nda
     return np.ascontiguousarray(np.concatenate([rgb, texture], axis=2), dtype=np.float32)
 
 
-def _usable_radius(hole: np.ndarray, radius: int) -> int:
+def _usable_radius(hole: np.ndarray, radius: int, wrap=(False, False)) -> int:
     # A known region too small for one whole patch still has context; smaller patches can use it.
-    while radius > 0 and not _source_centres(hole, radius).any():
+    while radius > 0 and not _source_centres(hole, radius, wrap).any():
         radius -= 1
     return radius
 
 
-def _source_centres(hole: np.ndarray, radius: int) -> np.ndarray:
-    """Centres whose (2r+1)^2 patch lies inside the image and touches no hole pixel."""
+def _source_centres(hole: np.ndarray, radius: int, wrap=(False, False)) -> np.ndarray:
+    """Centres whose (2r+1)^2 patch lies inside the image (or wraps around it) and touches no hole pixel."""
     h, w = hole.shape
     valid = np.zeros((h, w), dtype=bool)
-    if h <= 2 * radius or w <= 2 * radius:
+    wy, wx = wrap
+    if (h <= 2 * radius and not wy) or (w <= 2 * radius and not wx):
         return valid
     size = 2 * radius + 1
-    touches_hole = cv2.dilate(hole.astype(np.uint8), np.ones((size, size), np.uint8)) > 0
-    inner = (slice(radius, h - radius), slice(radius, w - radius))
+    touches_hole = _dilated(hole, size, wrap)
+    inner = (slice(None) if wy else slice(radius, h - radius), slice(None) if wx else slice(radius, w - radius))
     valid[inner] = ~touches_hole[inner]
     return valid
 
 
-def _hole_depth(hole: np.ndarray) -> float:
+def _dilated(hole: np.ndarray, size: int, wrap=(False, False)) -> np.ndarray:
+    """Pixels within a size x size box of a hole pixel (the box wraps around the wrapped axes)."""
+    kernel = np.ones((size, size), np.uint8)
+    if not any(wrap):
+        return cv2.dilate(hole.astype(np.uint8), kernel) > 0
+    padded, cut = _wrap_pad(hole.astype(np.uint8), size // 2, wrap)
+    return cv2.dilate(padded, kernel)[cut] > 0
+
+
+def _hole_depth(hole: np.ndarray, wrap=(False, False)) -> float:
     """Largest distance from a hole pixel to known context (the image border is not context)."""
-    return float(ndimage.distance_transform_edt(hole).max())
+    return float(_depths(hole, wrap).max())
 
 
-def _build_pyramid(stack: np.ndarray, hole: np.ndarray, radius: int, min_size: int, opts: _Tuning):
+def _depths(hole: np.ndarray, wrap=(False, False)) -> np.ndarray:
+    """Distance of every pixel to the nearest known one, across the wrapped edges too."""
+    plain = ndimage.distance_transform_edt(hole)
+    if not any(wrap):
+        return plain
+    # The nearest known pixel on the torus is never farther than the nearest one in the plain image.
+    padded, cut = _wrap_pad(hole, int(np.ceil(plain.max())) + 1, wrap)
+    return ndimage.distance_transform_edt(padded)[cut]
+
+
+def _wrap_pad(array: np.ndarray, margin: int, wrap) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """`array` (HxW...) with `margin` pixels of what continues it across each wrapped edge (at most
+    the axis' own size), and the slices that cut the original back out."""
+    pads = [(min(margin, n), min(margin, n)) if on else (0, 0) for n, on in zip(array.shape[:2], wrap)]
+    padded = np.pad(array, pads + [(0, 0)] * (array.ndim - 2), mode="wrap")
+    cut = tuple(slice(before, before + n) for (before, _), n in zip(pads, array.shape[:2]))
+    return padded, cut  # type: ignore[return-value]
+
+
+def _build_pyramid(stack: np.ndarray, hole: np.ndarray, radius: int, min_size: int, opts: _Tuning, wrap=(False, False)):
     """Finest-first list of (float32 HxWxC stack, hole) pairs, each half the size of the last."""
     levels = [(stack, hole)]
     # Small images may still go down to a quarter of their size: a deep hole needs coarse scales
@@ -266,10 +316,10 @@ def _build_pyramid(stack: np.ndarray, hole: np.ndarray, radius: int, min_size: i
         h, w = hl.shape
         if min((h + 1) // 2, (w + 1) // 2) < floor:
             break
-        if _hole_depth(hl) <= opts.coarsest_depth * max(radius, 1):
+        if _hole_depth(hl, wrap) <= opts.coarsest_depth * max(radius, 1):
             break
         coarse = _downsampled(img, hl)
-        if _source_centres(coarse[1], radius).sum() < opts.min_sources:
+        if _source_centres(coarse[1], radius, wrap).sum() < opts.min_sources:
             break
         levels.append(coarse)
     return levels
@@ -349,21 +399,24 @@ class _Scale:
     norm: np.ndarray  # per-target sum of weights, to turn distances into per-pixel means
     log_trust: np.ndarray  # per-target log-factor on its vote
     far: np.ndarray  # per-target cost of one pixel of distance between target and source
+    wy: bool = False  # the image wraps around along y...
+    wx: bool = False  # ...and along x
 
 
-def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning) -> _Scale:
+def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning, wrap=(False, False)) -> _Scale:
     size = 2 * radius + 1
-    targets = cv2.dilate(hole.astype(np.uint8), np.ones((size, size), np.uint8)) > 0
-    valid = _source_centres(hole, radius)
+    targets = _dilated(hole, size, wrap)
+    valid = _source_centres(hole, radius, wrap)
+    # Snapping a candidate to the nearest valid source in the plain image is fine on a torus too:
+    # it only has to give a usable source.
     nearest = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    depth = ndimage.distance_transform_edt(hole)
+    depth = _depths(hole, wrap)
     # The floor stops float32 underflow deep in big holes, where all pixels are equally unsure.
     hole_conf = opts.hole_weight * np.power(opts.confidence_gamma, -depth)
     hole_conf = np.maximum(hole_conf, _MIN_CONFIDENCE)
     weights = np.where(hole, hole_conf, 1.0).astype(np.float32)
-    box = dict(ksize=(size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    norm = cv2.boxFilter(weights.astype(np.float64), -1, **box)
-    count = cv2.boxFilter(np.ones_like(norm), -1, **box)
+    norm = _box_sums(weights.astype(np.float64), size, wrap)
+    count = _box_sums(np.ones_like(norm), size, wrap)
     log_trust = opts.vote_confidence * np.log(np.maximum(norm / count, _MIN_CONFIDENCE))
     return _Scale(
         hole=hole,
@@ -375,10 +428,22 @@ def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning) -> _Scale:
         norm=norm.astype(np.float32),
         log_trust=log_trust,
         far=(opts.locality * norm / max(hole.shape)).astype(np.float32),
+        wy=bool(wrap[0]),
+        wx=bool(wrap[1]),
     )
 
 
-def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _Tuning, run: _Workers):
+def _box_sums(values: np.ndarray, size: int, wrap) -> np.ndarray:
+    """Sums over the size x size box around each pixel: of the pixels inside the image, or (along a
+    wrapped axis) of those the box reaches across the edge."""
+    box = dict(ksize=(size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    if not any(wrap):
+        return cv2.boxFilter(values, -1, **box)
+    padded, cut = _wrap_pad(values, size // 2, wrap)
+    return cv2.boxFilter(padded, -1, **box)[cut]
+
+
+def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _Tuning, run: _Workers, wrap=(False, False)):
     """Coarse-to-fine EM; returns the finest estimate (HxWxC float32). Reports each EM step done."""
     estimate = nnf = None
     finest, coarsest = 0, len(pyramid) - 1
@@ -389,10 +454,10 @@ def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _T
     total, done = sum(steps_at), 0
     for level in range(coarsest, -1, -1):
         img, hole = pyramid[level]
-        geo = _scale_geometry(hole, radius, opts)
+        geo = _scale_geometry(hole, radius, opts, wrap)
         if nnf is None:
             nnf = _random_nnf(geo, _stream_key(seed, level, 0))
-            estimate = _initial_fill(img, hole)
+            estimate = _initial_fill(img, hole, wrap)
         else:
             estimate = _upsampled_estimate(estimate, img, hole)
             nnf = _upsampled_nnf(nnf, geo)
@@ -422,9 +487,13 @@ def _stream_key(seed: int, level: int, step: int) -> np.uint64:
     return np.uint64(mixed % (1 << 64))
 
 
-def _initial_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
+def _initial_fill(img: np.ndarray, hole: np.ndarray, wrap=(False, False)) -> np.ndarray:
     # Telea gives the coarse hole the surrounding colours (and texture levels); PatchMatch then
     # starts from a plausible layout instead of noise.
+    if any(wrap):  # Telea sees the colours across the wrapped edges too
+        margin = max(hole.shape) // 4 + 2
+        padded, cut = _wrap_pad(img, margin, wrap)
+        return np.ascontiguousarray(_initial_fill(padded, _wrap_pad(hole, margin, wrap)[0])[cut])
     # OpenCV's Telea reads past the edge of images only a pixel or two high or wide (NaNs that
     # vary from run to run); a replicated 2-px frame keeps its neighbourhoods inside the array.
     pad = 2
@@ -462,7 +531,7 @@ def _random_nnf(geo: _Scale, key: np.uint64) -> np.ndarray:
 
 def _upsampled_nnf(coarse_nnf: np.ndarray, geo: _Scale) -> np.ndarray:
     nnf = np.full((*geo.hole.shape, 2), -1, dtype=np.int32)
-    upsample_nnf(coarse_nnf, geo.targets, geo.valid, geo.nearest, nnf)
+    upsample_nnf(coarse_nnf, geo.targets, geo.valid, geo.nearest, nnf, geo.wy, geo.wx)
     return nnf
 
 
@@ -470,7 +539,7 @@ def _distances(estimate, geo: _Scale, nnf, radius, run: _Workers) -> np.ndarray:
     """Match cost of every target's current source (+inf elsewhere)."""
     h, w = geo.hole.shape
     dist = np.full((h, w), np.inf, dtype=np.float32)
-    run.ranges(distance_rows, h, w, estimate, geo.weights, geo.far, geo.targets, nnf, radius, dist)
+    run.ranges(distance_rows, h, w, estimate, geo.weights, geo.far, geo.targets, nnf, radius, dist, geo.wy, geo.wx)
     return dist
 
 
@@ -486,7 +555,7 @@ def _search(estimate, geo: _Scale, nnf, radius, sweeps, key, window: float, opts
         snapshot = nnf.copy()
         run.ranges(
             sweep_bands, -(-h // band_h), band_h * w, estimate, geo.weights, geo.far, geo.targets,
-            geo.valid, geo.nearest, nnf, snapshot, dist, radius, sweep, key, band_h, max_window,
+            geo.valid, geo.nearest, nnf, snapshot, dist, radius, sweep, key, band_h, max_window, geo.wy, geo.wx,
         )
     return dist
 
@@ -505,7 +574,7 @@ def _vote(estimate, nnf, dist, geo: _Scale, radius, opts: _Tuning, top: int, run
     log_spatial = _log_spatial_kernel(radius, opts.spatial_sigma)
     out = estimate.copy()
     h, w = geo.hole.shape
-    run.ranges(vote_rows, h, w, estimate, geo.hole, nnf, log_weight, radius, log_spatial, int(top), out)
+    run.ranges(vote_rows, h, w, estimate, geo.hole, nnf, log_weight, radius, log_spatial, int(top), out, geo.wy, geo.wx)
     return out
 
 
@@ -525,9 +594,11 @@ def _gradient_domain_fill(voted, nnf, dist, geo: _Scale, radius, opts: _Tuning, 
     h, w = geo.hole.shape
     grad = np.zeros((2, h, w, 3), dtype=np.float64)
     grad_top = int(opts.poisson_top) if opts.poisson_top > 0 else int(top)
-    run.ranges(gradient_vote_rows, h, w, voted, geo.hole, nnf, log_weight, radius, log_spatial, grad_top, grad)
+    run.ranges(
+        gradient_vote_rows, h, w, voted, geo.hole, nnf, log_weight, radius, log_spatial, grad_top, grad, geo.wy, geo.wx
+    )
     rgb = np.ascontiguousarray(voted[:, :, :3], dtype=np.float64)
-    solved = _poisson_solve(rgb, geo.hole, grad, opts)
+    solved = _poisson_solve(rgb, geo.hole, grad, opts, (geo.wy, geo.wx))
     # Integrated differences can overshoot; a copy never leaves the colours the image has.
     known = rgb[~geo.hole]
     solved = np.clip(solved, known.min(axis=0), known.max(axis=0))
@@ -536,11 +607,11 @@ def _gradient_domain_fill(voted, nnf, dist, geo: _Scale, radius, opts: _Tuning, 
     return out
 
 
-def _poisson_solve(start: np.ndarray, hole: np.ndarray, grad: np.ndarray, opts: _Tuning) -> np.ndarray:
+def _poisson_solve(start: np.ndarray, hole: np.ndarray, grad: np.ndarray, opts: _Tuning, wrap=(False, False)) -> np.ndarray:
     """`start` with the hole's colours solved from the voted differences `grad` (see
     `poisson_system`), by conjugate gradients in slices with a cancel check between them."""
     coords, nbrs, diag, u, res, p, rr, limit = poisson_system(
-        start, hole, grad, opts.poisson_screen, opts.poisson_edge, opts.poisson_tolerance
+        start, hole, grad, opts.poisson_screen, opts.poisson_edge, opts.poisson_tolerance, bool(wrap[0]), bool(wrap[1])
     )
     per_call = max(1, _CG_SLICE // max(len(u), 1))
     done = 0

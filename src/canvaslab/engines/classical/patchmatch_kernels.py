@@ -9,6 +9,11 @@ fast, and the driver can stop between ranges when a job is cancelled.
 Random numbers come from a counter-based hash of (seed, scale, step, pixel), and the search works on
 fixed-height row bands that read other bands only from a snapshot, so the output depends on the seed
 alone, not on thread count, range boundaries or timing.
+
+Wrap-around (`wy`, `wx`: the image is a torus along y and/or x, for --tiling): positions past one edge
+continue at the other. Patch distances, candidate sources, votes, voted differences and the Poisson
+system's neighbours then index modulo the image size; with both flags False every kernel does
+exactly the arithmetic it did without them, so ordinary fills keep their bytes.
 """
 
 from __future__ import annotations
@@ -63,6 +68,41 @@ def _rand_below(value, n):
 
 
 @njit
+def _patch_distance_wrapped(img, wts, ty, tx, sy, sx, r, limit, wy, wx):
+    """`_patch_distance` on a torus along the wrapped axes: no pixel of the patch is outside the image.
+    Along an axis that does not wrap, target pixels outside are skipped and sources lie inside."""
+    h, w, c = img.shape
+    y0 = -r if wy else max(-r, -ty)
+    y1 = r if wy else min(r, h - 1 - ty)
+    x0 = -r if wx else max(-r, -tx)
+    x1 = r if wx else min(r, w - 1 - tx)
+    total = 0.0
+    for dy in range(y0, y1 + 1):
+        py = (ty + dy) % h
+        qy = (sy + dy) % h
+        for dx in range(x0, x1 + 1):
+            px = (tx + dx) % w
+            qx = (sx + dx) % w
+            acc = 0.0
+            for k in range(c):
+                d = img[py, px, k] - img[qy, qx, k]
+                acc += d * d
+            total += wts[py, px] * acc
+        if total >= limit:
+            return total
+    return total
+
+
+@njit(inline="always")
+def _torus_offset(o, n, wrap):
+    """An offset along an axis of size n: the shorter way round when the axis wraps."""
+    if wrap:
+        o = abs(o) % n
+        return min(o, n - o)
+    return o
+
+
+@njit
 def _patch_distance(img, wts, ty, tx, sy, sx, r, limit):
     """Weighted SSD; target pixels outside the image are skipped (sources are always inside)."""
     h, w, c = img.shape
@@ -85,25 +125,32 @@ def _patch_distance(img, wts, ty, tx, sy, sx, r, limit):
 
 
 @njit(inline="always")
-def _match_cost(img, wts, far, ty, tx, sy, sx, r, limit):
+def _match_cost(img, wts, far, ty, tx, sy, sx, r, limit, wy, wx):
     """Patch distance plus a penalty growing with how far the source is from the target."""
     oy = sy - ty
     ox = sx - tx
+    if wy or wx:
+        oy = _torus_offset(oy, far.shape[0], wy)
+        ox = _torus_offset(ox, far.shape[1], wx)
     penalty = far[ty, tx] * np.sqrt(oy * oy + ox * ox)
     if penalty >= limit:
         return np.inf
     # int64 source and float64 limit whatever the caller's types: one compiled _patch_distance.
+    if wy or wx:
+        return penalty + _patch_distance_wrapped(
+            img, wts, ty, tx, np.int64(sy), np.int64(sx), r, limit - penalty, wy, wx
+        )
     return penalty + _patch_distance(img, wts, ty, tx, np.int64(sy), np.int64(sx), r, limit - penalty)
 
 
 @kernel
-def distance_rows(img, wts, far, targets, nnf, r, dist, y_lo, y_hi):
+def distance_rows(img, wts, far, targets, nnf, r, dist, wy, wx, y_lo, y_hi):
     """dist[y, x] = match cost of every target's current source, for rows y_lo..y_hi - 1."""
     w = targets.shape[1]
     for y in range(y_lo, y_hi):
         for x in range(w):
             if targets[y, x]:
-                dist[y, x] = _match_cost(img, wts, far, y, x, nnf[y, x, 0], nnf[y, x, 1], r, np.inf)
+                dist[y, x] = _match_cost(img, wts, far, y, x, nnf[y, x, 0], nnf[y, x, 1], r, np.inf, wy, wx)
 
 
 @kernel
@@ -121,9 +168,9 @@ def random_nnf(targets, sources, key, nnf):
 
 
 @kernel
-def upsample_nnf(coarse, targets, valid, nearest, nnf):
+def upsample_nnf(coarse, targets, valid, nearest, nnf, wy, wx):
     """nnf[y, x] = the coarse field's source for every target, scaled up 2x and snapped to a valid
-    source (the rest of `nnf` stays as it came, -1)."""
+    source (the rest of `nnf` stays as it came, -1); along a wrapped axis, taken modulo the size."""
     h, w = targets.shape
     hc, wc = coarse.shape[0], coarse.shape[1]
     for y in range(h):
@@ -137,8 +184,8 @@ def upsample_nnf(coarse, targets, valid, nearest, nnf):
                 cx = x + 2 * (coarse[yc, xc, 1] - xc)
             else:
                 cy, cx = y, x  # the nearest source is a fair guess where the coarse field is empty
-            cy = min(max(cy, 0), h - 1)
-            cx = min(max(cx, 0), w - 1)
+            cy = cy % h if wy else min(max(cy, 0), h - 1)
+            cx = cx % w if wx else min(max(cx, 0), w - 1)
             if not valid[cy, cx]:
                 cy, cx = nearest[0, cy, cx], nearest[1, cy, cx]
             nnf[y, x, 0] = cy
@@ -146,17 +193,23 @@ def upsample_nnf(coarse, targets, valid, nearest, nnf):
 
 
 @njit
-def _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best):
-    """Distance of source (cy, cx) for target (y, x), or +inf when it is not a usable source."""
+def _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best, wy, wx):
+    """Distance of source (cy, cx) for target (y, x), or +inf when it is not a usable source.
+
+    Along a wrapped axis the candidate is taken modulo the size; returns (cost, cy, cx) as used."""
     h, w = valid.shape
+    if wy:
+        cy = cy % h
+    if wx:
+        cx = cx % w
     if cy < 0 or cx < 0 or cy >= h or cx >= w or not valid[cy, cx]:
-        return np.inf
-    return _match_cost(img, wts, far, y, x, cy, cx, r, best)
+        return np.inf, cy, cx
+    return _match_cost(img, wts, far, y, x, cy, cx, r, best, wy, wx), cy, cx
 
 
 @kernel
 def sweep_bands(
-    img, wts, far, targets, valid, nearest, nnf, snapshot, dist, r, sweep, key, band_h, max_window,
+    img, wts, far, targets, valid, nearest, nnf, snapshot, dist, r, sweep, key, band_h, max_window, wy, wx,
     band_lo, band_hi,
 ):
     """PatchMatch sweep number `sweep` over the row bands band_lo..band_hi - 1 (of `band_h` rows).
@@ -176,17 +229,17 @@ def sweep_bands(
                 if targets[y, x]:
                     _improve(
                         img, wts, far, targets, valid, nearest, nnf, snapshot, dist,
-                        y, x, step, y_lo, y_hi, r, sweep_key, max_window,
+                        y, x, step, y_lo, y_hi, r, sweep_key, max_window, wy, wx,
                     )
 
 
 @njit
 def _improve(
     img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, step, y_lo, y_hi, r, key,
-    max_window,
+    max_window, wy, wx,
 ):
     """One PatchMatch update of target (y, x): propagation from the scan's predecessors, then
-    random search."""
+    random search. Along a wrapped axis the predecessor of the first pixel is the last one."""
     h, w = targets.shape
     # One type per variable (int64 positions, float64 costs, exact for the int32 / float32 they are
     # read from), so numba compiles each helper once instead of once per mix of types.
@@ -196,14 +249,18 @@ def _improve(
 
     # Propagation: a neighbour's good offset, shifted by one pixel, is likely good here too.
     px = x - step
+    if wx:
+        px = px % w
     if 0 <= px < w and targets[y, px]:
         cy = np.int64(nnf[y, px, 0])
         cx = nnf[y, px, 1] + step
         if cy != by or cx != bx:
-            d = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best)
+            d, cy, cx = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best, wy, wx)
             if d < best:
                 best, by, bx = d, cy, cx
     py = y - step
+    if wy:
+        py = py % h
     if 0 <= py < h and targets[py, x]:
         if y_lo <= py < y_hi:
             cy = nnf[py, x, 0] + step
@@ -212,7 +269,7 @@ def _improve(
             cy = snapshot[py, x, 0] + step
             cx = np.int64(snapshot[py, x, 1])
         if cy != by or cx != bx:
-            d = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best)
+            d, cy, cx = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best, wy, wx)
             if d < best:
                 best, by, bx = d, cy, cx
 
@@ -225,14 +282,14 @@ def _improve(
         cy = by + _rand_below(v, 2 * window + 1) - window
         state, v = _next(state)
         cx = bx + _rand_below(v, 2 * window + 1) - window
-        cy = min(max(cy, 0), h - 1)
-        cx = min(max(cx, 0), w - 1)
+        cy = cy % h if wy else min(max(cy, 0), h - 1)
+        cx = cx % w if wx else min(max(cx, 0), w - 1)
         if not valid[cy, cx]:
             ny = nearest[0, cy, cx]
             cx = nearest[1, cy, cx]
             cy = ny
         if cy != by or cx != bx:
-            d = _match_cost(img, wts, far, y, x, cy, cx, r, best)
+            d = _match_cost(img, wts, far, y, x, cy, cx, r, best, wy, wx)
             if d < best:
                 best, by, bx = d, cy, cx
         window //= 2
@@ -243,7 +300,7 @@ def _improve(
 
 
 @kernel
-def vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, out, y_lo, y_hi):
+def vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, out, wy, wx, y_lo, y_hi):
     """out[y, x] = the weighted vote of the patches covering each hole pixel, rows y_lo..y_hi - 1."""
     h, w = hole.shape
     c = img.shape[2]
@@ -258,15 +315,23 @@ def vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, out, y_lo, y_hi):
             m = 0
             for dy in range(-r, r + 1):
                 ty = y - dy
+                if wy:
+                    ty = ty % h
                 if ty < 0 or ty >= h:
                     continue
                 for dx in range(-r, r + 1):
                     tx = x - dx
+                    if wx:
+                        tx = tx % w
                     if tx < 0 or tx >= w:
                         continue
                     # Target patch centred at (ty, tx) covers (y, x) at offset (dy, dx).
                     sy = nnf[ty, tx, 0] + dy
                     sx = nnf[ty, tx, 1] + dx
+                    if wy:
+                        sy = sy % h
+                    if wx:
+                        sx = sx % w
                     cand_w[m] = log_weight[ty, tx] + log_spatial[dy + r, dx + r]
                     for k in range(c):
                         cand_c[m, k] = img[sy, sx, k]
@@ -313,10 +378,11 @@ def _keep_strongest(weights, m, top):
 
 
 @kernel
-def gradient_vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, grad, y_lo, y_hi):
+def gradient_vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, grad, wy, wx, y_lo, y_hi):
     """grad[0, y, x] = voted img[y, x+1] - img[y, x], grad[1, y, x] = voted img[y+1, x] - img[y, x],
     for every neighbour pair touching the hole, rows y_lo..y_hi - 1: each target patch that covers
-    both pixels proposes the difference between the two source pixels it copies there."""
+    both pixels proposes the difference between the two source pixels it copies there. Along a
+    wrapped axis the last pixel's neighbour is the first, so grad[.., last] spans the seam."""
     h, w = hole.shape
     n = (2 * r + 1) * (2 * r + 1)
     for y in range(y_lo, y_hi):
@@ -328,23 +394,39 @@ def gradient_vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, grad, y_
                 ex = 1 - ey
                 y2 = y + ey
                 x2 = x + ex
+                if wy:
+                    y2 = y2 % h
+                if wx:
+                    x2 = x2 % w
                 if y2 >= h or x2 >= w or not (hole[y, x] or hole[y2, x2]):
                     continue
                 m = 0
                 for dy in range(-r, r + 1 - ey):
                     ty = y - dy
+                    if wy:
+                        ty = ty % h
                     if ty < 0 or ty >= h:
                         continue
                     for dx in range(-r, r + 1 - ex):
                         tx = x - dx
+                        if wx:
+                            tx = tx % w
                         if tx < 0 or tx >= w or nnf[ty, tx, 0] < 0:
                             continue
                         sy = nnf[ty, tx, 0] + dy
                         sx = nnf[ty, tx, 1] + dx
+                        sy2 = sy + ey
+                        sx2 = sx + ex
+                        if wy:
+                            sy = sy % h
+                            sy2 = sy2 % h
+                        if wx:
+                            sx = sx % w
+                            sx2 = sx2 % w
                         ends = log_spatial[dy + r, dx + r] + log_spatial[dy + ey + r, dx + ex + r]
                         cand_w[m] = log_weight[ty, tx] + 0.5 * ends
                         for k in range(3):
-                            cand_c[m, k] = img[sy + ey, sx + ex, k] - img[sy, sx, k]
+                            cand_c[m, k] = img[sy2, sx2, k] - img[sy, sx, k]
                         m += 1
                 if m == 0:
                     # No patch spans the pair (1x1 patches): keep the voted image's own step.
@@ -355,7 +437,7 @@ def gradient_vote_rows(img, hole, nnf, log_weight, r, log_spatial, top, grad, y_
 
 
 @kernel
-def poisson_system(start, hole, grad, screen, edge, tol):
+def poisson_system(start, hole, grad, screen, edge, tol, wy, wx):
     """The Poisson system of the final fill, and conjugate gradients' state at its start.
 
     Least-squares fit of the hole pixels' colours to the neighbour differences in `grad`, with the
@@ -394,8 +476,12 @@ def poisson_system(start, hole, grad, screen, edge, tol):
                 nbrs[i, j] = -1
                 qy = y + (1 if j == 0 else -1 if j == 1 else 0)
                 qx = x + (1 if j == 2 else -1 if j == 3 else 0)
+                if wy:
+                    qy = qy % h
+                if wx:
+                    qx = qx % w
                 if qy < 0 or qy >= h or qx < 0 or qx >= w:
-                    continue  # the image border is a free (Neumann) edge
+                    continue  # the image border is a free (Neumann) edge (unless it wraps)
                 diag[i] += 1.0
                 for k in range(3):
                     # Guidance for u_p - u_q.
