@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
-from canvaslab.engines.diffusion import models  # noqa: E402
+from canvaslab.engines.diffusion import families, models  # noqa: E402
 from canvaslab.engines.diffusion.models import ModelInfo, ModelSource  # noqa: E402
 from canvaslab.errors import EngineError, InputError, ModelNotAvailableError  # noqa: E402
 
@@ -131,7 +131,8 @@ def test_aliases_are_data_with_hub_ids():
     for name, alias in models.ALIASES.items():
         assert alias.name == name
         assert alias.hub_id.count("/") == 1
-        assert alias.family in ("sd1", "sd2", "sdxl") and alias.kind in ("txt2img", "inpaint", "edit")
+        assert alias.family in families.FAMILIES and alias.kind in ("txt2img", "inpaint", "edit")
+        assert families.family(alias.family).aliases  # each alias lives in its family's module
         assert alias.native_resolution in (512, 768, 1024)
     assert models.ALIASES["sd15-inpaint"].hub_id == "stable-diffusion-v1-5/stable-diffusion-inpainting"
     assert models.ALIASES["sdxl-inpaint"].hub_id == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"

@@ -18,6 +18,7 @@ from canvaslab.core.image import DEFAULT_MAX_PIXELS, LoadedImage
 from canvaslab.core.notices import collect_notices
 from canvaslab.data.records import IMAGE_SUFFIXES, is_image_file, natural_key
 from canvaslab.engines.diffusion.create import EDIT_MODEL, edit_frames, edit_image, model_frame_count
+from canvaslab.engines.diffusion.engine import source_config
 from canvaslab.errors import EngineError, InputError
 from canvaslab.tasks.common import ImageInput, describe_input, engine_for, make_recipe, open_image, resolve_seed
 from canvaslab.tasks.requests import EditRequest, request_from
@@ -54,13 +55,15 @@ def edit(
         source = open_image(image, max_pixels)
         seed = resolve_seed(request.seed)
         engine, options = engine_for(request)
-        config = getattr(options, "config", None)
+        config = source_config(options)
         _refuse_multi_frame_model(request, config)
         # 2. edit at an aligned size, then back to the exact input size
         everything = np.ones(source.rgb.shape[:2], dtype=bool)
-        aligned, _, info = align(source.rgb, everything, request.multiple or engine.pad_multiple, request.align)
+        multiple = request.multiple or engine.size_multiple(request.generation(), options)
+        aligned, _, info = align(source.rgb, everything, multiple, request.align)
         out = edit_image(
             aligned, request.generation(), image_guidance_scale=request.image_guidance_scale, seed=seed, config=config,
+            options=options,
         )
         final = _restored(out, aligned.shape, info)
         # 3. recipe
@@ -80,12 +83,12 @@ def _edit_frames(request: EditRequest, max_pixels: int) -> Result:
         paths = frame_files(folder)
         seed = resolve_seed(request.seed)
         engine, options = engine_for(request)
-        config = getattr(options, "config", None)
+        config = source_config(options)
         _check_frame_count(request, config, folder, len(paths))
         frames = _load_frames(paths, max_pixels)
         # 2. edit at an aligned size (the same for every frame), then back to the frames' exact size
         everything = np.ones(frames[0].rgb.shape[:2], dtype=bool)
-        multiple = request.multiple or engine.pad_multiple
+        multiple = request.multiple or engine.size_multiple(request.generation(), options)
         aligned = [align(frame.rgb, everything, multiple, request.align) for frame in frames]
         out = edit_frames(
             [rgb for rgb, _, _ in aligned], request.generation(), image_guidance_scale=request.image_guidance_scale,

@@ -11,6 +11,7 @@ from canvaslab.core.image import DEFAULT_MAX_PIXELS
 from canvaslab.core.notices import collect_notices
 from canvaslab.engines import Engine, EngineOptions
 from canvaslab.engines.diffusion.create import GENERATE_MODEL, generate_image
+from canvaslab.engines.diffusion.engine import source_config
 from canvaslab.engines.unified import engine as unified
 from canvaslab.errors import EngineError, InputError
 from canvaslab.tasks.common import engine_for, make_recipe, resolve_seed
@@ -63,7 +64,7 @@ def _size(request: GenerateRequest, engine: Engine, options: EngineOptions) -> t
     else:
         side = engine.preferred_size(request.generation(), options) or 512
         width, height = request.width or side, request.height or side
-    multiple = engine.pad_multiple
+    multiple = engine.size_multiple(request.generation(), options)
     for name, value in (("width", width), ("height", height)):
         if value % multiple:
             low, high = value // multiple * multiple, value // multiple * multiple + multiple
@@ -75,5 +76,5 @@ def _size(request: GenerateRequest, engine: Engine, options: EngineOptions) -> t
 def _paint(request: GenerateRequest, options: EngineOptions, width: int, height: int, seed: int) -> np.ndarray:
     if request.engine == "unified":
         return unified.generate_image(request.generation(), options, width=width, height=height, seed=seed)
-    config = getattr(options, "config", None)
-    return generate_image(request.generation(), width=width, height=height, seed=seed, config=config)
+    return generate_image(request.generation(), width=width, height=height, seed=seed, config=source_config(options),
+                          options=options)

@@ -110,7 +110,7 @@ def masked_crop(hole: np.ndarray, request: InpaintRequest, engine: Engine, optio
             notice(f"padding {padding} leaves engine {engine.name!r} too little to fill from: the crop keeps {needed} px "
                    "around the mask")
             padding = needed
-    box = crop_box_around(hole, padding, multiple=request.multiple or engine.pad_multiple)
+    box = crop_box_around(hole, padding, multiple=request.multiple or engine.size_multiple(request.generation(), options))
     if box is None:
         raise InputError("the mask is empty: there is no area to crop around")
     return box, request.size or engine.preferred_size(request.generation(), options)

@@ -221,7 +221,11 @@ def _set_conv_in(pipe: Any, carriers: list[LoraFile]) -> None:
     """Swap in the conv_in of the active widened LoRA, or put the model's own back."""
     import torch
 
-    unet = pipe.unet
+    unet = getattr(pipe, "unet", None)
+    if unet is None:  # transformer families: widened LoRAs are a UNet (SD) feature
+        if carriers:
+            raise InputError(f"LoRA {carriers[0].spec} widens a UNet's input; this model has none (it is a transformer)")
+        return
     saved = getattr(unet, _CONV_IN_ATTRIBUTE, None)
     if len({c.path for c in carriers}) > 1:
         raise InputError(f"LoRAs {', '.join(c.spec for c in carriers)} each widen the UNet's input; use one at a time")
@@ -266,11 +270,11 @@ def loaded_loras(pipe: Any) -> dict[str, str]:
 
 
 def _loaded(pipe: Any) -> dict[str, str]:
-    unet = pipe.unet
-    loaded = getattr(unet, _ADAPTERS_ATTRIBUTE, None)
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer  # shared by every pipeline over the same modules
+    loaded = getattr(denoiser, _ADAPTERS_ATTRIBUTE, None)
     if loaded is None:
         loaded = {}
-        setattr(unet, _ADAPTERS_ATTRIBUTE, loaded)
+        setattr(denoiser, _ADAPTERS_ATTRIBUTE, loaded)
     return loaded
 
 
@@ -297,7 +301,7 @@ def _load(pipe: Any, lora: LoraFile, name: str, loaded: dict[str, str]) -> None:
     except Exception as exc:  # diffusers/peft raise ValueError, RuntimeError, KeyError, ... for a bad file
         _delete(pipe, name)  # peft may have injected layers into some modules before failing
         raise InputError(
-            f"LoRA {lora.spec} does not fit this model ({_one_line(exc)}); is it for another model family (SD 1.x/2.x vs SDXL)?"
+            f"LoRA {lora.spec} does not fit this model ({_one_line(exc)}); is it for another model family (SD 1.x/2.x, SDXL, FLUX, ...)?"
         ) from exc
     if not any(name in names for names in pipe.get_list_adapters().values()):
         raise InputError(f"LoRA {lora.spec} matched no layer of this model; is it for another model family (SD 1.x/2.x vs SDXL)?")

@@ -45,17 +45,38 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
 }
 
 
-def scheduler_spec(name: str) -> SchedulerSpec:
-    if name not in SCHEDULERS:
-        raise InputError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name]
+# Flow-matching models (SD3, FLUX, Qwen-Image, Z-Image, ...) predict a velocity, not noise: only flow
+# samplers fit them. The same names mean the same thing there (euler is Euler on the flow ODE); the
+# family's shift settings come from the model's own scheduler config. Heun is left out: diffusers' flow
+# Heun takes no custom sigmas, which every FLUX/Qwen pipeline passes.
+_NO_SIGMA_SCHEDULE = {"use_karras_sigmas": False, "use_beta_sigmas": False, "use_exponential_sigmas": False}
+FLOW_SCHEDULERS: dict[str, SchedulerSpec] = {
+    "euler": SchedulerSpec("FlowMatchEulerDiscreteScheduler", "Euler", _NO_SIGMA_SCHEDULE),
+    "euler-karras": SchedulerSpec("FlowMatchEulerDiscreteScheduler", "Euler Karras",
+                                  {**_NO_SIGMA_SCHEDULE, "use_karras_sigmas": True}),
+    "euler-beta": SchedulerSpec("FlowMatchEulerDiscreteScheduler", "Euler Beta", {**_NO_SIGMA_SCHEDULE, "use_beta_sigmas": True}),
+    "lcm": SchedulerSpec("FlowMatchLCMScheduler", "LCM"),
+}
+# Every name any model family takes (the request models check names against this).
+ALL_SCHEDULERS: dict[str, SchedulerSpec] = {**SCHEDULERS, **{k: v for k, v in FLOW_SCHEDULERS.items() if k not in SCHEDULERS}}
 
 
-def make_scheduler(name: str, base_config: Any) -> Any:
-    """A scheduler of kind `name` built from the model's own scheduler config (betas, prediction type)."""
+def scheduler_spec(name: str, kind: str = "ddpm") -> SchedulerSpec:
+    """The spec of scheduler `name` for a model that predicts noise ("ddpm") or a flow ("flow")."""
+    table = FLOW_SCHEDULERS if kind == "flow" else SCHEDULERS
+    if name not in ALL_SCHEDULERS:
+        raise InputError(f"unknown scheduler {name!r}: choose one of {', '.join(ALL_SCHEDULERS)}")
+    if name not in table:
+        what = "a flow-matching model" if kind == "flow" else "a noise-prediction model"
+        raise InputError(f"scheduler {name!r} does not fit {what}: choose one of {', '.join(table)}")
+    return table[name]
+
+
+def make_scheduler(name: str, base_config: Any, kind: str = "ddpm") -> Any:
+    """A scheduler of kind `name` built from the model's own scheduler config (betas, prediction type, shift)."""
     import diffusers
 
-    spec = scheduler_spec(name)
+    spec = scheduler_spec(name, kind)
     if spec.needs is not None:
         try:
             __import__(spec.needs)

@@ -106,7 +106,7 @@ class UnifiedEngine(Engine):
 
         return native_tokens(read_unified_config(resolve_model_name(generation.model))) * TOKEN_PX
 
-    def describe_sampling(self, generation: Generation) -> dict[str, object]:
+    def describe_sampling(self, generation: Generation, options: dict[str, Any] | None = None) -> dict[str, object]:
         return {
             "Steps": generation.steps,
             "Sampler": "MaskGIT",

@@ -20,6 +20,12 @@ FAMILIES: dict[str, str] = {
     "sd1": "canvaslab.engines.diffusion.families.sd:SD1",
     "sd2": "canvaslab.engines.diffusion.families.sd:SD2",
     "sdxl": "canvaslab.engines.diffusion.families.sd:SDXL",
+    "sd3": "canvaslab.engines.diffusion.families.sd3:SD3",
+    "flux": "canvaslab.engines.diffusion.families.flux:Flux",
+    "flux-kontext": "canvaslab.engines.diffusion.families.flux_kontext:FluxKontext",
+    "qwen-image": "canvaslab.engines.diffusion.families.qwen_image:QwenImage",
+    "flux2": "canvaslab.engines.diffusion.families.flux2:Flux2",
+    "z-image": "canvaslab.engines.diffusion.families.z_image:ZImage",
 }
 
 

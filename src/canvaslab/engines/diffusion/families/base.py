@@ -79,6 +79,7 @@ class Family:
     default_guidance: ClassVar[float] = 7.5
     gpu_dtype: ClassVar[str] = "fp16"  # "auto" on a GPU; bf16 for families whose activations overflow fp16
     pipeline_upcasts_vae: ClassVar[bool] = False  # the pipeline decodes in fp32 itself when the VAE asks
+    works_at_own_size: ClassVar[bool] = False  # some pipelines answer at a size of their choosing: scale back
     # (kind, task) -> diffusers pipeline class name
     pipelines: ClassVar[Mapping[tuple[ModelKind, Task], str]] = {}
     aliases: ClassVar[tuple[ModelAlias, ...]] = ()
@@ -154,15 +155,26 @@ class Family:
         return None
 
     @classmethod
-    def guidance_arguments(cls, guidance_scale: float, negative_prompt: str, call: set[str]) -> dict[str, Any]:
+    def defaults(cls, info: ModelInfo) -> tuple[int, float]:
+        """(steps, guidance) a model of this family was made for: what a request without them gets."""
+        return cls.default_steps, cls.default_guidance
+
+    @classmethod
+    def guidance_arguments(cls, info: ModelInfo, guidance_scale: float, negative_prompt: str, call: set[str],
+                           options: Mapping[str, Any]) -> dict[str, Any]:
         """`--guidance-scale` and `--negative-prompt` as this family's pipeline takes them (`call`: its
-        __call__ parameter names)."""
+        __call__ parameter names; `options`: the engine options, e.g. true_cfg_scale)."""
         args: dict[str, Any] = {}
         if "guidance_scale" in call and cls.guidance in ("cfg", "distilled"):
             args["guidance_scale"] = guidance_scale
-        if negative_prompt and "negative_prompt" in call:
-            args["negative_prompt"] = negative_prompt
+        if "negative_prompt" in call:
+            args["negative_prompt"] = negative_prompt or None
         return args
+
+    @classmethod
+    def call_arguments(cls, info: ModelInfo, task: str, width: int, height: int, call: set[str]) -> dict[str, Any]:
+        """Family-specific pipeline arguments for a call at `width` x `height` (beyond the shared ones)."""
+        return {}
 
     @classmethod
     def valid_scheduler(cls, scheduler_class: str) -> bool:
