@@ -41,6 +41,7 @@ class Generation:
     vae_tiling: bool = False
     cache_dir: str | None = None
     local_files_only: bool | None = None
+    tiling: str = "none"  # none | x | y | both: the output wraps around (tiles) along these axes
 
 
 class EngineOptions(BaseModel):

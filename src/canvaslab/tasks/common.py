@@ -15,13 +15,13 @@ from PIL import Image
 from canvaslab import __version__
 from canvaslab.core.color import match_colors
 from canvaslab.core.composite import composite
-from canvaslab.core.geometry import align, resize_mask, resize_rgb, restore
+from canvaslab.core.geometry import AlignMode, align, resize_mask, resize_rgb, restore
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, LoadedImage, load_image
 from canvaslab.core.metadata import format_parameters
 from canvaslab.core.notices import notice
 from canvaslab.engines import Engine, EngineOptions, get_engine
-from canvaslab.errors import EngineError
-from canvaslab.tasks.requests import ColorMatch, TaskRequest
+from canvaslab.errors import EngineError, InputError
+from canvaslab.tasks.requests import ColorMatch, TaskRequest, Tiling
 
 ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Image.Image, LoadedImage]
 
@@ -76,6 +76,12 @@ def run_engine(
         small = run_engine(engine, resize_rgb(rgb, work), resize_mask(mask, work), request, options, seed)
         return resize_rgb(small, (rgb.shape[1], rgb.shape[0]))
     aligned_rgb, aligned_mask, info = align(rgb, mask, multiple, request.align)
+    if info.aligned_size != info.original_size and info.mode == AlignMode.pad and request.tiling != Tiling.none:
+        width, height = info.original_size
+        raise InputError(
+            f"--tiling wraps the picture around its edges, but {width}x{height} would be padded to a multiple of "
+            f"{multiple} first and the padding would wrap instead: use --align resize, or a size that is a multiple of {multiple}"
+        )
     engine.check_mask(aligned_mask)
     out = engine.inpaint(aligned_rgb, aligned_mask, seed=seed, options=options, generation=request.generation())
     if out.shape != aligned_rgb.shape or out.dtype != np.uint8:

@@ -77,6 +77,15 @@ class MaskedContent(str, Enum):
     latent_nothing = "latent-nothing"
 
 
+class Tiling(str, Enum):
+    """Along which axes the output wraps around, so that copies of it placed side by side show no seam."""
+
+    none = "none"
+    x = "x"  # the right edge continues into the left one (a horizontal frieze)
+    y = "y"  # the bottom edge continues into the top one
+    both = "both"
+
+
 class InpaintArea(str, Enum):
     """Work on the whole picture, or only on a crop around the mask (A1111's "only masked")."""
 
@@ -100,12 +109,12 @@ UNIFIED_ALIASES = ("show-o", "show-o-512")
 GENERATIVE_FIELDS = frozenset({
     "prompt", "negative_prompt", "prompts", "model", "steps", "sampling_steps", "guidance_scale", "strength",
     "scheduler", "masked_content", "mask_weight", "lora", "dtype", "device", "offload", "attention_slicing",
-    "vae_tiling", "cache_dir", "local_files_only",
+    "vae_tiling", "cache_dir", "local_files_only", "tiling",
 })
 
 # Which generative fields each engine reads. A new engine must be added here (a test checks).
 ENGINE_FIELDS: dict[str, frozenset[str]] = {
-    "patchmatch": frozenset(),
+    "patchmatch": frozenset({"tiling"}),  # searches and copies patches on the torus
     "telea": frozenset(),
     "ns": frozenset(),
     "diffusion": GENERATIVE_FIELDS,
@@ -116,6 +125,8 @@ ENGINE_FIELDS: dict[str, frozenset[str]] = {
         "device", "local_files_only",
     }),
 }
+# diffusion reads `tiling` through circular padding (UNet models) or latent rolling (some DiT models):
+# engines/diffusion/tiling.py.
 
 _WHY_NOT: dict[str, str] = {
     "patchmatch": "copies texture from the image itself",
@@ -286,6 +297,11 @@ class TaskRequest(BaseModel):
     local_files_only: bool = Field(
         False, description="never download: use only models already on disk", json_schema_extra=_panel("Model"),
     )
+    tiling: Tiling = Field(
+        Tiling.none, description="make the output tile without a seam: x (right edge runs into the left), y (bottom "
+        "into top) or both; diffusion (circular padding) and patchmatch (wrap-around) engines",
+        json_schema_extra=_panel("Geometry"),
+    )
     feather: float = Field(
         0.0, ge=0, le=512,
         description="soften the inside edge of the mask by PX when compositing (pixels outside the mask never change)",
@@ -337,6 +353,13 @@ class TaskRequest(BaseModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _tiling_wraps_one_canvas(self) -> TaskRequest:
+        if self.tiling != Tiling.none and getattr(self, "tile", None):
+            raise ValueError("--tiling wraps the whole canvas around, which window-by-window filling (--tile) cannot: "
+                             "leave --tile out")
+        return self
+
     @classmethod
     def unused_fields(cls, engine: str) -> frozenset[str]:
         """This request's fields that `engine` does not read (an unknown engine reads them all)."""
@@ -381,7 +404,7 @@ class TaskRequest(BaseModel):
             masked_content=self.masked_content.value, mask_weight=self.mask_weight,
             dtype=self.dtype.value, device=self.device.value, offload=self.offload.value if self.offload else None,
             attention_slicing=self.attention_slicing, vae_tiling=self.vae_tiling, cache_dir=self.cache_dir,
-            local_files_only=True if self.local_files_only else None,
+            local_files_only=True if self.local_files_only else None, tiling=self.tiling.value,
         )
 
     _options_from_pairs = field_validator("options", mode="before")(options_from_pairs)
@@ -402,6 +425,8 @@ class TaskRequest(BaseModel):
             for k, v in self.options.items()
         })
         settings.update(self.a1111_models())
+        if self.tiling != Tiling.none:
+            settings["Tiling"] = True if self.tiling == Tiling.both else self.tiling.value  # A1111: "Tiling: True"
         if self.feather:
             settings["Mask blur"] = _number(self.feather)
         if self.color_match != ColorMatch.none:
@@ -443,6 +468,12 @@ class InpaintRequest(TaskRequest):
     padding: int = Field(
         32, ge=0, le=4096, description="context around the mask when --area masked", json_schema_extra=_panel("Geometry"),
     )
+
+    @model_validator(mode="after")
+    def _tiling_needs_the_whole_picture(self) -> InpaintRequest:
+        if self.tiling != Tiling.none and self.area == InpaintArea.masked:
+            raise ValueError("--tiling wraps the whole picture around; --area masked works on a crop: use --area whole")
+        return self
 
     def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
         settings = super().a1111_settings(size, seed)
@@ -692,7 +723,7 @@ class GenerateRequest(_CreateRequest):
 
     task: ClassVar[str] = "generate"
     engines: ClassVar[tuple[str, ...]] = ("diffusion", "unified")
-    used_fields: ClassVar[frozenset[str]] = _CreateRequest.used_fields | {"width", "height", "size"}
+    used_fields: ClassVar[frozenset[str]] = _CreateRequest.used_fields | {"width", "height", "size", "tiling"}
 
     engine: str = Field(
         "diffusion", description="engine that paints: diffusion (Stable Diffusion) or unified (Show-o, MaskGIT) "

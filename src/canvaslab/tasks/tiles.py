@@ -14,15 +14,15 @@ import numpy as np
 from canvaslab.core.geometry import Box
 from canvaslab.engines import Engine, EngineOptions
 from canvaslab.tasks.common import run_engine, step_seed
-from canvaslab.tasks.requests import TaskRequest
+from canvaslab.tasks.requests import TaskRequest, Tiling
 
 AUTO_FACTOR = 2.0  # tile automatically once the canvas is this many times the engine's preferred size
 
 
 def tile_size(request: TaskRequest, engine: Engine, options: EngineOptions, size: tuple[int, int]) -> int | None:
     """The window size to use for a canvas of `size`, or None to fill it in one go."""
-    if request.tile == 0:
-        return None
+    if request.tile == 0 or request.tiling != Tiling.none:
+        return None  # (--tiling: the whole canvas must wrap around in one go; --tile N is refused with it)
     if request.tile is not None:
         return request.tile if max(size) > request.tile else None
     preferred = engine.preferred_size(request.generation(), options)

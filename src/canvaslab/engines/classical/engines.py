@@ -27,7 +27,8 @@ class PatchMatchEngine(Engine):
         from canvaslab.engines.classical.patchmatch import patchmatch_inpaint
 
         # Reports one step per EM iteration and stops within a fraction of a second of a cancel.
-        return patchmatch_inpaint(image, mask, seed=seed, patch_size=options.patch_size)
+        # --tiling: the image is a torus, so patches are found and copied across its edges.
+        return patchmatch_inpaint(image, mask, seed=seed, patch_size=options.patch_size, wrap=generation.tiling)
 
 
 class OpenCVOptions(EngineOptions):

@@ -18,6 +18,7 @@ import numpy as np
 
 from canvaslab.engines.base import Generation
 from canvaslab.engines.diffusion.engine import cpu_generator, prepared_pipeline, step_callback, to_uint8
+from canvaslab.engines.diffusion.tiling import with_tiling
 from canvaslab.errors import InputError
 
 GENERATE_MODEL = "sd15"
@@ -29,7 +30,7 @@ def generate_image(
 ) -> np.ndarray:
     """A `height` x `width` x 3 uint8 image painted from `generation.prompt`."""
     pipe = prepared_pipeline(generation, "txt2img", config=config, default_model=GENERATE_MODEL)
-    result = pipe(
+    result = with_tiling(pipe, generation.tiling, seed=seed)(
         prompt=generation.prompt,
         negative_prompt=generation.negative_prompt or None,
         width=width,

@@ -21,6 +21,7 @@ from canvaslab.core.notices import notice
 from canvaslab.core.progress import listening, report_progress
 from canvaslab.engines.base import Engine, EngineOptions, Generation
 from canvaslab.engines.diffusion.schedulers import make_scheduler, scheduler_spec
+from canvaslab.engines.diffusion.tiling import with_tiling
 
 DEFAULT_MODEL = "sd15-inpaint"
 
@@ -68,7 +69,7 @@ class DiffusionEngine(Engine):
         start = masked_start(pipe, image, mask, generation.masked_content, seed) if generation.strength < 1 else image
         if generation.masked_content != "original" and generation.strength >= 1:
             notice("--masked-content only matters with --strength < 1: at strength 1 the masked area starts from noise")
-        result = pipe(
+        result = with_tiling(pipe, generation.tiling, seed=seed)(
             prompt=generation.prompt,
             negative_prompt=generation.negative_prompt or None,
             image=Image.fromarray(start),
