@@ -7,6 +7,8 @@
     winter = canvaslab.edit("photo.jpg", instruction="make it winter")
     image = canvaslab.generate(prompt="a lighthouse at dawn", seed=7)
     answers = canvaslab.understand("photo.jpg", questions=["What is in the picture?"])  # Show-o
+    tile = canvaslab.texture_seamless("wood.jpg", axes="both")  # tiles without a seam
+    canvaslab.seam_report(tile.image).seamless                    # True when no seam shows
 
 Names are imported on first use so that `import canvaslab` stays fast.
 """
@@ -24,12 +26,15 @@ _LAZY = {
     "edit": "canvaslab.tasks.edit",
     "generate": "canvaslab.tasks.generate",
     "understand": "canvaslab.tasks.understand",
+    "texture_seamless": "canvaslab.tasks.texture",
+    "seam_report": "canvaslab.core.seams",
     "Result": "canvaslab.tasks.result",
     "InpaintRequest": "canvaslab.tasks.requests",
     "OutpaintRequest": "canvaslab.tasks.requests",
     "EditRequest": "canvaslab.tasks.requests",
     "GenerateRequest": "canvaslab.tasks.requests",
     "UnderstandRequest": "canvaslab.tasks.requests",
+    "TextureRequest": "canvaslab.tasks.requests",
     "load_image": "canvaslab.core.image",
     "load_mask": "canvaslab.core.image",
     "read_metadata": "canvaslab.core.metadata",

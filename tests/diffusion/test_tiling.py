@@ -273,3 +273,16 @@ def test_a_sampler_with_memory_cannot_follow_rolled_latents():
     pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)
     with pytest.raises(InputError, match="FlowMatchHeunDiscreteScheduler cannot follow"):
         rolling_callback(pipe, "both", seed=0, size=(SIZE, SIZE))
+
+
+def test_texture_seamless_with_the_diffusion_engine_keeps_everything_outside_the_band(photo, tiny_folders):
+    image = np.ascontiguousarray(photo[:64, :96])
+    params = dict(engine="diffusion", model=str(tiny_folders["sd-inpaint"]), steps=2, seed=4, band=8, prompt="wood")
+    result = canvaslab.texture_seamless(image, **params)
+    frame = np.zeros(image.shape[:2], bool)
+    frame[:, :8] = frame[:, -8:] = frame[:8] = frame[-8:] = True
+    np.testing.assert_array_equal(result.mask, frame)
+    np.testing.assert_array_equal(result.image[~frame], image[~frame])
+    np.testing.assert_array_equal(canvaslab.texture_seamless(image, **params).image, result.image)
+    assert result.recipe["task"] == "texture" and result.recipe["request"]["engine"] == "diffusion"
+    assert tiling._patched == {}

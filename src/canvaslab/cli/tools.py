@@ -18,7 +18,7 @@ from canvaslab.core.metadata import find_by_sha256, lora_sha256, model_sha256, r
 from canvaslab.engines import engine_class, engine_names
 from canvaslab.errors import InputError
 from canvaslab.tasks.render import run_task
-from canvaslab.tasks.requests import REQUESTS, build_request, display_name, local_path, parse_lora
+from canvaslab.tasks.requests import RECIPE_TASKS, build_request, display_name, local_path, parse_lora
 from canvaslab.tasks.result import MetadataMode
 
 
@@ -73,10 +73,10 @@ def replay(
     """
     with console.friendly_errors():
         recipe = read_metadata(image).recipe
-        if not recipe or recipe.get("task") not in REQUESTS:
+        if not recipe or recipe.get("task") not in RECIPE_TASKS:
             raise InputError(f"{image} has no canvaslab recipe to replay")
         task = recipe["task"]
-        values, ignored = REQUESTS[task].drop_unused(recipe["request"])
+        values, ignored = RECIPE_TASKS[task].drop_unused(recipe["request"])
         if ignored:  # recorded by versions that let engines ignore them: they did not shape the pixels
             console.info(f"[yellow]notice:[/] the {values.get('engine')} engine does not read "
                          f"{', '.join(ignored)}; replaying without")
@@ -85,7 +85,7 @@ def replay(
         near = [image.resolve().parent, Path.cwd()]
         if isinstance(values.get("frames"), str) and "frames" in inputs:
             values["frames"] = str(_recorded_folder(inputs["frames"], near))
-        request = build_request(REQUESTS[task], values)
+        request = build_request(RECIPE_TASKS[task], values)
         # generate has no input image to reopen
         image_in = source or (_recorded(inputs.get("image"), "image", "--image", near) if "image" in inputs else None)
         mask_in = mask or (_recorded(inputs["mask"], "mask", "--mask", near) if inputs.get("mask") else None)

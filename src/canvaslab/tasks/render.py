@@ -20,8 +20,9 @@ from canvaslab.tasks.edit import edit
 from canvaslab.tasks.generate import generate
 from canvaslab.tasks.inpaint import inpaint
 from canvaslab.tasks.outpaint import outpaint
-from canvaslab.tasks.requests import REQUESTS, TaskRequest
+from canvaslab.tasks.requests import RECIPE_TASKS, TaskRequest
 from canvaslab.tasks.result import MetadataMode, Result, recipe_to_write
+from canvaslab.tasks.texture import texture_seamless
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,15 @@ GRID_COLUMNS: dict[str, tuple[str, ...]] = {
     "outpaint": ("original", "mask", "result"),
     "edit": ("original", "result"),
     "generate": ("result",),
+    "texture": ("original", "result"),
 }
 
 
 def run_task(
     task: str, image: ImageInput | None, mask: ImageInput | None, request: TaskRequest, max_pixels: int
 ) -> Result:
-    if task not in REQUESTS:
-        raise InputError(f"unknown task {task!r}: choose one of {', '.join(REQUESTS)}")
+    if task not in RECIPE_TASKS:
+        raise InputError(f"unknown task {task!r}: choose one of {', '.join(RECIPE_TASKS)}")
     if task != "inpaint" and mask is not None:
         raise InputError(f"{task} takes no mask")
     if task == "generate":
@@ -72,6 +74,8 @@ def run_task(
         return inpaint(image, mask, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
     if task == "outpaint":
         return outpaint(image, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
+    if task == "texture":
+        return texture_seamless(image, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
     return edit(image, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
 
 

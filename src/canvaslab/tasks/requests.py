@@ -603,6 +603,43 @@ class OutpaintRequest(TaskRequest):
         return settings
 
 
+class TextureRequest(TaskRequest):
+    """Make an image tile without a seam: roll it by half, inpaint a band over the seams now in its
+    middle (cross-shaped for both axes), roll it back (tasks/texture.py)."""
+
+    axes: Tiling = Field(
+        Tiling.both, description="which seams to remove: x (where the right edge meets the left), y (bottom meets "
+        "top) or both", json_schema_extra=_panel("Texture"),
+    )
+    band: int | None = Field(
+        None, ge=1, le=2048, description="half-width (px) of the band inpainted over each seam [default: 1/8 of "
+        "the image's short side, at least 8]", json_schema_extra=_panel("Texture", metavar="PX"),
+    )
+
+    @field_validator("axes")
+    @classmethod
+    def _some_axis(cls, value: Tiling) -> Tiling:
+        if value == Tiling.none:
+            raise ValueError("texture seamless needs an axis to make seamless: x, y or both")
+        return value
+
+    @model_validator(mode="after")
+    def _the_task_wraps_itself(self) -> TextureRequest:
+        # The task wraps the image (engines that can, along --axes) and fills it in one go itself.
+        if self.tiling != Tiling.none:
+            raise ValueError("texture seamless makes the image tile along --axes itself: leave --tiling out")
+        if self.tile is not None:
+            raise ValueError("texture seamless fills the band over the whole image in one go: leave --tile out")
+        return self
+
+    def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
+        settings = super().a1111_settings(size, seed)
+        settings["Tiling"] = True if self.axes == Tiling.both else self.axes.value  # the output tiles
+        settings["Texture band"] = self.band  # None (left out) until the task resolves the default
+        settings["Version"] = f"canvaslab {__version__}"
+        return settings
+
+
 class _CreateRequest(TaskRequest):
     """Shared by `edit` and `generate`: tasks that run a diffusion pipeline directly, without a mask.
 
@@ -871,6 +908,9 @@ def _shown(value: Any) -> str:
 REQUESTS: dict[str, type[TaskRequest]] = {
     "inpaint": InpaintRequest, "outpaint": OutpaintRequest, "edit": EditRequest, "generate": GenerateRequest,
 }
+# Every task whose outputs carry a recipe `canvaslab replay` reruns: the image runners' tasks above (which
+# the batch runner, grids and the server also take) and the tool tasks (`canvaslab texture seamless`).
+RECIPE_TASKS: dict[str, type[TaskRequest]] = {**REQUESTS, "texture": TextureRequest}
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
