@@ -175,6 +175,8 @@ def test_the_vae_encoder_wraps_too(tiny_folders):
 DIT_CALLS = {
     "sd3-txt2img": dict(guidance_scale=5.0, negative_prompt="blurry"),
     "flux-txt2img": dict(guidance_scale=3.5),
+    "z-image": dict(guidance_scale=0.0),  # Turbo
+    "flux2-klein": dict(guidance_scale=1.0),  # distilled
 }
 
 
@@ -197,9 +199,13 @@ def test_rolling_changes_nothing_for_a_denoiser_that_ignores_positions(kind):
     pipe = _dit(kind)
     seen: list[torch.Tensor] = []
 
-    def forward(hidden_states, **kwargs):
-        seen.append(hidden_states.clone())
-        return (0.3 * hidden_states - 0.1,)
+    def forward(*args, **kwargs):
+        latents = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if isinstance(latents, list):  # Z-Image: one tensor per batch item
+            seen.append(torch.stack(latents))
+            return ([0.3 * item - 0.1 for item in latents],)
+        seen.append(latents.clone())
+        return (0.3 * latents - 0.1,)
 
     pipe.transformer.forward = forward
     plain = _dit_call(pipe, kind, "none", output_type="latent").images
@@ -231,7 +237,7 @@ def test_packed_latents_roll_as_the_picture_they_unpack_to():
     assert torch.equal(rolled, expected)
 
 
-@pytest.mark.parametrize("kind", ["sd3-txt2img", "flux-txt2img"])
+@pytest.mark.parametrize("kind", list(DIT_CALLS))
 def test_dit_vaes_decode_on_the_torus(kind):
     pipe = _dit(kind)
     z = torch.randn((1, pipe.vae.config.latent_channels, 8, 8), generator=torch.Generator().manual_seed(1))
@@ -257,6 +263,8 @@ def test_rolling_follows_the_callback_it_is_given_and_the_step_count():
     [
         ("flux-fill", "inpaint", "--tiling is not supported for FluxFillPipeline"),
         ("sd3-txt2img", "inpaint", "--tiling is not supported for StableDiffusion3InpaintPipeline"),
+        ("qwen-image", "txt2img", "--tiling is not supported for QwenImagePipeline"),
+        ("flux-kontext", "edit", "--tiling is not supported for FluxKontextPipeline"),
     ],
 )
 def test_transformer_pipelines_that_cannot_roll_are_refused_in_one_line(kind, task, message):

@@ -17,9 +17,11 @@ top one (axis y). Two mechanisms, by how the denoiser sees space:
   The VAE decodes with circular padding. This needs a sampler without history (each step a function
   of the current latent only), and pipelines whose loop reads no other latent-shaped tensor that would
   have to roll along (an inpainting pipeline's init latents and mask, a Fill or Kontext model's
-  conditioning tokens). Supported, by pipeline class (`ROLLING_LAYOUTS`): SD3/3.5 text to image
-  (latents B x C x H x W) and FLUX.1 text to image (B x tokens x 4C, packed 2x2); others are refused in
-  one line, so nothing silently comes out with a seam.
+  conditioning tokens). Supported, by pipeline class (`ROLLING_LAYOUTS`): text to image on SD3/3.5 and
+  Z-Image (latents B x C x H x W) and on FLUX.1 and FLUX.2 Klein (B x tokens x 4C, packed 2x2). Not:
+  inpainting, Fill and Kontext pipelines (other latent-shaped tensors in the loop), Qwen-Image (its VAE
+  is made of causal 3D convolutions, which `seamless` does not pad); they are refused in one line, so
+  nothing silently comes out with a seam.
 
 Patching is per thread: `seamless` gives each Conv2d of the pipeline a `_conv_forward` that pads
 circularly only in a thread (context) that asked for it and is torch's own code everywhere else, so a
@@ -49,7 +51,9 @@ PICTURE_COMPONENTS = ("unet", "transformer", "vae", "controlnet")
 # `latents` their `callback_on_step_end` receives: "plain" (B, C, H, W) or "packed" (B, H/2 * W/2, 4C).
 ROLLING_LAYOUTS: dict[str, str] = {
     "StableDiffusion3Pipeline": "plain",
+    "ZImagePipeline": "plain",
     "FluxPipeline": "packed",
+    "Flux2KleinPipeline": "packed",
 }
 
 _wrap: contextvars.ContextVar[tuple[bool, bool] | None] = contextvars.ContextVar("canvaslab_tiling", default=None)
@@ -73,8 +77,8 @@ def mechanism(pipe: Any) -> str:
     if getattr(pipe, "transformer", None) is not None and name in ROLLING_LAYOUTS:
         return "rolling"
     raise InputError(
-        f"--tiling is not supported for {name}: it works with SD 1.x/2.x/SDXL (any task) and with SD3 and "
-        "FLUX.1 text to image; leave --tiling out for this model"
+        f"--tiling is not supported for {name}: it works with SD 1.x/2.x/SDXL (any task) and with text to image "
+        "on SD3/3.5, FLUX.1, FLUX.2 Klein and Z-Image; leave --tiling out for this model"
     )
 
 
