@@ -41,22 +41,54 @@ def list_models(cache_dir: CacheOpt = None) -> None:
 
 @app.command("info")
 def info(
-    model: Annotated[str, typer.Argument(help="alias, hub id, diffusers folder or .safetensors/.ckpt file", show_default=False)],
-    config: Annotated[Optional[str], typer.Option("--config", help="configs for a single-file checkpoint (folder or hub id)")] = None,
+    model: Annotated[str, typer.Argument(help="alias, hub id, diffusers folder or .safetensors/.ckpt/.gguf file", show_default=False)],
+    config: Annotated[Optional[str], typer.Option("--config", "--base", help="configs for an SD single file, or the base folder a transformer-only file joins")] = None,
     cache_dir: CacheOpt = None,
 ) -> None:
-    """What a model is: family, UNet channels (inpaint/edit/text-to-image), prediction type, resolution."""
+    """What a model is: family, kind (inpaint/edit/text-to-image), what it runs, its defaults, what else it needs."""
     with console.friendly_errors():
-        source = resolve_source(model, config=config, cache_dir=str(cache_dir) if cache_dir else None)
-        found = detect(source)
-        data = {"model": model, "format": source.format, "location": source.location, "family": found.family,
-                "kind": found.kind, "unet_in_channels": found.in_channels, "prediction_type": found.prediction_type,
-                "native_resolution": found.native_resolution}
+        data = describe_model(model, config, str(cache_dir) if cache_dir else None)
         if console.settings.json:
             console.emit_json(data)
             return
         for key, value in data.items():
             console.out.print(f"{key:>18}: {value}", markup=False)
+
+
+def describe_model(model: str, config: str | None, cache_dir: str | None) -> dict[str, object]:
+    from canvaslab.engines.diffusion.families import family
+    from canvaslab.engines.diffusion.models import SINGLE_FILE_SUFFIXES, checkpoint_family, read_checkpoint_header
+
+    path = Path(model).expanduser()
+    try:
+        source = resolve_source(model, config=config, cache_dir=cache_dir)
+    except ModelNotAvailableError:
+        if not (path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES):
+            raise
+        # A transformer alone: say what it is and what it needs instead of failing
+        fam = checkpoint_family(read_checkpoint_header(path), path)
+        return {"model": model, "format": "single_file", "location": str(path.resolve()), "family": fam.name,
+                "label": fam.label, "needs": fam.needs_base_message(path)}
+    found = detect(source)
+    fam = family(found.family)
+    runs = sorted({task for (kind, task) in fam.pipelines if kind == found.kind})
+    steps, guidance = fam.defaults(found)
+    return {
+        "model": model, "format": source.format, "location": source.location, "family": found.family,
+        "label": fam.label, "kind": found.kind, "variant": found.variant or None, "runs": ", ".join(runs),
+        f"{fam.denoiser}_in_channels": found.in_channels, "prediction_type": found.prediction_type,
+        "native_resolution": found.native_resolution, "size_multiple": fam.multiple,
+        "default_steps": steps, "default_guidance": guidance, "guidance": GUIDANCE_WORDS[fam.guidance],
+        "schedulers": "flow-matching: euler, euler-karras, euler-beta, lcm" if fam.scheduler_kind == "flow" else "all",
+    }
+
+
+GUIDANCE_WORDS = {
+    "cfg": "classifier-free guidance (a negative pass)",
+    "distilled": "distilled guidance value (one pass; --opt true_cfg_scale for real CFG)",
+    "true-cfg": "true CFG scale (with the negative prompt, ' ' when none)",
+    "none": "none",
+}
 
 
 @app.command("pull")

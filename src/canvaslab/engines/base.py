@@ -27,8 +27,8 @@ class Generation:
     prompt: str = ""
     negative_prompt: str = ""
     model: str | None = None  # None: the engine's default model
-    steps: int = 20
-    guidance_scale: float = 7.5
+    steps: int | None = None  # None: the model's own default (engines resolve it)
+    guidance_scale: float | None = None
     strength: float = 1.0
     scheduler: str | None = None  # None: the model's own scheduler
     loras: tuple[tuple[str, float], ...] = ()  # (path or hub id, weight)
@@ -86,7 +86,12 @@ class Engine(ABC):
         """Long side the engine works best at (a model's native resolution); None: any size is fine."""
         return None
 
-    def describe_sampling(self, generation: Generation) -> dict[str, object]:
+    def size_multiple(self, generation: Generation, options: EngineOptions) -> int:
+        """Image sides the engine needs to be multiples of for this request (the diffusion engine asks the
+        model's family: 8 for Stable Diffusion, 16 for the transformer families)."""
+        return self.pad_multiple
+
+    def describe_sampling(self, generation: Generation, options: dict[str, Any] | None = None) -> dict[str, object]:
         """Settings for the A1111 `parameters` line (Steps, Sampler, CFG scale, ...); none by default."""
         return {}
 

@@ -28,13 +28,19 @@ from canvaslab.core.image import LoadedImage, load_image
 from canvaslab.errors import CanvaslabError, InputError
 from canvaslab.server.jobs import Work, each_result, http_status_of
 from canvaslab.server.settings import ServerSettings
-from canvaslab.tasks.requests import REQUESTS, UnderstandRequest, describe_validation_error, engine_for_model, parse_lora
+from canvaslab.tasks.requests import (
+    PATH_OPTIONS,
+    REQUESTS,
+    UnderstandRequest,
+    describe_validation_error,
+    engine_for_model,
+    parse_lora,
+)
 
 TASKS = (*REQUESTS, "understand")
 CREATIVE_ENGINES = ("diffusion", "unified")
 # Request fields that name files or folders on the server: never taken from clients.
-PATH_FIELDS = ("cache_dir", "frames")
-PATH_OPTIONS = ("config", "magvit", "tokenizer")
+PATH_FIELDS = ("cache_dir", "frames")  # (and PATH_OPTIONS, the engine options that name files)
 
 # What one body may hold. Prompts are read by a 77-token text encoder (A1111 chunks a few of those),
 # so 10,000 characters is far beyond any real prompt; every value stays in the job history.

@@ -69,7 +69,7 @@ def run_engine(
     long_side: int | None = None,
 ) -> np.ndarray:
     """Scale to the working size (if any), align to the engine's multiple, fill, and restore the exact size."""
-    multiple = request.multiple or engine.pad_multiple
+    multiple = request.multiple or engine.size_multiple(request.generation(), options)
     work = working_size((rgb.shape[1], rgb.shape[0]), long_side, multiple)
     if work is not None:
         # Engines such as diffusion models work best at their native resolution: scale there and back.
@@ -128,6 +128,6 @@ def make_recipe(
     body["seed"] = seed
     recipe = {"canvaslab": __version__, "task": task, "request": body, "inputs": inputs, "size": list(size)}
     # A1111 puts Steps/Sampler/CFG first; weight-free engines have none of those.
-    sampling = get_engine(request.engine).describe_sampling(request.generation())
+    sampling = get_engine(request.engine).describe_sampling(request.generation(), request.options)
     text = format_parameters(request.prompt, request.negative_prompt, {**sampling, **request.a1111_settings(size, seed)})
     return recipe, text

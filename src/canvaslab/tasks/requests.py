@@ -31,7 +31,7 @@ from canvaslab.core.canvas import InitialFill, parse_directions, parse_sequence
 from canvaslab.core.geometry import AlignMode
 from canvaslab.core.metadata import LORA_HASH_LENGTH, MODEL_HASH_LENGTH, lora_sha256, model_sha256
 from canvaslab.engines import DEFAULT_ENGINE, Generation, engine_names, get_engine
-from canvaslab.engines.diffusion.schedulers import SCHEDULERS
+from canvaslab.engines.diffusion.schedulers import ALL_SCHEDULERS
 from canvaslab.errors import InputError
 
 
@@ -176,7 +176,7 @@ def _root_config(model: str) -> Path | None:
 # Request fields and engine options that may name files or folders on this machine: outputs show
 # their names, never their paths (see display_name), and private recipes keep only the names.
 PATH_FIELDS = ("model", "lora", "cache_dir", "frames")
-PATH_OPTIONS = ("config", "magvit", "tokenizer")
+PATH_OPTIONS = ("config", "base", "magvit", "tokenizer")  # engine options that name files or folders
 
 
 def local_path(value: str | None) -> Path | None:
@@ -251,16 +251,23 @@ class TaskRequest(BaseModel):
         "diffusers folder or .safetensors/.ckpt file [default: the engine's]",
         json_schema_extra=_panel("Model", metavar="MODEL"),
     )
-    steps: int = Field(20, ge=1, le=1000, description="denoising steps", json_schema_extra=_panel("Sampling"))
-    guidance_scale: float = Field(
-        7.5, ge=0, le=50, description="classifier-free guidance (A1111's CFG scale)", json_schema_extra=_panel("Sampling"),
+    steps: int | None = Field(
+        None, ge=1, le=1000, description="denoising steps [default: the model's: 20 for Stable Diffusion, 28 for FLUX.1 "
+        "dev, 50 for Fill, 4 for schnell and FLUX.2 Klein, 9 for Z-Image Turbo, 20 for Show-o]",
+        json_schema_extra=_panel("Sampling"),
+    )
+    guidance_scale: float | None = Field(
+        None, ge=0, le=50, description="guidance (A1111's CFG scale); for FLUX.1 the distilled guidance value, for "
+        "Qwen-Image its true CFG scale [default: the model's: 7.5 for Stable Diffusion, 3.5 FLUX.1 dev, 30 Fill, "
+        "2.5 Kontext, 4 Qwen-Image, 0 Z-Image Turbo]", json_schema_extra=_panel("Sampling"),
     )
     strength: float = Field(
         1.0, gt=0, le=1, description="how much of the masked area is re-noised (A1111's denoising strength)",
         json_schema_extra=_panel("Sampling"),
     )
     scheduler: str | None = Field(
-        None, description=f"sampler: {', '.join(SCHEDULERS)} [default: the model's own]",
+        None, description=f"sampler: {', '.join(ALL_SCHEDULERS)} (flow-matching models: euler, euler-karras, "
+        "euler-beta, lcm) [default: the model's own]",
         json_schema_extra=_panel("Sampling", metavar="NAME"),
     )
     masked_content: MaskedContent = Field(
@@ -391,8 +398,8 @@ class TaskRequest(BaseModel):
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: str | None) -> str | None:
-        if value is not None and value not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {value!r}: choose one of {', '.join(SCHEDULERS)}")
+        if value is not None and value not in ALL_SCHEDULERS:
+            raise ValueError(f"unknown scheduler {value!r}: choose one of {', '.join(ALL_SCHEDULERS)}")
         return value
 
     def generation(self) -> Generation:
@@ -415,7 +422,7 @@ class TaskRequest(BaseModel):
         The engine's `describe_sampling` (Steps, Sampler, CFG scale, Model, ...) goes before these.
         """
         settings: dict[str, object] = {}
-        if "Sampler" not in get_engine(self.engine).describe_sampling(self.generation()):
+        if "Sampler" not in get_engine(self.engine).describe_sampling(self.generation(), self.options):
             # A1111 readers (sd-parsers, Civitai) only take a settings line with Steps and Sampler for one;
             # an engine without a sampler (PatchMatch, OpenCV) fills in one step of its own.
             settings.update({"Steps": 1, "Sampler": self.engine})
@@ -527,9 +534,9 @@ class OutpaintRequest(TaskRequest):
         "one is reused for later steps (instead of --prompt)",
         json_schema_extra=_panel("Engine", flag="--step-prompt", metavar="TEXT"),
     )
-    sampling_steps: int = Field(
-        20, ge=1, le=1000, description="denoising steps (diffusion) or MaskGIT iterations (unified) of each "
-        "outpaint step", json_schema_extra=_panel("Sampling"),
+    sampling_steps: int | None = Field(
+        None, ge=1, le=1000, description="denoising steps (diffusion) or MaskGIT iterations (unified) of each "
+        "outpaint step [default: the model's]", json_schema_extra=_panel("Sampling"),
     )
 
     @field_validator("sequence", mode="before")

@@ -10,15 +10,14 @@ a model made for another task in one line.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from canvaslab.engines.base import Generation
-from canvaslab.engines.diffusion.engine import cpu_generator, prepared_pipeline, step_callback, to_uint8
-from canvaslab.engines.diffusion.tiling import with_tiling
+from canvaslab.engines.base import EngineOptions
+from canvaslab.engines.diffusion.engine import model_info, prepared_pipeline, run_pipeline
 from canvaslab.errors import InputError
 
 GENERATE_MODEL = "sd15"
@@ -26,33 +25,28 @@ EDIT_MODEL = "instruct-pix2pix"
 
 
 def generate_image(
-    generation: Generation, *, width: int, height: int, seed: int, config: str | None = None
+    generation: Generation, *, width: int, height: int, seed: int, config: str | None = None,
+    options: EngineOptions | None = None,
 ) -> np.ndarray:
     """A `height` x `width` x 3 uint8 image painted from `generation.prompt`."""
     pipe = prepared_pipeline(generation, "txt2img", config=config, default_model=GENERATE_MODEL)
-    result = with_tiling(pipe, generation.tiling, seed=seed)(
-        prompt=generation.prompt,
-        negative_prompt=generation.negative_prompt or None,
-        width=width,
-        height=height,
-        num_inference_steps=generation.steps,
-        guidance_scale=generation.guidance_scale,
-        generator=cpu_generator(seed),
-        output_type="np",
-        **step_callback(pipe, generation.steps),
-    )
-    return to_uint8(result.images[0])
+    info = model_info(generation, config, GENERATE_MODEL)
+    arguments = {"prompt": generation.prompt, "width": width, "height": height}
+    return run_pipeline(pipe, info, generation, "txt2img", arguments, options=options, seed=seed, size=(height, width))
 
 
 def edit_image(
-    image: np.ndarray, generation: Generation, *, image_guidance_scale: float, seed: int, config: str | None = None
+    image: np.ndarray, generation: Generation, *, image_guidance_scale: float, seed: int, config: str | None = None,
+    options: EngineOptions | None = None,
 ) -> np.ndarray:
-    """`image` (HxWx3 uint8, sides multiples of 8) changed as `generation.prompt` instructs; same size."""
+    """`image` (HxWx3 uint8, sides multiples of the model's size multiple) changed as `generation.prompt`
+    instructs; same size."""
     from PIL import Image
 
     pipe = prepared_pipeline(generation, "edit", config=config, default_model=EDIT_MODEL)
     _check_frame_count(pipe, generation, 1)
-    return _run_edit(pipe, generation, Image.fromarray(image), image.shape[:2], image_guidance_scale, seed)
+    info = model_info(generation, config, EDIT_MODEL)
+    return _run_edit(pipe, info, generation, Image.fromarray(image), image.shape[:2], image_guidance_scale, seed, options)
 
 
 def edit_frames(
@@ -72,31 +66,24 @@ def edit_frames(
     pipe = prepared_pipeline(generation, "edit", config=config, default_model=EDIT_MODEL)
     _check_frame_count(pipe, generation, len(frames))
     images = [Image.fromarray(frame) for frame in frames]
-    return _run_edit(pipe, generation, images, frames[0].shape[:2], image_guidance_scale, seed)
+    info = model_info(generation, config, EDIT_MODEL)
+    return _run_edit(pipe, info, generation, images, frames[0].shape[:2], image_guidance_scale, seed, None)
 
 
-def _run_edit(pipe: Any, generation: Generation, image: Any, shape: tuple[int, ...], image_guidance_scale: float,
-              seed: int) -> np.ndarray:
+def _run_edit(pipe: Any, info: Any, generation: Generation, image: Any, shape: tuple[int, ...],
+              image_guidance_scale: float, seed: int, options: EngineOptions | None) -> np.ndarray:
     height, width = shape[:2]
-    # The SDXL pipeline would resize the image to its default 1024 px unless told the size; SD 1.x takes none.
-    size = {"height": height, "width": width} if "height" in inspect.signature(pipe.__call__).parameters else {}
-    result = pipe(
-        prompt=generation.prompt,
-        negative_prompt=generation.negative_prompt or None,
-        image=image,
-        **size,
-        num_inference_steps=generation.steps,
-        guidance_scale=generation.guidance_scale,
-        image_guidance_scale=image_guidance_scale,
-        generator=cpu_generator(seed),
-        output_type="np",
-        **step_callback(pipe, generation.steps),
-    )
-    return to_uint8(result.images[0])
+    # height/width where the pipeline takes them: SDXL and Kontext would otherwise resize to ~1 Mpx
+    arguments = {"prompt": generation.prompt, "image": image, "height": height, "width": width,
+                 "image_guidance_scale": image_guidance_scale}
+    return run_pipeline(pipe, info, generation, "edit", arguments, options=options, seed=seed, size=(height, width))
 
 
 def frame_count(pipe: Any) -> int:
-    """N, the images an edit pipeline's UNet is conditioned on (4 + 4N input channels; 1 = InstructPix2Pix)."""
+    """N, the images an edit pipeline's UNet is conditioned on (4 + 4N input channels; 1 = InstructPix2Pix);
+    1 for the transformer families' editing pipelines (one input image)."""
+    if getattr(pipe, "unet", None) is None:
+        return 1
     latent = pipe.vae.config.latent_channels
     return (pipe.unet.config.in_channels - latent) // latent
 

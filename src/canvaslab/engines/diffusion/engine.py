@@ -1,10 +1,12 @@
-"""The diffusion engine: Stable Diffusion family inpainting through diffusers pipelines.
+"""The diffusion engine: inpainting through diffusers pipelines, for every family in `families/`.
 
-Any SD 1.x/2.x/SDXL checkpoint works: an inpainting UNet (9 input channels) runs the inpainting
-pipeline as trained; a plain text-to-image UNet (4 channels) runs the same pipeline class, which then
+Any checkpoint of a known family works: an inpainting model (SD's 9-channel UNet, FLUX.1 Fill) runs its
+inpainting pipeline as trained; a plain text-to-image model runs the family's inpainting pipeline, which
 blends the known region's latents back at every step (what A1111 does for non-inpainting models).
-Tasks hand over an image already aligned to a multiple of 8 and composite the result, so pixels
-outside the mask stay bit-identical even though the VAE round trip changes them.
+Tasks hand over an image already aligned to the family's multiple (8 for SD, 16 for the transformer
+families) and composite the result, so pixels outside the mask stay bit-identical even though the VAE
+round trip changes them. `run_pipeline` turns the request's generic fields into the family's pipeline
+arguments (what --guidance-scale means, its default steps), the same for inpaint, generate and edit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pydantic import Field
 
 from canvaslab.core.notices import notice
 from canvaslab.core.progress import listening, report_progress
+from canvaslab.errors import CanvaslabError, EngineError, InputError
 from canvaslab.engines.base import Engine, EngineOptions, Generation
 from canvaslab.engines.diffusion.schedulers import make_scheduler, scheduler_spec
 from canvaslab.engines.diffusion.tiling import with_tiling
@@ -30,6 +33,19 @@ class DiffusionOptions(EngineOptions):
     config: str | None = Field(
         None, description="diffusers folder or hub id holding the configs a single .safetensors/.ckpt file needs"
     )
+    base: str | None = Field(
+        None, description="a transformer-only .safetensors/.gguf file (FLUX, SD3, ...): the folder of a complete "
+        "model of its family, for the text encoders and VAE"
+    )
+    true_cfg_scale: float | None = Field(
+        None, ge=1, le=50, description="FLUX.1: real classifier-free guidance on top of the distilled one, so "
+        "--negative-prompt applies (twice the cost per step)"
+    )
+
+
+def source_config(options: EngineOptions) -> str | None:
+    """The folder a single file needs: `base` for a transformer alone, `config` for an SD checkpoint."""
+    return getattr(options, "base", None) or getattr(options, "config", None)
 
 
 class DiffusionEngine(Engine):
@@ -38,19 +54,38 @@ class DiffusionEngine(Engine):
         "Stable Diffusion 1.x/2.x/SDXL via diffusers (--model): inpainting checkpoints or any plain one"
     )
     Options: ClassVar[type[EngineOptions]] = DiffusionOptions
-    pad_multiple: ClassVar[int] = 8  # the VAE downsamples by 8
+    pad_multiple: ClassVar[int] = 8  # SD's VAE downsamples by 8; size_multiple asks the model's family
     needs_context: ClassVar[bool] = False  # it can paint a whole canvas from the prompt
     uses_prompt: ClassVar[bool] = True
 
     def preferred_size(self, generation: Generation, options: EngineOptions) -> int | None:
-        return native_resolution(generation, config=getattr(options, "config", None), default_model=DEFAULT_MODEL)
+        return native_resolution(generation, config=source_config(options), default_model=DEFAULT_MODEL)
 
-    def describe_sampling(self, generation: Generation) -> dict[str, object]:
-        sampler = scheduler_spec(generation.scheduler).a1111_name if generation.scheduler else "model default"
+    def size_multiple(self, generation: Generation, options: EngineOptions) -> int:
+        info = model_info(generation, source_config(options), DEFAULT_MODEL)
+        from canvaslab.engines.diffusion.families import family
+
+        return family(info.family).multiple
+
+    def describe_sampling(self, generation: Generation, options: dict[str, Any] | None = None) -> dict[str, object]:
+        steps, guidance, scheduler_kind = generation.steps, generation.guidance_scale, "ddpm"
+        try:
+            config = (options or {}).get("base") or (options or {}).get("config")
+            info = model_info(generation, config, DEFAULT_MODEL)
+            from canvaslab.engines.diffusion.families import family
+
+            steps, guidance = resolved_sampling(generation, info)
+            scheduler_kind = family(info.family).scheduler_kind
+        except CanvaslabError:  # a model not on this machine: the request's own values
+            pass
+        if generation.scheduler:
+            sampler = scheduler_spec(generation.scheduler, scheduler_kind).a1111_name
+        else:
+            sampler = "Euler" if scheduler_kind == "flow" else "model default"
         return {
-            "Steps": generation.steps,
+            "Steps": steps,
             "Sampler": sampler,
-            "CFG scale": generation.guidance_scale,
+            "CFG scale": guidance,
             "Denoising strength": generation.strength,
             "Model": generation.model or DEFAULT_MODEL,
             **({"Masked content": generation.masked_content} if generation.masked_content != "original" else {}),
@@ -62,29 +97,83 @@ class DiffusionEngine(Engine):
     ) -> np.ndarray:
         from PIL import Image
 
-        pipe = prepared_pipeline(
-            generation, "inpaint", config=getattr(options, "config", None), default_model=DEFAULT_MODEL
-        )
+        config = source_config(options)
+        pipe = prepared_pipeline(generation, "inpaint", config=config, default_model=DEFAULT_MODEL)
+        info = model_info(generation, config, DEFAULT_MODEL)
         height, width = mask.shape
         start = masked_start(pipe, image, mask, generation.masked_content, seed) if generation.strength < 1 else image
         if generation.masked_content != "original" and generation.strength >= 1:
             notice("--masked-content only matters with --strength < 1: at strength 1 the masked area starts from noise")
-        result = with_tiling(pipe, generation.tiling, seed=seed)(
+        arguments = dict(
             prompt=generation.prompt,
-            negative_prompt=generation.negative_prompt or None,
             image=Image.fromarray(start),
             mask_image=Image.fromarray(mask.astype(np.uint8) * 255),
             **_conditioning(pipe, start, mask, generation.mask_weight),
             height=height,
             width=width,
             strength=generation.strength,
-            num_inference_steps=generation.steps,
-            guidance_scale=generation.guidance_scale,
-            generator=cpu_generator(seed),
-            output_type="np",
-            **step_callback(pipe, generation.steps),
         )
-        return to_uint8(result.images[0])
+        return run_pipeline(pipe, info, generation, "inpaint", arguments, options=options, seed=seed, size=(height, width))
+
+
+def model_info(generation: Generation, config: str | None, default_model: str) -> Any:
+    """What the request's model is (family, kind, ...), from its configs; remembered until its files change."""
+    from canvaslab.engines.diffusion.models import resolve_and_detect
+
+    _, info = resolve_and_detect(
+        generation.model or default_model, config=config, cache_dir=generation.cache_dir,
+        local_files_only=generation.local_files_only,
+    )
+    return info
+
+
+def resolved_sampling(generation: Generation, info: Any) -> tuple[int, float]:
+    """(steps, guidance) of a request: its own, or the model's defaults where it left them unset."""
+    from canvaslab.engines.diffusion.families import family
+
+    steps, guidance = family(info.family).defaults(info)
+    return (generation.steps if generation.steps is not None else steps,
+            generation.guidance_scale if generation.guidance_scale is not None else guidance)
+
+
+@functools.lru_cache(maxsize=64)
+def _call_parameters(pipeline_class: type) -> frozenset[str]:
+    import inspect
+
+    return frozenset(inspect.signature(pipeline_class.__call__).parameters)
+
+
+def run_pipeline(pipe: Any, info: Any, generation: Generation, task: str, arguments: dict[str, Any], *,
+                 options: EngineOptions | None, seed: int, size: tuple[int, int]) -> np.ndarray:
+    """Call `pipe` with the task's `arguments` plus what the family makes of steps, guidance and the
+    negative prompt; the result as uint8 at `size` (height, width)."""
+    from canvaslab.engines.diffusion.families import family as family_of
+
+    family = family_of(info.family)
+    call = _call_parameters(type(pipe))
+    height, width = size
+    steps, guidance = resolved_sampling(generation, info)
+    arguments = {
+        **arguments,
+        **family.guidance_arguments(info, guidance, generation.negative_prompt, set(call),
+                                    options.model_dump() if options is not None else {}),
+        **family.call_arguments(info, task, width, height, set(call)),
+        "num_inference_steps": steps,
+        "generator": cpu_generator(seed),
+        "output_type": "np",
+        **step_callback(pipe, steps),
+    }
+    if arguments.get("strength", 1.0) < 1.0 and "strength" not in call:
+        notice(f"{type(pipe).__name__} has no denoising strength: --strength is ignored (it runs at 1)")
+    result = with_tiling(pipe, generation.tiling, seed=seed)(**{k: v for k, v in arguments.items() if k in call})
+    image = to_uint8(result.images[0])
+    if image.shape[:2] != (height, width):
+        if not family.works_at_own_size:
+            raise EngineError(f"{type(pipe).__name__} answered {image.shape[1]}x{image.shape[0]} for {width}x{height}")
+        from PIL import Image
+
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS))
+    return image
 
 
 def step_callback(pipe: Any, steps: int) -> dict[str, Any]:
@@ -128,7 +217,9 @@ def prepared_pipeline(generation: Generation, task: str, *, config: str | None, 
         in_channels=max(widened) if widened else None,
     )
     pipe.set_progress_bar_config(disable=True)
-    _use_scheduler(pipe, generation.scheduler)
+    from canvaslab.engines.diffusion.families import family
+
+    _use_scheduler(pipe, generation.scheduler, family(model_info(generation, config, default_model).family).scheduler_kind)
     # Always called, also without LoRAs: the cached modules are shared by every task's pipeline.
     apply_loras(pipe, generation.loras, cache_dir=generation.cache_dir)
     return pipe
@@ -136,13 +227,7 @@ def prepared_pipeline(generation: Generation, task: str, *, config: str | None, 
 
 def native_resolution(generation: Generation, *, config: str | None, default_model: str) -> int:
     """The side (px) the model was trained at, read from its configs without loading weights."""
-    from canvaslab.engines.diffusion.models import resolve_and_detect
-
-    _, info = resolve_and_detect(
-        generation.model or default_model, config=config, cache_dir=generation.cache_dir,
-        local_files_only=generation.local_files_only,
-    )
-    return info.native_resolution
+    return model_info(generation, config, default_model).native_resolution
 
 
 def cpu_generator(seed: int) -> Any:
@@ -178,16 +263,20 @@ def _latent_start(pipe: Any, image: np.ndarray, mask: np.ndarray, *, zero: bool,
     import torch
 
     vae = pipe.vae
+    if type(vae).__name__ != "AutoencoderKL":  # Qwen-Image's video VAE, FLUX.2's: another latent layout
+        raise InputError(f"--masked-content latent-noise/latent-nothing needs a Stable Diffusion-style VAE, and this "
+                         f"model has a {type(vae).__name__}; use --masked-content fill or original")
     scale = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0  # SD3/FLUX VAEs centre their latents too
     with torch.no_grad():
         pixels = torch.from_numpy(image).permute(2, 0, 1)[None].to(vae.device, vae.dtype) / 127.5 - 1.0
-        latents = vae.encode(pixels).latent_dist.mean * scale
+        latents = (vae.encode(pixels).latent_dist.mean - shift) * scale
         small = torch.from_numpy(mask.astype(np.float32))[None, None]
         small = torch.nn.functional.interpolate(small, size=latents.shape[-2:], mode="nearest").to(latents.device) > 0.5
         generator = torch.Generator("cpu").manual_seed((seed + 1) % 2**32)  # not the sampler's stream
         fresh = torch.zeros_like(latents) if zero else torch.randn(latents.shape, generator=generator).to(latents)
         latents = torch.where(small, fresh, latents)
-        decoded = vae.decode(latents / scale).sample
+        decoded = vae.decode(latents / scale + shift).sample
     decoded = ((decoded[0].permute(1, 2, 0).float().cpu().numpy() + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)
     return np.where(mask[..., None], decoded, image)
 
@@ -200,8 +289,8 @@ def _conditioning(pipe: Any, image: np.ndarray, mask: np.ndarray, weight: float)
     """
     if weight >= 1.0:
         return {}
-    if pipe.unet.config.in_channels != 9:
-        notice("--mask-weight only affects inpainting models (9-channel UNet); this model ignores it")
+    if getattr(pipe, "unet", None) is None or pipe.unet.config.in_channels != 9:
+        notice("--mask-weight only affects inpainting models (a 9-channel Stable Diffusion UNet); this model ignores it")
         return {}
     import torch
 
@@ -210,13 +299,13 @@ def _conditioning(pipe: Any, image: np.ndarray, mask: np.ndarray, weight: float)
     return {"masked_image_latents": pixels * keep}
 
 
-def _use_scheduler(pipe: Any, name: str | None) -> None:
+def _use_scheduler(pipe: Any, name: str | None, kind: str = "ddpm") -> None:
     """Switch the cached pipeline to scheduler `name`, or back to the model's own when None."""
     own = getattr(pipe, "_canvaslab_own_scheduler", None)
     if own is None:
         own = pipe.scheduler
         pipe._canvaslab_own_scheduler = own
-    pipe.scheduler = own if name is None else make_scheduler(name, own.config)
+    pipe.scheduler = own if name is None else make_scheduler(name, own.config, kind)
 
 
 @functools.lru_cache(maxsize=None)

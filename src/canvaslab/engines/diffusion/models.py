@@ -64,7 +64,7 @@ TASKS = ("inpaint", "txt2img", "edit")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OFFLOADS = (None, "model", "sequential")
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".gguf")
 
 
 # -- aliases -----------------------------------------------------------------------------------
@@ -288,6 +288,8 @@ def _cached_header(path: str, mtime_ns: int, size: int) -> CheckpointHeader:
     try:
         if path.endswith(".safetensors"):
             return _read_safetensors_header(Path(path))
+        if path.endswith(".gguf"):
+            return _read_gguf_header(Path(path))
         return _read_ckpt_header(Path(path))
     except (OSError, ValueError, RuntimeError, struct.error) as exc:
         raise ModelNotAvailableError(f"checkpoint {path} could not be read ({one_line(exc)}); is it complete?") from None
@@ -302,6 +304,17 @@ def _read_safetensors_header(path: Path) -> CheckpointHeader:
         header = json.loads(fh.read(length))
     metadata = header.pop("__metadata__", None) or {}
     return CheckpointHeader({k: tuple(v["shape"]) for k, v in header.items()}, metadata)
+
+
+def _read_gguf_header(path: Path) -> CheckpointHeader:
+    """Tensor names and (torch-order) shapes of a GGUF file; the quantised data stays on disk (memory-mapped)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise InputError(f"{path} is a GGUF file: reading it needs the gguf package (pip install 'canvaslab[gguf]')") from None
+    reader = GGUFReader(path)
+    # GGUF stores dimensions fastest-first (ggml's ne); torch lists them slowest-first
+    return CheckpointHeader({t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}, {})
 
 
 def _read_ckpt_header(path: Path) -> CheckpointHeader:
@@ -335,7 +348,7 @@ def _single_file_source(
     name: str, path: Path, config: str | os.PathLike[str] | None, cache_dir: str | None, offline: bool
 ) -> ModelSource:
     if path.suffix not in SINGLE_FILE_SUFFIXES:
-        raise InputError(f"{path} is neither a diffusers folder nor a .safetensors/.ckpt checkpoint")
+        raise InputError(f"{path} is neither a diffusers folder nor a .safetensors/.ckpt/.gguf checkpoint")
     common = dict(path=path.resolve(), cache_dir=cache_dir, local_files_only=offline)
     header = read_checkpoint_header(path)
     family = checkpoint_family(header, path)

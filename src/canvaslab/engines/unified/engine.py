@@ -108,9 +108,9 @@ class UnifiedEngine(Engine):
 
     def describe_sampling(self, generation: Generation, options: dict[str, Any] | None = None) -> dict[str, object]:
         return {
-            "Steps": generation.steps,
+            "Steps": unified_steps(generation),
             "Sampler": "MaskGIT",
-            "CFG scale": generation.guidance_scale,
+            "CFG scale": unified_guidance(generation),
             "Model": generation.model or DEFAULT_MODEL,
         }
 
@@ -202,12 +202,25 @@ def native_tokens(config: UnifiedConfig) -> int:
     return side
 
 
+# What a request without steps or guidance gets: the shared defaults of earlier versions, kept so that
+# results do not change (Show-o's published settings are guidance 1.75 with 16-18 steps: docs/unified.md).
+DEFAULT_STEPS, DEFAULT_GUIDANCE = 20, 7.5
+
+
+def unified_steps(generation: Generation) -> int:
+    return generation.steps if generation.steps is not None else DEFAULT_STEPS
+
+
+def unified_guidance(generation: Generation) -> float:
+    return generation.guidance_scale if generation.guidance_scale is not None else DEFAULT_GUIDANCE
+
+
 def sampling_args(generation: Generation, options: EngineOptions) -> dict[str, Any]:
     """`fill_codes` keywords from the request's generation settings and the engine options."""
     options = _unified(options)
     return {
         "prompt": generation.prompt, "negative_prompt": generation.negative_prompt,
-        "guidance_scale": generation.guidance_scale, "steps": generation.steps,
+        "guidance_scale": unified_guidance(generation), "steps": unified_steps(generation),
         "temperature": options.temperature, "schedule": options.schedule, "offset": options.offset,
     }
 

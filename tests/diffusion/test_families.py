@@ -1,0 +1,199 @@
+"""Every transformer family through canvaslab's own API on tiny offline models (tests/diffusion/tiny_dit.py):
+detection, the pixel guarantees of inpainting (sizes restored, unmasked pixels bit-identical), determinism,
+generate and edit, the model's defaults, flow-matching schedulers, and transformer-only single files
+(safetensors and GGUF) with a base folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+import canvaslab  # noqa: E402
+from canvaslab.engines.diffusion import models  # noqa: E402
+from canvaslab.errors import InputError, ModelNotAvailableError  # noqa: E402
+
+from .tiny_dit import DIT_SPECS, save_transformer_gguf, save_transformer_single_file  # noqa: E402
+
+# kind -> (family, kind, variant) that detection must report
+DETECTED = {
+    "sd3-txt2img": ("sd3", "txt2img", "sd3"),
+    "sd35-txt2img": ("sd3", "txt2img", "sd35"),
+    "flux-txt2img": ("flux", "txt2img", "dev"),
+    "flux-schnell": ("flux", "txt2img", "schnell"),
+    "flux-fill": ("flux", "inpaint", "fill"),
+    "flux-kontext": ("flux-kontext", "edit", "kontext"),
+    "qwen-image": ("qwen-image", "txt2img", "t2i"),
+    "qwen-image-edit": ("qwen-image", "edit", "edit"),
+    "flux2-klein": ("flux2", "txt2img", "klein"),
+    "flux2-klein-base": ("flux2", "txt2img", "klein-base"),
+    "z-image": ("z-image", "txt2img", "turbo"),
+}
+INPAINT_KINDS = [kind for kind, spec in DIT_SPECS.items() if "inpaint" in spec.pipelines]
+GENERATE_KINDS = [kind for kind, spec in DIT_SPECS.items() if "txt2img" in spec.pipelines]
+EDIT_KINDS = ["flux-kontext", "qwen-image-edit", "flux2-klein"]
+
+
+@pytest.fixture(autouse=True)
+def small_qwen_edits(monkeypatch):
+    """Qwen-Image-Edit works at ~1 Mpx whatever the input (6-20 s a call on a tiny model): its sizing function
+    answers 64x64 here; the engine scales any other answer back (test_qwen_edit_answer_is_scaled_back)."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit, pipeline_qwenimage_edit_inpaint
+
+    for module in (pipeline_qwenimage_edit, pipeline_qwenimage_edit_inpaint):
+        monkeypatch.setattr(module, "calculate_dimensions", lambda area, ratio: (64, 64, None))
+
+
+@pytest.fixture(scope="module")
+def picture(photo):
+    """76x60: not a multiple of 16, so padding to the families' multiple and the exact restore are exercised."""
+    image = np.ascontiguousarray(photo[20:80, 40:116])
+    mask = np.zeros(image.shape[:2], bool)
+    mask[18:42, 20:52] = True
+    return image, mask
+
+
+def inpaint(picture, folder, **params):
+    image, mask = picture
+    return canvaslab.inpaint(image, mask, **{"model": str(folder), "steps": 2, "seed": 1, "prompt": "a cat", **params})
+
+
+@pytest.mark.parametrize("kind", list(DETECTED))
+def test_each_family_is_recognised_from_its_folder(kind, tiny_dit_folders):
+    info = models.detect(models.resolve_source(str(tiny_dit_folders[kind])))
+    assert (info.family, info.kind, info.variant) == DETECTED[kind]
+    assert info.prediction_type == "flow"
+
+
+@pytest.mark.parametrize("kind", INPAINT_KINDS)
+def test_inpaint_restores_size_keeps_unmasked_pixels_and_is_deterministic(kind, picture, tiny_dit_folders):
+    image, mask = picture
+    first = inpaint(picture, tiny_dit_folders[kind])
+    assert first.recipe["request"]["engine"] == "diffusion"  # the model picked its engine
+    assert first.image.shape == image.shape
+    np.testing.assert_array_equal(first.image[~mask], image[~mask])
+    assert np.abs(first.image[mask].astype(int) - image[mask].astype(int)).mean() > 1
+    np.testing.assert_array_equal(inpaint(picture, tiny_dit_folders[kind]).image, first.image)
+    assert not np.array_equal(inpaint(picture, tiny_dit_folders[kind], seed=2).image, first.image)
+
+
+@pytest.mark.parametrize("kind", GENERATE_KINDS)
+def test_generate_is_deterministic_at_the_asked_size(kind, tiny_dit_folders):
+    params = dict(prompt="a lighthouse", model=str(tiny_dit_folders[kind]), steps=2, width=80, height=48)
+    first = canvaslab.generate(seed=3, **params)
+    assert first.image.shape == (48, 80, 3)
+    np.testing.assert_array_equal(canvaslab.generate(seed=3, **params).image, first.image)
+    assert not np.array_equal(canvaslab.generate(seed=4, **params).image, first.image)
+
+
+def test_generate_refuses_sizes_off_the_family_multiple(tiny_dit_folders):
+    with pytest.raises(InputError, match="width 72 must be a multiple of 16"):
+        canvaslab.generate(prompt="x", model=str(tiny_dit_folders["flux-txt2img"]), width=72, height=64, steps=1)
+
+
+@pytest.mark.parametrize("kind", EDIT_KINDS)
+def test_edit_restores_size_and_is_deterministic(kind, picture, tiny_dit_folders):
+    image, _ = picture
+    params = dict(instruction="make it winter", model=str(tiny_dit_folders[kind]), steps=2)
+    first = canvaslab.edit(image, seed=5, **params)
+    assert first.image.shape == image.shape
+    np.testing.assert_array_equal(canvaslab.edit(image, seed=5, **params).image, first.image)
+    assert not np.array_equal(canvaslab.edit(image, seed=6, **params).image, first.image)
+
+
+def test_qwen_edit_answer_is_scaled_back(picture, tiny_dit_folders, monkeypatch):
+    """The Qwen edit pipelines answer at a size of their own choosing (~1 Mpx for real models): the result
+    comes back at the input's size, unmasked pixels untouched."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_inpaint
+
+    monkeypatch.setattr(pipeline_qwenimage_edit_inpaint, "calculate_dimensions", lambda area, ratio: (96, 80, None))
+    image, mask = picture
+    result = inpaint(picture, tiny_dit_folders["qwen-image-edit"])
+    assert result.image.shape == image.shape
+    np.testing.assert_array_equal(result.image[~mask], image[~mask])
+
+
+def test_unset_steps_and_guidance_are_the_models_own(picture, tiny_dit_folders):
+    fill = inpaint(picture, tiny_dit_folders["flux-fill"], steps=None)
+    assert "Steps: 50, Sampler: Euler, CFG scale: 30" in fill.parameters
+    assert fill.recipe["request"]["steps"] is None and fill.recipe["request"]["guidance_scale"] is None
+    schnell = inpaint(picture, tiny_dit_folders["flux-schnell"], steps=None)
+    assert "Steps: 4," in schnell.parameters
+    sd = inpaint(picture, tiny_dit_folders["sd3-txt2img"], guidance_scale=4.5)
+    assert "Steps: 2, Sampler: Euler, CFG scale: 4.5" in sd.parameters
+
+
+def test_guidance_changes_what_a_true_cfg_family_paints(picture, tiny_dit_folders):
+    """Qwen-Image's --guidance-scale is its true_cfg_scale (CFG with a negative prompt, " " when none given)."""
+    folder = tiny_dit_folders["qwen-image"]
+    assert not np.array_equal(inpaint(picture, folder, guidance_scale=1.0).image,
+                              inpaint(picture, folder, guidance_scale=6.0).image)
+
+
+def test_flow_schedulers_switch_and_noise_samplers_are_refused(picture, tiny_dit_folders):
+    folder = tiny_dit_folders["flux-fill"]
+    own = inpaint(picture, folder, steps=4)
+    karras = inpaint(picture, folder, steps=4, scheduler="euler-karras")
+    assert not np.array_equal(own.image, karras.image) and "Sampler: Euler Karras" in karras.parameters
+    np.testing.assert_array_equal(inpaint(picture, folder, steps=4).image, own.image)  # the model's own comes back
+    with pytest.raises(InputError, match="scheduler 'dpm\\+\\+2m' does not fit a flow-matching model: choose one of euler"):
+        inpaint(picture, folder, scheduler="dpm++2m")
+
+
+def test_negative_prompt_on_distilled_flux_needs_true_cfg(picture, tiny_dit_folders):
+    folder = tiny_dit_folders["flux-fill"]
+    plain = inpaint(picture, tiny_dit_folders["flux-txt2img"], negative_prompt="blur")
+    assert any("--opt true_cfg_scale" in note for note in plain.notices)
+    cfg = inpaint(picture, tiny_dit_folders["flux-txt2img"], negative_prompt="blur", options={"true_cfg_scale": 3})
+    assert not np.array_equal(plain.image, cfg.image) and not any("true_cfg" in n for n in cfg.notices)
+    assert inpaint(picture, folder).image.shape == picture[0].shape
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "bfl"])
+def test_flux2_transformer_file_with_a_base_folder_equals_the_folder(layout, picture, tiny_dit_folders, tmp_path):
+    folder = tiny_dit_folders["flux2-klein"]
+    path = save_transformer_single_file("flux2-klein", tmp_path / "klein.safetensors", layout=layout)
+    assert models.detect(models.resolve_source(str(path), config=str(folder))).variant == "klein"
+    np.testing.assert_array_equal(inpaint(picture, path, options={"base": str(folder)}).image,
+                                  inpaint(picture, folder).image)
+
+
+def test_fill_transformer_file_joins_a_dev_folder(picture, tiny_dit_folders, tmp_path):
+    """flux1-fill-dev.safetensors beside a FLUX.1 dev folder: the weights say Fill (384 inputs), the folder
+    gives text encoders and VAE."""
+    path = save_transformer_single_file("flux-fill", tmp_path / "flux1-fill-dev.safetensors")
+    info = models.detect(models.resolve_source(str(path), config=str(tiny_dit_folders["flux-txt2img"])))
+    assert (info.family, info.kind, info.variant, info.in_channels) == ("flux", "inpaint", "fill", 384)
+    np.testing.assert_array_equal(
+        inpaint(picture, path, options={"base": str(tiny_dit_folders["flux-fill"])}).image,
+        inpaint(picture, tiny_dit_folders["flux-fill"]).image,
+    )
+
+
+def test_a_transformer_file_alone_says_what_it_needs(picture, tmp_path):
+    path = save_transformer_single_file("flux-fill", tmp_path / "flux1-fill-dev.safetensors")
+    with pytest.raises(ModelNotAvailableError) as caught:
+        inpaint(picture, path)
+    message = str(caught.value)
+    assert "\n" not in message and "FLUX.1 transformer alone" in message and "--opt base=FOLDER" in message
+
+
+def test_gguf_quantised_fill_runs_on_the_cpu_close_to_the_full_model(picture, tiny_dit_folders, tmp_path):
+    pytest.importorskip("gguf")
+    path = save_transformer_gguf("flux-fill", tmp_path / "flux1-fill-dev-Q8_0.gguf", quant="Q8_0")
+    info = models.detect(models.resolve_source(str(path), config=str(tiny_dit_folders["flux-fill"])))
+    assert (info.family, info.variant) == ("flux", "fill")
+    image, mask = picture
+    quantised = inpaint(picture, path, options={"base": str(tiny_dit_folders["flux-fill"])})
+    full = inpaint(picture, tiny_dit_folders["flux-fill"])
+    np.testing.assert_array_equal(quantised.image[~mask], image[~mask])
+    assert np.abs(quantised.image.astype(int) - full.image.astype(int))[mask].mean() < 8  # Q8_0: close, not equal
+    assert "Model: flux1-fill-dev-Q8_0," in quantised.parameters  # A1111 names a checkpoint by its stem
+    assert str(tmp_path) not in quantised.parameters and "Engine base: flux-fill" in quantised.parameters
+
+
+def test_fill_model_refuses_text_to_image_in_one_line(tiny_dit_folders):
+    with pytest.raises(InputError) as caught:
+        canvaslab.generate(prompt="x", model=str(tiny_dit_folders["flux-fill"]), size=64, steps=1)
+    assert "\n" not in str(caught.value) and "inpainting FLUX.1 model and cannot run task 'txt2img'" in str(caught.value)
