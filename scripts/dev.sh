@@ -78,7 +78,11 @@ fi
 #    constraints changed; test-latest upgrades everything to the newest releases every time
 pip_args=(--disable-pip-version-check -q)
 if [[ "$constraints" == none ]]; then
-  pip_args+=(--upgrade --upgrade-strategy eager)
+  # everything to its newest release but torch, which stays the build step 2 installed (CANVASLAB_TORCH):
+  # an eager upgrade would swap the CPU build for a multi-GB CUDA one
+  keep_torch="$venv/.torch-constraint.txt"
+  "$py" -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' > "$keep_torch" 2>/dev/null || : > "$keep_torch"
+  pip_args+=(--upgrade --upgrade-strategy eager -c "$keep_torch")
   stamp="$venv/.canvaslab-$job-latest-$(date +%F)"
 else
   [[ -f "$constraints" ]] || { echo "constraints file not found: $constraints" >&2; exit 2; }
