@@ -197,3 +197,47 @@ def test_fill_model_refuses_text_to_image_in_one_line(tiny_dit_folders):
     with pytest.raises(InputError) as caught:
         canvaslab.generate(prompt="x", model=str(tiny_dit_folders["flux-fill"]), size=64, steps=1)
     assert "\n" not in str(caught.value) and "inpainting FLUX.1 model and cannot run task 'txt2img'" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["flux-kontext", "qwen-image-edit"])
+def test_masked_edit_changes_only_the_masked_pixels(kind, picture, tiny_dit_folders):
+    image, mask = picture
+    result = canvaslab.edit(image, mask=mask, instruction="make it winter", model=str(tiny_dit_folders[kind]),
+                            steps=2, seed=1)
+    assert result.image.shape == image.shape
+    np.testing.assert_array_equal(result.image[~mask], image[~mask])
+    assert np.abs(result.image[mask].astype(int) - image[mask].astype(int)).mean() > 1
+    assert result.recipe["task"] == "inpaint" and result.recipe["request"]["prompt"] == "make it winter"
+
+
+def test_masked_edit_with_instruct_pix2pix_is_refused_in_one_line(picture, tiny_folders):
+    image, mask = picture
+    with pytest.raises(InputError) as caught:
+        canvaslab.edit(image, mask=mask, instruction="x", model=str(tiny_folders["sd-pix2pix"]))
+    assert "\n" not in str(caught.value) and "has no masked-edit pipeline" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_cli_masked_edit_with_kontext_replays(picture, tiny_dit_folders, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import write_png
+
+    image, mask = picture
+    out = tmp_path / "o.png"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "canvaslab", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    done = cli("edit", write_png(tmp_path / "i.png", image), "--mask", write_png(tmp_path / "m.png", mask),
+               "--model", tiny_dit_folders["flux-kontext"], "--instruction", "a red sky", "--steps", 2, "--seed", 3,
+               "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(cli("--json", "info", out).stdout)["recipe"]["task"] == "inpaint"
+    replay = cli("replay", out, "-o", tmp_path / "again.png", "--check")
+    assert replay.returncode == 0 and "identical pixels" in replay.stderr, replay.stderr

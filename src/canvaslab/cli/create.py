@@ -26,7 +26,10 @@ from canvaslab.tasks.requests import EditRequest, GenerateRequest, build_request
 from canvaslab.tasks.result import MetadataMode
 
 
-def _edit_inputs(image: ImageArg = None) -> None:
+def _edit_inputs(
+    image: ImageArg = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", "-m", help="change only the white pixels (models with a masked-edit pipeline: flux-kontext, qwen-image-edit, flux2-klein)", rich_help_panel="Input")] = None,
+) -> None:
     """Change an image from an instruction, InstructPix2Pix style (or every image in a folder).
 
     The output has the input's size. --image-guidance-scale keeps it closer to the input, --guidance-scale follows the instruction more.
@@ -35,6 +38,8 @@ def _edit_inputs(image: ImageArg = None) -> None:
     Examples:
 
       canvaslab edit photo.jpg --instruction "make it winter" -o winter.png
+
+      canvaslab edit photo.jpg --mask sky.png --model flux-kontext --instruction "a stormy sky" -o storm.png
 
       canvaslab edit photo.jpg --instruction "turn it into a painting" --rows 3 --grid grid.png --labels
 

@@ -29,6 +29,7 @@ def edit(
     image: ImageInput | None = None,
     request: EditRequest | None = None,
     *,
+    mask: ImageInput | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     **params: Any,
 ) -> Result:
@@ -41,8 +42,18 @@ def edit(
 
     With ``frames=DIR`` instead of `image`, a multi-frame model (4 + 4N channel UNet) edits from the
     N images of DIR (natural name order, one size, exactly N of them); the result has their size.
+
+    With `mask` (white = change), only the masked pixels change: the model's masked-edit pipeline runs
+    (FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2 Klein inpaint), through the inpaint task, so the result is
+    an inpaint with the editing model and its recipe says so (`canvaslab inpaint` with the same model
+    takes the mask options: --mask-mode, --grow, --area masked, ...). InstructPix2Pix models have no
+    masked pipeline and are refused.
     """
     request = request_from(EditRequest, request, params)
+    if mask is not None:
+        if request.frames is not None:
+            raise InputError("--mask edits one image; it does not go with --frames")
+        return _masked_edit(image, mask, request, max_pixels)
     if request.frames is not None:
         if image is not None:
             raise InputError("give either an image or frames=DIR (--frames), not both")
@@ -116,6 +127,36 @@ def frame_files(folder: Path) -> list[Path]:
     if not paths:
         raise InputError(f"frames folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return sorted(paths, key=lambda p: natural_key(p.name))
+
+
+# EditRequest fields a masked edit hands on to the inpaint task unchanged (the instruction is the prompt).
+_MASKED_EDIT_FIELDS = ("engine", "seed", "prompt", "negative_prompt", "options", "model", "steps", "guidance_scale",
+                       "scheduler", "lora", "dtype", "device", "offload", "attention_slicing", "vae_tiling",
+                       "cache_dir", "local_files_only")
+
+
+def _masked_edit(image: ImageInput | None, mask: ImageInput, request: EditRequest, max_pixels: int) -> Result:
+    from canvaslab.engines.diffusion.families import family
+    from canvaslab.engines.diffusion.engine import model_info
+    from canvaslab.tasks.inpaint import inpaint
+    from canvaslab.tasks.requests import InpaintRequest
+
+    if image is None:
+        raise InputError("edit --mask needs an image")
+    engine, options = engine_for(request)
+    info = model_info(request.generation(), source_config(options), EDIT_MODEL)
+    fam = family(info.family)
+    if (info.kind, "inpaint") not in fam.pipelines:
+        raise InputError(
+            f"model {request.model or EDIT_MODEL} ({fam.label}) has no masked-edit pipeline: edit the whole image "
+            "(leave out --mask), or use an editing model that has one (flux-kontext, qwen-image-edit, flux2-klein)"
+        )
+    if request.image_guidance_scale != EditRequest.model_fields["image_guidance_scale"].default:
+        raise InputError("--image-guidance-scale is InstructPix2Pix's; a masked edit does not read it: leave it out")
+    values = {name: getattr(request, name) for name in _MASKED_EDIT_FIELDS if name in request.model_fields_set}
+    values["prompt"] = request.prompt
+    return inpaint(image, mask, request=InpaintRequest.model_validate({**values, "engine": "diffusion"}),
+                   max_pixels=max_pixels)
 
 
 def _check_frame_count(request: EditRequest, config: str | None, folder: Path, count: int) -> None:

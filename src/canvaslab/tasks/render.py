@@ -62,7 +62,7 @@ def run_task(
 ) -> Result:
     if task not in RECIPE_TASKS:
         raise InputError(f"unknown task {task!r}: choose one of {', '.join(RECIPE_TASKS)}")
-    if task != "inpaint" and mask is not None:
+    if task not in ("inpaint", "edit") and mask is not None:
         raise InputError(f"{task} takes no mask")
     if task == "generate":
         if image is not None:
@@ -76,7 +76,7 @@ def run_task(
         return outpaint(image, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
     if task == "texture":
         return texture_seamless(image, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
-    return edit(image, request=request, max_pixels=max_pixels)  # type: ignore[arg-type]
+    return edit(image, request=request, mask=mask, max_pixels=max_pixels)  # type: ignore[arg-type]
 
 
 def row_output(output: Path, seed: int, index: int) -> Path:
