@@ -241,3 +241,26 @@ def test_cli_masked_edit_with_kontext_replays(picture, tiny_dit_folders, tmp_pat
     assert json.loads(cli("--json", "info", out).stdout)["recipe"]["task"] == "inpaint"
     replay = cli("replay", out, "-o", tmp_path / "again.png", "--check")
     assert replay.returncode == 0 and "identical pixels" in replay.stderr, replay.stderr
+
+
+@pytest.mark.parametrize("kind", ["sd3-txt2img", "flux-fill", "qwen-image", "flux2-klein", "z-image"])
+def test_memory_options_work_for_every_family(kind, tiny_dit_folders):
+    """VAE tiling at a size above the tiny VAEs' tile (so tiles really run) and attention slicing."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((160, 160, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((160, 160), bool)
+    mask[40:120, 48:112] = True
+    params = dict(model=str(tiny_dit_folders[kind]), steps=1, seed=1, prompt="a cat")
+    for memory in ({"vae_tiling": True}, {"attention_slicing": True}):
+        result = canvaslab.inpaint(image, mask, **params, **memory)
+        assert result.image.shape == image.shape
+        np.testing.assert_array_equal(result.image[~mask], image[~mask])
+
+
+def test_quantisation_is_refused_off_cuda_in_one_line(picture, tiny_dit_folders):
+    with pytest.raises(InputError) as caught:
+        inpaint(picture, tiny_dit_folders["flux-fill"], options={"quantize": "bnb-4bit"})
+    message = str(caught.value)
+    assert "\n" not in message and "runs on CUDA only" in message and "GGUF" in message
+    with pytest.raises(InputError, match="option quantize"):
+        inpaint(picture, tiny_dit_folders["flux-fill"], options={"quantize": "fp3"})

@@ -29,7 +29,8 @@ def generate_image(
     options: EngineOptions | None = None,
 ) -> np.ndarray:
     """A `height` x `width` x 3 uint8 image painted from `generation.prompt`."""
-    pipe = prepared_pipeline(generation, "txt2img", config=config, default_model=GENERATE_MODEL)
+    pipe = prepared_pipeline(generation, "txt2img", config=config, default_model=GENERATE_MODEL,
+                             quantize=getattr(options, "quantize", None))
     info = model_info(generation, config, GENERATE_MODEL)
     arguments = {"prompt": generation.prompt, "width": width, "height": height}
     return run_pipeline(pipe, info, generation, "txt2img", arguments, options=options, seed=seed, size=(height, width))
@@ -43,7 +44,8 @@ def edit_image(
     instructs; same size."""
     from PIL import Image
 
-    pipe = prepared_pipeline(generation, "edit", config=config, default_model=EDIT_MODEL)
+    pipe = prepared_pipeline(generation, "edit", config=config, default_model=EDIT_MODEL,
+                             quantize=getattr(options, "quantize", None))
     _check_frame_count(pipe, generation, 1)
     info = model_info(generation, config, EDIT_MODEL)
     return _run_edit(pipe, info, generation, Image.fromarray(image), image.shape[:2], image_guidance_scale, seed, options)

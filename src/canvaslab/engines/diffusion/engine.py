@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -36,6 +36,9 @@ class DiffusionOptions(EngineOptions):
     base: str | None = Field(
         None, description="a transformer-only .safetensors/.gguf file (FLUX, SD3, ...): the folder of a complete "
         "model of its family, for the text encoders and VAE"
+    )
+    quantize: Literal["bnb-4bit", "bnb-8bit", "torchao-int8"] | None = Field(
+        None, description="quantise the UNet/transformer while loading (CUDA only; elsewhere use a GGUF file)"
     )
     true_cfg_scale: float | None = Field(
         None, ge=1, le=50, description="FLUX.1: real classifier-free guidance on top of the distilled one, so "
@@ -98,7 +101,8 @@ class DiffusionEngine(Engine):
         from PIL import Image
 
         config = source_config(options)
-        pipe = prepared_pipeline(generation, "inpaint", config=config, default_model=DEFAULT_MODEL)
+        pipe = prepared_pipeline(generation, "inpaint", config=config, default_model=DEFAULT_MODEL,
+                                 quantize=getattr(options, "quantize", None))
         info = model_info(generation, config, DEFAULT_MODEL)
         height, width = mask.shape
         start = masked_start(pipe, image, mask, generation.masked_content, seed) if generation.strength < 1 else image
@@ -192,7 +196,8 @@ def step_callback(pipe: Any, steps: int) -> dict[str, Any]:
     return {"callback_on_step_end": on_step_end}
 
 
-def prepared_pipeline(generation: Generation, task: str, *, config: str | None, default_model: str) -> Any:
+def prepared_pipeline(generation: Generation, task: str, *, config: str | None, default_model: str,
+                      quantize: str | None = None) -> Any:
     """The cached pipeline for `task`, set to the request's scheduler and LoRAs (inpaint, edit, generate)."""
     _quiet_libraries()
     from canvaslab.engines.diffusion.lora import apply_loras, resolve_lora, widened_channels
@@ -215,6 +220,7 @@ def prepared_pipeline(generation: Generation, task: str, *, config: str | None, 
         cache_dir=generation.cache_dir,
         local_files_only=generation.local_files_only,
         in_channels=max(widened) if widened else None,
+        quantize=quantize,
     )
     pipe.set_progress_bar_config(disable=True)
     from canvaslab.engines.diffusion.families import family

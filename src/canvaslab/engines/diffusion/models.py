@@ -494,6 +494,7 @@ def load_pipeline(
     cache_dir: str | os.PathLike[str] | None = None,
     local_files_only: bool | None = None,
     in_channels: int | None = None,
+    quantize: str | None = None,
 ) -> DiffusionPipeline:
     """Load (or reuse) the diffusers pipeline that runs `task` with `source`.
 
@@ -508,6 +509,9 @@ def load_pipeline(
     least memory); both need CUDA. attention_slicing and vae_tiling trade speed for memory.
     in_channels: choose the pipeline class as if the UNet took this many input channels (a widened
     LoRA, see lora.py, swaps in a wider conv_in before the pipeline runs).
+    dtype "auto" on a GPU is the family's own (bf16 for the FLUX/Qwen/Z-Image transformers).
+    quantize: "bnb-4bit", "bnb-8bit" (bitsandbytes) or "torchao-int8" for the denoiser; CUDA only
+    (elsewhere refused in one line; GGUF files are the quantised weights that run on any device).
     """
     check_inputs(task=task, dtype=dtype, device=device, offload=offload)
     if isinstance(source, ModelSource):
@@ -521,15 +525,17 @@ def load_pipeline(
         info = dataclasses.replace(info, kind=kind, in_channels=in_channels, condition_frames=frames)
     class_name = pipeline_class_name(info, task, label=f"model {source.name!r}")
     target = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, target)
+    family = families.family(info.family)
+    torch_dtype = resolve_dtype(family.gpu_dtype if dtype == "auto" and target != "cpu" else dtype, target)  # type: ignore[arg-type]
     if offload is not None and target != "cuda":
         raise InputError(f"offload={offload!r} moves weights between CPU and GPU and needs device 'cuda', not {target!r}")
+    quantization = quantization_config(quantize, family, target, torch_dtype)
 
-    key = (source.format, source.location, source.config, str(torch_dtype), target, offload)
+    key = (source.format, source.location, source.config, str(torch_dtype), target, offload, quantize)
     with _cache_lock:
         entry = _cache.get(key)
         if entry is None:
-            base = _load_base(source, info, class_name, torch_dtype, target, offload)
+            base = _load_base(source, info, class_name, torch_dtype, target, offload, quantization)
             entry = _CacheEntry({class_name: base})
             _remember(key, entry)
         _cache.move_to_end(key)
@@ -611,14 +617,41 @@ def _remember(key: tuple, entry: _CacheEntry) -> None:
         _cache.popitem(last=False)
 
 
+QUANTIZE = {"bnb-4bit": ("bitsandbytes_4bit", "bitsandbytes"), "bnb-8bit": ("bitsandbytes_8bit", "bitsandbytes"),
+            "torchao-int8": ("torchao", "torchao")}  # name -> (diffusers backend, package)
+
+
+def quantization_config(name: str | None, family: type[Family], device: str, torch_dtype: Any) -> Any:
+    """diffusers' quantisation config for the denoiser, or None; a one-line refusal where it cannot run."""
+    if name is None:
+        return None
+    if name not in QUANTIZE:
+        raise InputError(f"quantize {name!r} is not one of {', '.join(QUANTIZE)}")
+    backend, package = QUANTIZE[name]
+    if device != "cuda":
+        raise InputError(
+            f"quantize={name} runs on CUDA only ({package} kernels), not on {device!r}; on this machine use a "
+            "GGUF-quantised transformer file instead (e.g. flux1-fill-dev-Q4_K_S.gguf with --opt base=FOLDER)"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise InputError(f"quantize={name} needs the {package} package: pip install {package}")
+    from diffusers import PipelineQuantizationConfig
+
+    kwargs: dict[str, Any] = ({"load_in_4bit": True, "bnb_4bit_compute_dtype": torch_dtype} if name == "bnb-4bit"
+                              else {"load_in_8bit": True} if name == "bnb-8bit" else {"quant_type": "int8wo"})
+    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=[family.denoiser])
+
+
 def _load_base(source: ModelSource, info: ModelInfo, class_name: str, torch_dtype: torch.dtype, device: str,
-               offload: Offload | None) -> DiffusionPipeline:
+               offload: Offload | None, quantization: Any = None) -> DiffusionPipeline:
     """Load, fix the scheduler's prediction type, mind the VAE's precision, then place on the device."""
     import torch
 
     cls = pipeline_class(class_name)
     family = families.family(info.family)
-    pipe = _load_weights(cls, source, info, torch_dtype)
+    pipe = _load_weights(cls, source, info, torch_dtype, quantization)
     _check_no_missing_weights(pipe, source)
     _check_tokenizers(pipe, source)
     if issubclass(family, StableDiffusion):
@@ -648,10 +681,13 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _load_weights(cls: type, source: ModelSource, info: ModelInfo, torch_dtype: torch.dtype) -> DiffusionPipeline:
+def _load_weights(cls: type, source: ModelSource, info: ModelInfo, torch_dtype: torch.dtype,
+                  quantization: Any = None) -> DiffusionPipeline:
     import torch
 
     kwargs: dict[str, Any] = dict(dtype=torch_dtype, cache_dir=source.cache_dir, local_files_only=source.local_files_only)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     if "safety_checker" in _init_parameters(cls):
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
