@@ -264,3 +264,33 @@ def test_quantisation_is_refused_off_cuda_in_one_line(picture, tiny_dit_folders)
     assert "\n" not in message and "runs on CUDA only" in message and "GGUF" in message
     with pytest.raises(InputError, match="option quantize"):
         inpaint(picture, tiny_dit_folders["flux-fill"], options={"quantize": "fp3"})
+
+
+def test_outpaint_masked_crop_and_masked_content_work_for_transformer_families(picture, tiny_dit_folders):
+    image, mask = picture
+    h, w = image.shape[:2]
+    fill = str(tiny_dit_folders["flux-fill"])
+    wide = canvaslab.outpaint(image, right=24, bottom=8, model=fill, steps=2, seed=0, fill="matched-noise")
+    assert wide.image.shape == (h + 8, w + 24, 3)
+    np.testing.assert_array_equal(wide.image[:h, :w][~wide.mask[:h, :w]], image[~wide.mask[:h, :w]])
+    crop = canvaslab.inpaint(image, mask, model=fill, steps=2, seed=0, area="masked", padding=8)
+    np.testing.assert_array_equal(crop.image[~mask], image[~mask])
+    assert "Inpaint area: Only masked" in crop.parameters
+    noisy = inpaint(picture, tiny_dit_folders["sd3-txt2img"], strength=0.6, masked_content="latent-noise")
+    np.testing.assert_array_equal(noisy.image[~mask], image[~mask])
+    assert not np.array_equal(noisy.image, inpaint(picture, tiny_dit_folders["sd3-txt2img"], strength=0.6).image)
+    with pytest.raises(InputError, match="needs a Stable Diffusion-style VAE"):
+        inpaint(picture, tiny_dit_folders["qwen-image"], strength=0.6, masked_content="latent-noise")
+
+
+def test_rows_and_a_grid_over_families(picture, tiny_dit_folders, tmp_path):
+    """An XYZ grid whose cells are different families: each cell runs its own model with its own multiple."""
+    from canvaslab.tasks.requests import InpaintRequest
+    from canvaslab.tasks.xyz import base_request, cell_requests, parse_axis
+
+    x = parse_axis(f"model={tiny_dit_folders['flux-fill']},{tiny_dit_folders['z-image']}", InpaintRequest)
+    cells = cell_requests(base_request(InpaintRequest, {"prompt": "a cat", "steps": 2}, x, None), x, None)
+    image, mask = picture
+    for cell in cells.values():
+        result = canvaslab.inpaint(image, mask, request=cell.model_copy(update={"seed": 1}))
+        np.testing.assert_array_equal(result.image[~mask], image[~mask])
