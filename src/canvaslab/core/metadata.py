@@ -483,7 +483,21 @@ def hash_cache_path() -> Path:
 def model_sha256(path: str | os.PathLike[str]) -> str:
     """The sha256 naming a checkpoint file (of the whole file) or a model folder (of its manifest)."""
     target = Path(path).expanduser().resolve()
-    return _folder_sha256(target) if target.is_dir() else _cached_sha256(target, "file", _file_sha256)
+    if not target.is_dir():
+        return _cached_sha256(target, "file", _file_sha256)
+    # Walking a model folder for every image costs about a millisecond: remember its digest until the
+    # folder or one of its component folders changes (files are written by rename, which touches them).
+    stamp = (target.stat().st_mtime_ns,
+             *sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(target) if e.is_dir() and not e.name.startswith(".")))
+    known = _folder_digests.get(str(target))
+    if known is not None and known[0] == stamp:
+        return known[1]
+    digest = _folder_sha256(target)
+    _folder_digests[str(target)] = (stamp, digest)
+    return digest
+
+
+_folder_digests: dict[str, tuple[tuple, str]] = {}  # folder -> (its stamp, digest) in this process
 
 
 def lora_sha256(path: str | os.PathLike[str]) -> str:
@@ -526,8 +540,13 @@ def _folder_sha256(folder: Path) -> str:
             digest = blob if _SHA256_NAME.fullmatch(blob) else _cached_sha256(file.resolve(), "file", _file_sha256)
             lines.append(f"{file.relative_to(folder).as_posix()}\t{digest}\n")
     digest = hashlib.sha256("".join(lines).encode()).hexdigest()
-    _remember(f"folder:{folder}", {"sha256": digest})
+    if _remembered_folders.get(str(folder)) != digest:  # write the cache file only when something changed
+        _remember(f"folder:{folder}", {"sha256": digest})
+        _remembered_folders[str(folder)] = digest
     return digest
+
+
+_remembered_folders: dict[str, str] = {}  # folder -> digest this process has written to the cache file
 
 
 def _file_sha256(path: Path) -> str:
