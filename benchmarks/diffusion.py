@@ -111,8 +111,9 @@ def tiled_cost(folder: Path, steps: int) -> None:
     first = None
     for extra in (128, 384, 896):
         started = time.perf_counter()
-        canvaslab.outpaint(image, right=extra, engine="diffusion", model=str(folder), steps=steps, seed=0, tile=64,
-                           dtype="fp32", device="cpu")
+        # outpaint's `steps` counts outpaint steps; the sampler's are `sampling_steps`
+        canvaslab.outpaint(image, right=extra, engine="diffusion", model=str(folder), sampling_steps=steps, seed=0,
+                           tile=64, dtype="fp32", device="cpu")
         seconds = time.perf_counter() - started
         per_mpx = seconds / (128 * extra / 1e6)
         first = first or per_mpx
