@@ -78,6 +78,14 @@ EXPECTED_SCHEDULERS = {
     "dpm++sde-karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "DPM++ SDE Karras"),
     "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
     "lcm": ("LCMScheduler", {}, "LCM"),
+    "tcd": ("TCDScheduler", {}, "TCD"),
+    # trailing spacing (few-step LoRAs and distilled models); A1111/ComfyUI's nearest is "SGM Uniform"
+    "euler-trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing", "use_karras_sigmas": False},
+                       "Euler SGM Uniform"),
+    "euler-a-trailing": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}, "Euler a SGM Uniform"),
+    "ddim-trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}, "DDIM SGM Uniform"),
+    "dpm++2m-trailing": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "timestep_spacing": "trailing",
+                                                         "use_karras_sigmas": False}, "DPM++ 2M SGM Uniform"),
 }
 
 

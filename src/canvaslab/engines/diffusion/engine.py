@@ -23,7 +23,7 @@ from canvaslab.core.notices import notice
 from canvaslab.core.progress import listening, report_progress
 from canvaslab.errors import CanvaslabError, EngineError, InputError
 from canvaslab.engines.base import Engine, EngineOptions, Generation
-from canvaslab.engines.diffusion.schedulers import make_scheduler, scheduler_spec
+from canvaslab.engines.diffusion.schedulers import make_scheduler, sampler_arguments, scheduler_spec
 from canvaslab.engines.diffusion.tiling import with_tiling
 
 DEFAULT_MODEL = "sd15-inpaint"
@@ -43,6 +43,10 @@ class DiffusionOptions(EngineOptions):
     true_cfg_scale: float | None = Field(
         None, ge=1, le=50, description="FLUX.1: real classifier-free guidance on top of the distilled one, so "
         "--negative-prompt applies (twice the cost per step)"
+    )
+    eta: float | None = Field(
+        None, ge=0, le=1, description="noise added back at each step by ddim/ddim-trailing (eta) and tcd (gamma): "
+        "0 is deterministic sampling, 1 fully stochastic [default: 0.3 for tcd, 0 for ddim]"
     )
 
 
@@ -162,6 +166,7 @@ def run_pipeline(pipe: Any, info: Any, generation: Generation, task: str, argume
         **family.guidance_arguments(info, guidance, generation.negative_prompt, set(call),
                                     options.model_dump() if options is not None else {}),
         **family.call_arguments(info, task, width, height, set(call)),
+        **sampler_arguments(pipe.scheduler, generation.scheduler, getattr(options, "eta", None)),
         "num_inference_steps": steps,
         "generator": cpu_generator(seed),
         "output_type": "np",
