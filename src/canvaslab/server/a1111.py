@@ -49,7 +49,7 @@ IMG2IMG_FIELDS = COMMON_FIELDS | {
     "init_images", "mask", "mask_blur", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
     "inpainting_mask_invert", "denoising_strength",
 }
-A1111_SCHEDULER_WORDS = {"automatic": "", "uniform": "", "karras": "Karras"}
+A1111_SCHEDULER_WORDS = {"automatic": "", "uniform": "", "karras": "Karras", "sgm_uniform": "SGM Uniform"}
 IMAGE_FIELDS = {"init_images", "mask", "image"}
 # Our request fields as the A1111 fields they came from, so an error names what the client sent.
 A1111_NAMES = {
