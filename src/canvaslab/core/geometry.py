@@ -82,6 +82,26 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize(size, Image.Resampling.NEAREST)) >= 128
 
 
+def resize_levels(levels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize soft-mask levels (HxW float32) to (width, height), nearest neighbour: the same pixels
+    `resize_mask` samples, so `levels > 0` stays the resized mask."""
+    if (levels.shape[1], levels.shape[0]) == tuple(size):
+        return levels.copy()
+    img = Image.fromarray(np.ascontiguousarray(levels, dtype=np.float32))  # mode "F"
+    return np.asarray(img.resize(size, Image.Resampling.NEAREST), dtype=np.float32)
+
+
+def align_levels(levels: np.ndarray, info: Alignment) -> np.ndarray:
+    """Soft-mask levels brought to `info`'s aligned size as `align` brought the mask: padding is
+    level 0 (known context), a resize is nearest neighbour."""
+    width, height = info.aligned_size
+    if (levels.shape[1], levels.shape[0]) == (width, height):
+        return levels
+    if info.mode == AlignMode.pad:
+        return np.pad(levels, ((0, height - levels.shape[0]), (0, width - levels.shape[1])), mode="constant")
+    return resize_levels(levels, (width, height))
+
+
 def align(
     rgb: np.ndarray, mask: np.ndarray, multiple: int, mode: AlignMode = AlignMode.pad
 ) -> tuple[np.ndarray, np.ndarray, Alignment]:

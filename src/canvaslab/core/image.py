@@ -342,25 +342,45 @@ def load_mask(
     """
     _check_mask_mode(mode)
     _check_threshold(threshold)
-    loaded = _load(source, max_pixels, what="mask")
-    if mode == "alpha":
-        if loaded.alpha is None:
-            raise InputError(
-                f"mask mode 'alpha' needs a mask with transparency (a PNG or WebP with an alpha "
-                f"channel), and '{loaded.source}' has none: use mask mode white or black"
-            )
-        mask = mask_from_alpha(loaded.alpha, threshold)
-    else:
+
+    def fill(loaded: LoadedImage) -> np.ndarray:
+        if mode == "alpha":
+            return mask_from_alpha(loaded.alpha, threshold)  # type: ignore[arg-type]
         luminance = _luminance_over_black(loaded.rgb, loaded.alpha)
-        mask = luminance >= threshold if mode == "white" else luminance < threshold
-    if size is not None and tuple(size) != loaded.size:
-        width, height = _checked_size(size)
-        notice(
-            f"mask {loaded.source} is {loaded.size[0]}x{loaded.size[1]} but the image is "
-            f"{width}x{height}: resized it (nearest neighbour)"
-        )
-        mask = _resize_nearest(mask, width, height)
-    return mask
+        return luminance >= threshold if mode == "white" else luminance < threshold
+
+    return _read_mask(source, mode, size, max_pixels, fill)
+
+
+def load_mask_levels(
+    source: ImageSource,
+    *,
+    mode: str = "white",
+    size: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Read a mask as grey levels (soft inpainting): HxW float32 in [0, 1], how much each pixel may change.
+
+    The same polarity as `load_mask`, without a threshold: ``white``: luminance / 255; ``black``: 1 -
+    luminance / 255; ``alpha``: 1 - alpha / 255. A 0/255 mask gives exactly `load_mask`'s pixels as
+    0 and 1. Resizing to `size` is nearest neighbour, with a notice, as there.
+    """
+    _check_mask_mode(mode)
+
+    def level(loaded: LoadedImage) -> np.ndarray:
+        if mode == "alpha":
+            return levels_from_alpha(loaded.alpha)  # type: ignore[arg-type]
+        luminance = _luminance_over_black(loaded.rgb, loaded.alpha).astype(np.float32) / np.float32(255)
+        return luminance if mode == "white" else np.float32(1) - luminance
+
+    return np.ascontiguousarray(_read_mask(source, mode, size, max_pixels, level), dtype=np.float32)
+
+
+def levels_from_alpha(alpha: np.ndarray) -> np.ndarray:
+    """Soft-mask levels of an alpha channel: transparent (0) changes fully, opaque (255) not at all."""
+    if alpha.ndim != 2 or alpha.dtype != np.uint8:
+        raise InputError(f"an alpha channel must be HxW uint8, not {alpha.shape} {alpha.dtype}")
+    return np.float32(1) - alpha.astype(np.float32) / np.float32(255)
 
 
 def mask_from_alpha(alpha: np.ndarray, threshold: int = 128) -> np.ndarray:
@@ -369,6 +389,29 @@ def mask_from_alpha(alpha: np.ndarray, threshold: int = 128) -> np.ndarray:
     if alpha.ndim != 2 or alpha.dtype != np.uint8:
         raise InputError(f"an alpha channel must be HxW uint8, not {alpha.shape} {alpha.dtype}")
     return np.ascontiguousarray(alpha < threshold)
+
+
+def _read_mask(
+    source: ImageSource, mode: str, size: tuple[int, int] | None, max_pixels: int,
+    values: Callable[[LoadedImage], np.ndarray],
+) -> np.ndarray:
+    """A mask file's `values` (thresholded or levels), its alpha checked for mode alpha, resized to `size`
+    (width, height) nearest-neighbour with a notice when it differs."""
+    loaded = _load(source, max_pixels, what="mask")
+    if mode == "alpha" and loaded.alpha is None:
+        raise InputError(
+            f"mask mode 'alpha' needs a mask with transparency (a PNG or WebP with an alpha "
+            f"channel), and '{loaded.source}' has none: use mask mode white or black"
+        )
+    mask = values(loaded)
+    if size is not None and tuple(size) != loaded.size:
+        width, height = _checked_size(size)
+        notice(
+            f"mask {loaded.source} is {loaded.size[0]}x{loaded.size[1]} but the image is "
+            f"{width}x{height}: resized it (nearest neighbour)"
+        )
+        mask = _resize_nearest(mask, width, height)
+    return mask
 
 
 def _check_mask_mode(mode: str) -> None:

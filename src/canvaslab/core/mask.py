@@ -1,7 +1,9 @@
 """Mask operations: grow, feather, bounding box, coverage checks.
 
 A mask is an HxW ``bool`` array where True marks a pixel to fill. Loading masks from files (white /
-black / alpha conventions) lives in `canvaslab.core.image`; this module only transforms them.
+black / alpha conventions) lives in `canvaslab.core.image`; this module only transforms them. Soft
+inpainting reads a mask as grey levels instead: an HxW float32 array in [0, 1], how much each pixel may
+change (0 keeps it); `grow_levels` is `grow` for those.
 
 Distances are exact Euclidean distances up to a bounded radius, computed separably with vectorised
 shifts (O(radius * pixels)), which keeps core/ free of OpenCV and SciPy while staying fast for the
@@ -9,6 +11,8 @@ radii people use (a few to a few dozen pixels).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -70,6 +74,32 @@ def grow(mask: np.ndarray, px: int) -> np.ndarray:
     if px == 0 or not mask.any():
         return mask.copy()
     return squared_distance_to(mask, px) <= px * px
+
+
+def grow_levels(levels: np.ndarray, px: int) -> np.ndarray:
+    """Grey dilation of mask levels by a disk of radius `px`: each pixel takes the highest level within
+    `px` pixels (0 returns a copy). On a 0/1 mask this is `grow`, exactly.
+
+    The disk is a stack of rows: row dy spans |dx| <= isqrt(px^2 - dy^2). Walking dy from the disk's
+    top to its middle, the row half-width only grows, so one running row maximum (widened by a shift
+    on each side when it grows) serves every row: O(px * pixels), like `grow`.
+    """
+    if px < 0:
+        raise InputError(f"grow must be >= 0 pixels, got {px}")
+    if px == 0 or not levels.any():
+        return levels.copy()
+    rows = levels.copy()  # max over |dx| <= width along each row
+    width = 0
+    out = levels.copy()
+    for dy in range(px, -1, -1):
+        wanted = math.isqrt(px * px - dy * dy)
+        while width < wanted:
+            width += 1
+            rows = np.maximum(rows, np.maximum(_shift(levels, width, 1, 0.0), _shift(levels, -width, 1, 0.0)))
+        out = np.maximum(out, _shift(rows, dy, 0, 0.0))
+        if dy:
+            out = np.maximum(out, _shift(rows, -dy, 0, 0.0))
+    return out
 
 
 def feather(mask: np.ndarray, px: float) -> np.ndarray:
