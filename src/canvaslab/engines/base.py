@@ -8,7 +8,7 @@ CLI flags or HTTP; tasks do the geometry (align, crop, expand) and the final com
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +42,9 @@ class Generation:
     cache_dir: str | None = None
     local_files_only: bool | None = None
     tiling: str = "none"  # none | x | y | both: the output wraps around (tiles) along these axes
+    # Soft inpainting: HxW float32 in [0, 1] at the size of the mask the engine gets, how much of `strength`
+    # each pixel may use (0 wherever the mask is False); None: the mask is binary. Set by the task per call.
+    strength_map: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class EngineOptions(BaseModel):

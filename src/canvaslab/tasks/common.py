@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -15,7 +16,7 @@ from PIL import Image
 from canvaslab import __version__
 from canvaslab.core.color import match_colors
 from canvaslab.core.composite import composite
-from canvaslab.core.geometry import AlignMode, align, resize_mask, resize_rgb, restore
+from canvaslab.core.geometry import AlignMode, align, align_levels, resize_levels, resize_mask, resize_rgb, restore
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, LoadedImage, load_image
 from canvaslab.core.metadata import format_parameters
 from canvaslab.core.notices import notice
@@ -67,15 +68,26 @@ def run_engine(
     options: EngineOptions,
     seed: int,
     long_side: int | None = None,
+    levels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Scale to the working size (if any), align to the engine's multiple, fill, and restore the exact size."""
-    multiple = request.multiple or engine.size_multiple(request.generation(), options)
+    """Scale to the working size (if any), align to the engine's multiple, fill, and restore the exact size.
+
+    `levels` (soft inpainting: HxW float in [0, 1], `mask` is `levels > 0`) travel with the mask through
+    the same geometry and reach the engine as `Generation.strength_map`.
+    """
+    generation = request.generation()
+    multiple = request.multiple or engine.size_multiple(generation, options)
     work = working_size((rgb.shape[1], rgb.shape[0]), long_side, multiple)
     if work is not None:
         # Engines such as diffusion models work best at their native resolution: scale there and back.
-        small = run_engine(engine, resize_rgb(rgb, work), resize_mask(mask, work), request, options, seed)
+        small = run_engine(engine, resize_rgb(rgb, work), resize_mask(mask, work), request, options, seed,
+                           levels=None if levels is None else resize_levels(levels, work))
         return resize_rgb(small, (rgb.shape[1], rgb.shape[0]))
     aligned_rgb, aligned_mask, info = align(rgb, mask, multiple, request.align)
+    if levels is not None:
+        strength_map = align_levels(levels, info)
+        aligned_mask = strength_map > 0  # the mask and its levels sampled at the same pixels, whatever the geometry
+        generation = dataclasses.replace(generation, strength_map=strength_map)
     if info.aligned_size != info.original_size and info.mode == AlignMode.pad and request.tiling != Tiling.none:
         width, height = info.original_size
         raise InputError(
@@ -83,17 +95,19 @@ def run_engine(
             f"{multiple} first and the padding would wrap instead: use --align resize, or a size that is a multiple of {multiple}"
         )
     engine.check_mask(aligned_mask)
-    out = engine.inpaint(aligned_rgb, aligned_mask, seed=seed, options=options, generation=request.generation())
+    out = engine.inpaint(aligned_rgb, aligned_mask, seed=seed, options=options, generation=generation)
     if out.shape != aligned_rgb.shape or out.dtype != np.uint8:
         raise EngineError(f"engine {engine.name!r} returned {out.shape} {out.dtype}, expected {aligned_rgb.shape} uint8")
     return restore(out, info)
 
 
-def finish(original: np.ndarray, generated: np.ndarray, mask: np.ndarray, request: TaskRequest) -> np.ndarray:
-    """Optional colour matching, then the composite that keeps unmasked pixels bit-identical."""
+def finish(original: np.ndarray, generated: np.ndarray, mask: np.ndarray, request: TaskRequest,
+           levels: np.ndarray | None = None) -> np.ndarray:
+    """Optional colour matching, then the composite that keeps unmasked pixels bit-identical (soft
+    inpainting: blended by `levels`, so level-0 pixels are the unmasked ones)."""
     if request.color_match != ColorMatch.none and mask.any() and not mask.all():
         generated = match_colors(generated, mask, method=request.color_match.value)
-    return composite(original, generated, mask, request.feather)
+    return composite(original, generated, mask, request.feather, levels)
 
 
 @functools.lru_cache(maxsize=256)

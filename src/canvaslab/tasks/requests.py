@@ -109,7 +109,7 @@ UNIFIED_ALIASES = ("show-o", "show-o-512")
 GENERATIVE_FIELDS = frozenset({
     "prompt", "negative_prompt", "prompts", "model", "steps", "sampling_steps", "guidance_scale", "strength",
     "scheduler", "masked_content", "mask_weight", "lora", "dtype", "device", "offload", "attention_slicing",
-    "vae_tiling", "cache_dir", "local_files_only", "tiling",
+    "vae_tiling", "cache_dir", "local_files_only", "tiling", "soft",
 })
 
 # Which generative fields each engine reads. A new engine must be added here (a test checks).
@@ -127,6 +127,10 @@ ENGINE_FIELDS: dict[str, frozenset[str]] = {
 }
 # diffusion reads `tiling` through circular padding (UNet models) or latent rolling (some DiT models):
 # engines/diffusion/tiling.py.
+# `soft` (grey mask levels as per-pixel change strength) needs a denoising loop to pin latents in
+# (engines/diffusion/soft.py): classical engines copy or spread whole pixels and Show-o's MaskGIT keeps or
+# re-predicts whole tokens, so the most they could do is cross-fade a binary fill with the input, which
+# is what --feather already offers; they refuse --soft rather than quietly fill a binary mask.
 
 _WHY_NOT: dict[str, str] = {
     "patchmatch": "copies texture from the image itself",
@@ -467,6 +471,13 @@ class InpaintRequest(TaskRequest):
         json_schema_extra=_panel("Mask"),
     )
     threshold: int = Field(128, ge=1, le=255, description="grey level that splits fill from keep", json_schema_extra=_panel("Mask"))
+    # A flag beside --mask-mode rather than more modes: grey levels apply to every polarity (white, black,
+    # alpha), so modes would double, and --threshold is exactly what --soft does without.
+    soft: bool = Field(
+        False, description="soft inpainting: read the mask's grey levels (0..1, polarity as --mask-mode) as how much "
+        "each pixel may change, as a per-pixel denoising strength, instead of thresholding it; the result is blended "
+        "by level, level 0 stays untouched (diffusion engine)", json_schema_extra=_panel("Mask"),
+    )
     grow: int = Field(0, ge=0, le=512, description="dilate the mask by PX before filling", json_schema_extra=_panel("Mask"))
     area: InpaintArea = Field(
         InpaintArea.whole, description="whole picture, or only a crop around the mask (faster, more detail)",
@@ -482,9 +493,18 @@ class InpaintRequest(TaskRequest):
             raise ValueError("--tiling wraps the whole picture around; --area masked works on a crop: use --area whole")
         return self
 
+    @model_validator(mode="after")
+    def _soft_reads_levels_not_a_threshold(self) -> InpaintRequest:
+        if self.soft and self.threshold != type(self).model_fields["threshold"].default:
+            raise ValueError("--threshold splits the mask into fill and keep, and --soft reads its grey levels as they "
+                             "are: leave --threshold out, or --soft")
+        return self
+
     def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
         settings = super().a1111_settings(size, seed)
         settings["Mask mode"] = self.mask_mode.value
+        if self.soft:
+            settings["Soft inpainting enabled"] = True  # A1111's key; its own soft settings have no equivalent here
         if self.grow:
             settings["Mask grow"] = self.grow
         settings["Inpaint area"] = "Only masked" if self.area == InpaintArea.masked else "Whole picture"

@@ -60,8 +60,10 @@ def fill_tiled(
     options: EngineOptions,
     seed: int,
     tile: int,
+    levels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Fill `mask` window by window, most-known-context first; returns the filled canvas."""
+    """Fill `mask` window by window, most-known-context first; returns the filled canvas. `levels` (soft
+    inpainting) give each window's still-empty pixels their own levels."""
     current = canvas.copy()
     todo = mask.copy()
     windows = window_boxes(mask, tile, overlap=tile // 4)
@@ -70,7 +72,8 @@ def fill_tiled(
         # Greedy and deterministic: the window whose pixels are best known goes next.
         box = max(windows, key=lambda b: (todo[b.slices].any(), -todo[b.slices].mean()))
         hole = todo[box.slices]
-        patch = run_engine(engine, current[box.slices], hole, request, options, step_seed(seed, index))
+        window_levels = None if levels is None else np.where(hole, levels[box.slices], np.float32(0))
+        patch = run_engine(engine, current[box.slices], hole, request, options, step_seed(seed, index), levels=window_levels)
         current[box.slices] = np.where(hole[..., None], patch, current[box.slices])
         todo[box.slices] = False
         index += 1

@@ -121,6 +121,11 @@ class DiffusionEngine(Engine):
             width=width,
             strength=generation.strength,
         )
+        if generation.strength_map is not None:  # --soft: the latents follow the mask's grey levels
+            from canvaslab.engines.diffusion.soft import soft_callback
+
+            if (pinning := soft_callback(pipe, image, generation.strength_map, seed=seed)) is not None:
+                arguments["callback_on_step_end"] = pinning
         return run_pipeline(pipe, info, generation, "inpaint", arguments, options=options, seed=seed, size=(height, width))
 
 
@@ -170,7 +175,7 @@ def run_pipeline(pipe: Any, info: Any, generation: Generation, task: str, argume
         "num_inference_steps": steps,
         "generator": cpu_generator(seed),
         "output_type": "np",
-        **step_callback(pipe, steps),
+        **step_callback(pipe, steps, then=arguments.get("callback_on_step_end")),
     }
     if arguments.get("strength", 1.0) < 1.0 and "strength" not in call:
         notice(f"{type(pipe).__name__} has no denoising strength: --strength is ignored (it runs at 1)")
@@ -185,16 +190,19 @@ def run_pipeline(pipe: Any, info: Any, generation: Generation, task: str, argume
     return image
 
 
-def step_callback(pipe: Any, steps: int) -> dict[str, Any]:
-    """`callback_on_step_end` reporting each step to `core.progress` (empty when nobody listens).
+def step_callback(pipe: Any, steps: int, then: Any = None) -> dict[str, Any]:
+    """`callback_on_step_end` reporting each step to `core.progress`, after `then` (the task's own per-step
+    hook, e.g. soft inpainting's); empty when there is neither.
 
     The total is the pipeline's own count of timesteps (fewer than `steps` below strength 1);
     `report_progress` raises `Cancelled` from inside the loop when the job was cancelled.
     """
     if not listening():
-        return {}
+        return {} if then is None else {"callback_on_step_end": then}
 
     def on_step_end(pipeline: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if then is not None:
+            kwargs = then(pipeline, index, timestep, kwargs)
         report_progress(index + 1, getattr(pipeline, "num_timesteps", None) or steps)
         return kwargs
 
