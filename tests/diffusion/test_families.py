@@ -294,3 +294,19 @@ def test_rows_and_a_grid_over_families(picture, tiny_dit_folders, tmp_path):
     for cell in cells.values():
         result = canvaslab.inpaint(image, mask, request=cell.model_copy(update={"seed": 1}))
         np.testing.assert_array_equal(result.image[~mask], image[~mask])
+
+
+def test_turbo_models_default_to_one_step_without_guidance(tiny_folders, tmp_path):
+    """SD-Turbo / SDXL Turbo (named so, trailing timesteps in their scheduler config) ran SD's 20 steps at
+    CFG 7.5 when the request left them unset; their cards say 1 step, no guidance."""
+    import json
+    import shutil
+
+    folder = tmp_path / "sdxl-turbo-local"
+    shutil.copytree(tiny_folders["sdxl-txt2img"], folder)
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "timestep_spacing": "trailing"}))
+    turbo = canvaslab.generate(prompt="x", model=str(folder), size=64, seed=1)
+    assert "Steps: 1, Sampler: model default, CFG scale: 0.0," in turbo.parameters
+    plain = canvaslab.generate(prompt="x", model=str(tiny_folders["sdxl-txt2img"]), size=64, seed=1, steps=1)
+    assert "CFG scale: 7.5" in plain.parameters  # a plain SDXL keeps SD's defaults

@@ -96,7 +96,13 @@ class StableDiffusion(Family):
             prediction_type=scheduler.get("prediction_type", "epsilon"),
             native_resolution=int(size[0] if isinstance(size, (list, tuple)) else size) * vae_factor(folder),
             condition_frames=frames,
+            variant=turbo_variant(name, folder, scheduler),
         )
+
+    @classmethod
+    def defaults(cls, info: ModelInfo) -> tuple[int, float]:
+        # SD/SDXL Turbo are adversarially distilled: one step (up to 4), no guidance (their cards' settings)
+        return (1, 0.0) if info.variant == "turbo" else (cls.default_steps, cls.default_guidance)
 
     @classmethod
     def detect_checkpoint(cls, path: Path, header: CheckpointHeader, config: Path | None,
@@ -208,6 +214,13 @@ class SDXL(StableDiffusion):
 
 
 # -- which SD: folders ---------------------------------------------------------------------------
+
+
+def turbo_variant(name: str, folder: Path, scheduler: Mapping[str, Any]) -> str:
+    """"turbo" for SD-Turbo / SDXL Turbo: named so (alias, hub id or folder) and sampling with trailing
+    timesteps, as their own scheduler configs do; "" otherwise."""
+    named = "turbo" in f"{name} {folder.name} {folder.parent.parent.name}".lower()  # hub snapshots: models--x--y/snapshots/<rev>
+    return "turbo" if named and scheduler.get("timestep_spacing") == "trailing" else ""
 
 
 def which_sd(index: Mapping[str, Any], unet: Mapping[str, Any]) -> str:
