@@ -250,7 +250,7 @@ def test_memory_options_work_for_every_family(kind, tiny_dit_folders):
     image = (rng.random((160, 160, 3)) * 255).astype(np.uint8)
     mask = np.zeros((160, 160), bool)
     mask[40:120, 48:112] = True
-    params = dict(model=str(tiny_dit_folders[kind]), steps=1, seed=1, prompt="a cat")
+    params = dict(model=str(tiny_dit_folders[kind]), steps=2, seed=1, prompt="a cat")
     for memory in ({"vae_tiling": True}, {"attention_slicing": True}):
         result = canvaslab.inpaint(image, mask, **params, **memory)
         assert result.image.shape == image.shape
@@ -310,3 +310,12 @@ def test_turbo_models_default_to_one_step_without_guidance(tiny_folders, tmp_pat
     assert "Steps: 1, Sampler: model default, CFG scale: 0.0," in turbo.parameters
     plain = canvaslab.generate(prompt="x", model=str(tiny_folders["sdxl-txt2img"]), size=64, seed=1, steps=1)
     assert "CFG scale: 7.5" in plain.parameters  # a plain SDXL keeps SD's defaults
+
+
+def test_nan_output_is_an_error_not_a_black_image(picture, tiny_dit_folders):
+    """Qwen-Image's schedule (shift_terminal) divides by zero with one step: the pipeline returns NaN, which
+    the uint8 cast turned into black pixels without a word."""
+    from canvaslab.errors import EngineError
+
+    with pytest.raises(EngineError, match="produced NaN pixels after 1 step .*use more steps"):
+        inpaint(picture, tiny_dit_folders["qwen-image"], steps=1)

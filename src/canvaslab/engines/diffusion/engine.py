@@ -180,6 +180,12 @@ def run_pipeline(pipe: Any, info: Any, generation: Generation, task: str, argume
     if arguments.get("strength", 1.0) < 1.0 and "strength" not in call:
         notice(f"{type(pipe).__name__} has no denoising strength: --strength is ignored (it runs at 1)")
     result = with_tiling(pipe, generation.tiling, seed=seed)(**{k: v for k, v in arguments.items() if k in call})
+    if np.isnan(result.images[0]).any():
+        # Cast to uint8, NaN turns black without a word: say what happened instead.
+        raise EngineError(
+            f"{type(pipe).__name__} produced NaN pixels after {steps} step{'s' * (steps != 1)} (a schedule that "
+            "cannot take so few steps, e.g. Qwen-Image's below 2, or fp16 overflow): use more steps or fp32/bf16"
+        )
     image = to_uint8(result.images[0])
     if image.shape[:2] != (height, width):
         if not family.works_at_own_size:
