@@ -319,3 +319,12 @@ def test_nan_output_is_an_error_not_a_black_image(picture, tiny_dit_folders):
 
     with pytest.raises(EngineError, match="produced NaN pixels after 1 step .*use more steps"):
         inpaint(picture, tiny_dit_folders["qwen-image"], steps=1)
+
+
+def test_frames_with_a_transformer_edit_model_is_one_line(tiny_dit_folders, tmp_path, photo):
+    from conftest import write_png
+
+    for i in range(2):
+        write_png(tmp_path / "frames" / f"{i}.png", photo[:64, :64])
+    with pytest.raises(InputError, match="edits one image at a time, got 2 frames"):
+        canvaslab.edit(frames=tmp_path / "frames", instruction="x", model=str(tiny_dit_folders["flux-kontext"]), steps=1)

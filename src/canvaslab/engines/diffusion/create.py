@@ -92,6 +92,9 @@ def frame_count(pipe: Any) -> int:
 
 def _check_frame_count(pipe: Any, generation: Generation, given: int) -> None:
     expected = frame_count(pipe)
+    if given != expected and getattr(pipe, "unet", None) is None:
+        raise InputError(f"model {generation.model or EDIT_MODEL} edits one image at a time, got {given} frames; "
+                         "multi-frame editing needs a Stable Diffusion model of 4+4N UNet channels")
     if given != expected:
         unet = pipe.unet.config.in_channels
         raise InputError(
