@@ -67,6 +67,8 @@ def describe_model(model: str, config: str | None, cache_dir: str | None) -> dic
             raise
         # A transformer alone: say what it is and what it needs instead of failing
         fam = checkpoint_family(read_checkpoint_header(path), path)
+        if fam.denoiser != "transformer":
+            raise  # an SD checkpoint missing its standard configs: the error says how to provide them
         return {"model": model, "format": "single_file", "location": str(path.resolve()), "family": fam.name,
                 "label": fam.label, "needs": fam.needs_base_message(path)}
     found = detect(source)
