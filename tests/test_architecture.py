@@ -13,8 +13,10 @@ from canvaslab.tasks.requests import REQUESTS
 SRC = Path(__file__).resolve().parent.parent / "src" / "canvaslab"
 # Lowest first. Packages on one rank are siblings and must not import each other: training builds on
 # the engines' model loading but never on the inference tasks, and the reverse. The CLI sits above the
-# server because `canvaslab serve` starts it.
-RANKS = {"core": 0, "data": 1, "engines": 2, "tasks": 3, "train": 3, "server": 4, "cli": 5}
+# server because `canvaslab serve` starts it. Masks (SAM, CLIPSeg, rule masks) sit between the engines,
+# whose device handling they use, and the tasks, which make masks (`canvaslab mask`, replay, the
+# server's Select tool) but which masks never need: mask sources take arrays, not requests.
+RANKS = {"core": 0, "data": 1, "engines": 2, "masks": 3, "tasks": 4, "train": 4, "server": 5, "cli": 6}
 LAYERS = list(RANKS)
 FORBIDDEN_IN_CORE = {"torch", "cv2", "numba", "diffusers", "transformers", "scipy", "skimage"}
 

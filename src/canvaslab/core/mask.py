@@ -5,6 +5,10 @@ black / alpha conventions) lives in `canvaslab.core.image`; this module only tra
 inpainting reads a mask as grey levels instead: an HxW float32 array in [0, 1], how much each pixel may
 change (0 keeps it); `grow_levels` is `grow` for those.
 
+Mask algebra (`union`, `intersect`, `subtract`, `invert`, `shrink`) is plain boolean arithmetic on
+masks of one size; what needs connected components (filling holes, keeping the largest region) lives
+in `canvaslab.masks.ops`, which may use SciPy.
+
 Distances are exact Euclidean distances up to a bounded radius, computed separably with vectorised
 shifts (O(radius * pixels)), which keeps core/ free of OpenCV and SciPy while staying fast for the
 radii people use (a few to a few dozen pixels).
@@ -74,6 +78,51 @@ def grow(mask: np.ndarray, px: int) -> np.ndarray:
     if px == 0 or not mask.any():
         return mask.copy()
     return squared_distance_to(mask, px) <= px * px
+
+
+def shrink(mask: np.ndarray, px: int) -> np.ndarray:
+    """Erode the mask by a disk of radius `px` pixels: the pixels whose whole disk is inside the mask.
+
+    Outside the image counts as outside the mask, so a mask touching the border shrinks away from it too.
+    """
+    if px < 0:
+        raise InputError(f"shrink must be >= 0 pixels, got {px}")
+    if px == 0 or not mask.any():
+        return mask.copy()
+    outside = np.pad(~mask, 1, constant_values=True)  # the frame around the image is "outside"
+    return (squared_distance_to(outside, px) > px * px)[1:-1, 1:-1]
+
+
+def _same_shape(masks: tuple[np.ndarray, ...], what: str) -> None:
+    if not masks:
+        raise InputError(f"{what} needs at least one mask")
+    for other in masks[1:]:
+        if other.shape != masks[0].shape:
+            raise InputError(f"cannot {what} masks of different sizes: {masks[0].shape[1]}x{masks[0].shape[0]} "
+                             f"and {other.shape[1]}x{other.shape[0]} (resize one to the other's image first)")
+
+
+def union(*masks: np.ndarray) -> np.ndarray:
+    """Pixels in any of the masks."""
+    _same_shape(masks, "unite")
+    return np.logical_or.reduce([np.asarray(m, bool) for m in masks])
+
+
+def intersect(*masks: np.ndarray) -> np.ndarray:
+    """Pixels in every one of the masks."""
+    _same_shape(masks, "intersect")
+    return np.logical_and.reduce([np.asarray(m, bool) for m in masks])
+
+
+def subtract(mask: np.ndarray, *others: np.ndarray) -> np.ndarray:
+    """Pixels of `mask` in none of `others`."""
+    _same_shape((mask, *others), "subtract")
+    return np.asarray(mask, bool) & ~union(*others) if others else np.asarray(mask, bool).copy()
+
+
+def invert(mask: np.ndarray) -> np.ndarray:
+    """Fill becomes keep and keep becomes fill."""
+    return ~np.asarray(mask, bool)
 
 
 def grow_levels(levels: np.ndarray, px: int) -> np.ndarray:
