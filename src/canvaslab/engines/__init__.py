@@ -15,6 +15,8 @@ _REGISTRY: dict[str, str] = {
     "ns": "canvaslab.engines.classical.engines:NavierStokesEngine",
     "diffusion": "canvaslab.engines.diffusion.engine:DiffusionEngine",
     "unified": "canvaslab.engines.unified.engine:UnifiedEngine",
+    "lama": "canvaslab.engines.learned.engine:LamaEngine",
+    "migan": "canvaslab.engines.learned.engine:MiganEngine",
 }
 
 DEFAULT_ENGINE = "patchmatch"

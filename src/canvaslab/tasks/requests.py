@@ -124,6 +124,9 @@ ENGINE_FIELDS: dict[str, frozenset[str]] = {
         "prompt", "negative_prompt", "prompts", "model", "steps", "sampling_steps", "guidance_scale", "dtype",
         "device", "local_files_only",
     }),
+    # The learned erasers: one network from a local file (--model), no prompt, sampler or strength.
+    "lama": frozenset({"model", "device"}),
+    "migan": frozenset({"model", "device"}),
 }
 # diffusion reads `tiling` through circular padding (UNet models) or latent rolling (some DiT models):
 # engines/diffusion/tiling.py.
@@ -137,6 +140,8 @@ _WHY_NOT: dict[str, str] = {
     "telea": "spreads the surrounding colours inwards",
     "ns": "spreads the surrounding colours inwards",
     "unified": "runs Show-o's MaskGIT",
+    "lama": "runs one pass of a fixed network",
+    "migan": "runs one pass of a fixed network",
 }
 
 
