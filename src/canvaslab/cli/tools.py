@@ -85,6 +85,7 @@ def replay(
         near = [image.resolve().parent, Path.cwd()]
         if isinstance(values.get("frames"), str) and "frames" in inputs:
             values["frames"] = str(_recorded_folder(inputs["frames"], near))
+        values = _with_conditioning_images(values, inputs, near)
         request = build_request(RECIPE_TASKS[task], values)
         # generate has no input image to reopen
         image_in = source or (_recorded(inputs.get("image"), "image", "--image", near) if "image" in inputs else None)
@@ -124,6 +125,25 @@ def _recorded(entry: dict | None, what: str, flag: str, near: list[Path]) -> Pat
             return candidate
     where = f"at {path}" if path is not None else f"named {name} beside the image or here" if name else "recorded"
     raise InputError(f"the {what} the recipe was made from is not {where}: pass {flag} FILE")
+
+
+def _with_conditioning_images(values: dict[str, Any], inputs: dict[str, Any], near: list[Path]) -> dict[str, Any]:
+    """Control and IP-Adapter images found like the input image: at their recorded path, else by name and sha256."""
+    values = dict(values)
+    control = [dict(unit) for unit in values.get("control") or [] if isinstance(unit, dict)]
+    for index, unit in enumerate(control):
+        if unit.get("image") and f"control_{index}" in inputs:
+            unit["image"] = str(_recorded(inputs[f"control_{index}"], f"control image {index}", "--image", near))
+    adapters = [dict(item) for item in values.get("ip_adapter") or [] if isinstance(item, dict)]
+    for index, item in enumerate(adapters):
+        item["images"] = [str(_recorded(inputs[key], f"IP-Adapter image {number}", "--image", near))
+                          if (key := f"ip_adapter_{index}_{number}") in inputs else path
+                          for number, path in enumerate(item.get("images") or [])]
+    if control:
+        values["control"] = control
+    if adapters:
+        values["ip_adapter"] = adapters
+    return values
 
 
 def _recorded_folder(entry: dict, near: list[Path]) -> Path:

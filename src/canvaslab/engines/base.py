@@ -18,6 +18,37 @@ from canvaslab.errors import EngineError, InputError
 
 
 @dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet unit: a model steering the denoiser with a control image (edges, depth, the masked input).
+
+    `image` is the control image at the size of the image the engine gets (tasks carry it through the
+    same crops, scaling and alignment), before the preprocessor; None means the engine's own input image.
+    """
+
+    model: str  # ControlNet folder, hub id or file
+    weight: float = 1.0  # scale of the ControlNet's residuals (0: no effect)
+    start: float = 0.0  # fraction of the denoising steps where it starts / stops acting
+    end: float = 1.0
+    mode: str = "balanced"  # balanced | prompt (my prompt is more important) | control (ControlNet is more important)
+    preprocessor: str = "none"
+    threshold_a: float | None = None  # the preprocessor's own settings (A1111's names), None: its defaults
+    threshold_b: float | None = None
+    source: str | None = None  # where `image` came from (a path), for messages; None: the input image
+    image: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """One IP-Adapter: reference images whose look the result should take, through an image encoder."""
+
+    model: str  # the adapter's weights file (or hub file)
+    weight: float = 1.0
+    encoder: str | None = None  # the CLIP vision encoder's folder; None: `image_encoder/` beside the weights
+    sources: tuple[str, ...] = ()  # the reference images' paths, for messages
+    images: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class Generation:
     """What a generative engine is asked to paint; weight-free engines ignore it.
 
@@ -45,6 +76,8 @@ class Generation:
     # Soft inpainting: HxW float32 in [0, 1] at the size of the mask the engine gets, how much of `strength`
     # each pixel may use (0 wherever the mask is False); None: the mask is binary. Set by the task per call.
     strength_map: np.ndarray | None = field(default=None, compare=False, repr=False)
+    control: tuple[ControlUnit, ...] = ()  # ControlNet units (engines/diffusion/control.py)
+    ip_adapters: tuple[ImagePrompt, ...] = ()  # IP-Adapter image prompts (engines/diffusion/ip_adapter.py)
 
 
 class EngineOptions(BaseModel):

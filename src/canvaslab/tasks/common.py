@@ -22,6 +22,7 @@ from canvaslab.core.metadata import format_parameters
 from canvaslab.core.notices import notice
 from canvaslab.engines import Engine, EngineOptions, get_engine
 from canvaslab.errors import EngineError, InputError
+from canvaslab.tasks.conditioning import Conditioning
 from canvaslab.tasks.requests import ColorMatch, TaskRequest, Tiling
 
 ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Image.Image, LoadedImage]
@@ -69,11 +70,13 @@ def run_engine(
     seed: int,
     long_side: int | None = None,
     levels: np.ndarray | None = None,
+    conditioning: Conditioning | None = None,
 ) -> np.ndarray:
     """Scale to the working size (if any), align to the engine's multiple, fill, and restore the exact size.
 
     `levels` (soft inpainting: HxW float in [0, 1], `mask` is `levels > 0`) travel with the mask through
-    the same geometry and reach the engine as `Generation.strength_map`.
+    the same geometry and reach the engine as `Generation.strength_map`; `conditioning` (control images
+    at `rgb`'s size, IP-Adapter images) travels with the image and reaches it as `Generation.control`.
     """
     generation = request.generation()
     multiple = request.multiple or engine.size_multiple(generation, options)
@@ -81,9 +84,12 @@ def run_engine(
     if work is not None:
         # Engines such as diffusion models work best at their native resolution: scale there and back.
         small = run_engine(engine, resize_rgb(rgb, work), resize_mask(mask, work), request, options, seed,
-                           levels=None if levels is None else resize_levels(levels, work))
+                           levels=None if levels is None else resize_levels(levels, work),
+                           conditioning=None if conditioning is None else conditioning.resized(work))
         return resize_rgb(small, (rgb.shape[1], rgb.shape[0]))
     aligned_rgb, aligned_mask, info = align(rgb, mask, multiple, request.align)
+    if conditioning is not None:
+        generation = conditioning.aligned(info).given(generation)
     if levels is not None:
         strength_map = align_levels(levels, info)
         aligned_mask = strength_map > 0  # the mask and its levels sampled at the same pixels, whatever the geometry

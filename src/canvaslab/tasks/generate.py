@@ -15,6 +15,7 @@ from canvaslab.engines.diffusion.engine import source_config
 from canvaslab.engines.unified import engine as unified
 from canvaslab.errors import EngineError, InputError
 from canvaslab.tasks.common import engine_for, make_recipe, resolve_seed
+from canvaslab.tasks.conditioning import Conditioning, conditioning_inputs, load_conditioning
 from canvaslab.tasks.requests import GenerateRequest, request_from
 from canvaslab.tasks.result import Result
 
@@ -43,12 +44,12 @@ def generate(request: GenerateRequest | None = None, *, max_pixels: int = DEFAUL
         if width * height > max_pixels:
             raise InputError(f"{width}x{height} is over the {max_pixels}-pixel limit")
         request = request.model_copy(update={"width": width, "height": height, "size": None})
-        # 2. paint
-        image = _paint(request, options, width, height, seed)
+        # 2. paint (control images fitted to the canvas)
+        image = _paint(request, options, width, height, seed, load_conditioning(request, (width, height), max_pixels))
         if image.shape != (height, width, 3):
             raise EngineError(f"engine {request.engine!r} returned {image.shape}, expected {(height, width, 3)}")
         # 3. recipe
-        recipe, text = make_recipe("generate", request, seed, (width, height), {})
+        recipe, text = make_recipe("generate", request, seed, (width, height), conditioning_inputs(request))
     return Result(
         image=image, mask=np.ones((height, width), dtype=bool), seed=seed, recipe=recipe, parameters=text,
         notices=list(notes), seconds=time.perf_counter() - started,
@@ -73,8 +74,10 @@ def _size(request: GenerateRequest, engine: Engine, options: EngineOptions) -> t
     return width, height
 
 
-def _paint(request: GenerateRequest, options: EngineOptions, width: int, height: int, seed: int) -> np.ndarray:
+def _paint(request: GenerateRequest, options: EngineOptions, width: int, height: int, seed: int,
+           conditioning: Conditioning | None = None) -> np.ndarray:
     if request.engine == "unified":
         return unified.generate_image(request.generation(), options, width=width, height=height, seed=seed)
-    return generate_image(request.generation(), width=width, height=height, seed=seed, config=source_config(options),
+    generation = request.generation() if conditioning is None else conditioning.given(request.generation())
+    return generate_image(generation, width=width, height=height, seed=seed, config=source_config(options),
                           options=options)

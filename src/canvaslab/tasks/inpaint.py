@@ -19,6 +19,7 @@ from canvaslab.errors import InputError
 from canvaslab.tasks.common import (
     ImageInput, describe_input, engine_for, finish, make_recipe, open_image, resolve_seed, run_engine,
 )
+from canvaslab.tasks.conditioning import Conditioning, conditioning_inputs, load_conditioning
 from canvaslab.tasks.requests import InpaintArea, InpaintRequest, MaskMode, request_from
 from canvaslab.tasks.result import Result
 from canvaslab.tasks.tiles import fill_tiled, tile_size
@@ -64,10 +65,11 @@ def inpaint(
                 hole = levels > 0
             else:
                 hole = grow(hole, request.grow)
-            final = _fill(source.rgb, hole, request, seed, levels)
+            final = _fill(source.rgb, hole, request, seed, levels, load_conditioning(request, source.size, max_pixels))
         # 3. alpha: filled pixels become opaque, the rest keeps the input's transparency
         alpha = None if source.alpha is None else np.where(hole, np.uint8(255), source.alpha)
-        inputs = {"image": describe_input(image, source), "mask": describe_input(mask) if mask is not None else None}
+        inputs = {"image": describe_input(image, source), "mask": describe_input(mask) if mask is not None else None,
+                  **conditioning_inputs(request)}
         recipe, text = make_recipe("inpaint", request, seed, source.size, inputs)
     return Result(
         image=final, mask=hole, seed=seed, recipe=recipe, parameters=text, alpha=alpha,
@@ -112,18 +114,21 @@ def own_alpha(source: LoadedImage, request: InpaintRequest) -> np.ndarray:
     return source.alpha
 
 
-def _fill(rgb: np.ndarray, hole: np.ndarray, request: InpaintRequest, seed: int, levels: np.ndarray | None) -> np.ndarray:
+def _fill(rgb: np.ndarray, hole: np.ndarray, request: InpaintRequest, seed: int, levels: np.ndarray | None,
+          conditioning: Conditioning | None = None) -> np.ndarray:
     engine, options = engine_for(request)
     if request.area == InpaintArea.masked:
         # A1111's "only masked": the crop is scaled to the working size, so small holes get full detail.
         box, long_side = masked_crop(hole, request, engine, options)
         patch = run_engine(engine, crop(rgb, box), crop(hole, box), request, options, seed, long_side,
-                           levels=None if levels is None else crop(levels, box))
+                           levels=None if levels is None else crop(levels, box),
+                           conditioning=None if conditioning is None else conditioning.cropped(box))
         generated = paste(rgb, patch, box)
     elif (tile := tile_size(request, engine, options, (rgb.shape[1], rgb.shape[0]))) is not None:
-        generated = fill_tiled(engine, rgb, hole, request, options, seed, tile, levels=levels)
+        generated = fill_tiled(engine, rgb, hole, request, options, seed, tile, levels=levels, conditioning=conditioning)
     else:
-        generated = run_engine(engine, rgb, hole, request, options, seed, request.size, levels=levels)
+        generated = run_engine(engine, rgb, hole, request, options, seed, request.size, levels=levels,
+                               conditioning=conditioning)
     return finish(rgb, generated, hole, request, levels)
 
 

@@ -17,6 +17,8 @@ from canvaslab.errors import InputError
 from canvaslab.tasks.common import (
     ImageInput, describe_input, engine_for, finish, make_recipe, open_image, resolve_seed, run_engine, step_seed,
 )
+from canvaslab.core.geometry import Box
+from canvaslab.tasks.conditioning import conditioning_inputs, load_conditioning
 from canvaslab.tasks.requests import OutpaintRequest, request_from
 from canvaslab.tasks.result import Result
 from canvaslab.tasks.tiles import fill_tiled, tile_size
@@ -51,19 +53,29 @@ def outpaint(
         engine, options = engine_for(request)
         if request.prompts and not engine.uses_prompt:
             notice(f"engine {engine.name!r} does not read prompts: the step prompts are only recorded in the recipe")
-        # 2. extend step by step, each step conditioned on the result of the last
+        # 2. extend step by step, each step conditioned on the result of the last; control images describe the
+        #    final canvas, and each step's canvas is the part of it that exists by then
+        conditioning = load_conditioning(request, new_size, max_pixels)
         current = source.rgb
         generated_mask = np.zeros(source.rgb.shape[:2], dtype=bool)
+        done = Expansion()
         for index, step in enumerate(steps):
             step_request = request.model_copy(update={"prompt": request.step_prompt(index)})
             canvas, mask = expand_canvas(current, step, fill=request.fill, overlap=request.overlap, seed=step_seed(seed, index))
             if request.fill == InitialFill.patchmatch:
                 canvas = _patchmatch_prefill(canvas, mask, step_seed(seed, index))
+            done = Expansion(left=done.left + step.left, right=done.right + step.right, top=done.top + step.top,
+                             bottom=done.bottom + step.bottom)
+            left, top = total.left - done.left, total.top - done.top
+            part = None if conditioning is None else conditioning.cropped(
+                Box(left, top, left + canvas.shape[1], top + canvas.shape[0]))
             tile = tile_size(step_request, engine, options, (canvas.shape[1], canvas.shape[0]))
             if tile is not None:
-                filled = fill_tiled(engine, canvas, mask, step_request, options, step_seed(seed, index), tile)
+                filled = fill_tiled(engine, canvas, mask, step_request, options, step_seed(seed, index), tile,
+                                    conditioning=part)
             else:
-                filled = run_engine(engine, canvas, mask, step_request, options, step_seed(seed, index), request.size)
+                filled = run_engine(engine, canvas, mask, step_request, options, step_seed(seed, index), request.size,
+                                    conditioning=part)
             current = finish(canvas, filled, mask, request)
             pads = ((step.top, step.bottom), (step.left, step.right))
             generated_mask = np.pad(generated_mask, pads, constant_values=True) | mask
@@ -72,7 +84,8 @@ def outpaint(
         if source.alpha is not None:
             pads = ((total.top, total.bottom), (total.left, total.right))
             alpha = np.where(generated_mask, np.uint8(255), np.pad(source.alpha, pads, constant_values=255))
-        recipe, text = make_recipe("outpaint", request, seed, new_size, {"image": describe_input(image, source)})
+        recipe, text = make_recipe("outpaint", request, seed, new_size,
+                                   {"image": describe_input(image, source), **conditioning_inputs(request)})
     return Result(
         image=current, mask=generated_mask, seed=seed, recipe=recipe, parameters=text, alpha=alpha,
         notices=list(notes), seconds=time.perf_counter() - started,

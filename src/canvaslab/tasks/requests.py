@@ -31,6 +31,7 @@ from canvaslab.core.canvas import InitialFill, parse_directions, parse_sequence
 from canvaslab.core.geometry import AlignMode
 from canvaslab.core.metadata import LORA_HASH_LENGTH, MODEL_HASH_LENGTH, lora_sha256, model_sha256
 from canvaslab.engines import DEFAULT_ENGINE, Generation, engine_names, get_engine
+from canvaslab.engines.base import ControlUnit, ImagePrompt
 from canvaslab.engines.diffusion.schedulers import ALL_SCHEDULERS
 from canvaslab.errors import InputError
 
@@ -97,6 +98,123 @@ def _panel(name: str, **extra: Any) -> dict[str, Any]:
     return {"panel": name, **extra}
 
 
+# -- ControlNet units and IP-Adapters -----------------------------------------------------------
+
+
+class ControlMode(str, Enum):
+    """How a ControlNet weighs against the prompt (A1111's control modes)."""
+
+    balanced = "balanced"
+    prompt = "prompt"  # "My prompt is more important"
+    control = "control"  # "ControlNet is more important"
+
+
+class ResizeMode(str, Enum):
+    """How a control image of another size is fitted to the canvas (A1111's resize modes)."""
+
+    crop = "crop"  # scale to cover, centre crop ("Crop and Resize")
+    resize = "resize"  # stretch ("Just Resize")
+    fill = "fill"  # scale to fit, centred, margins edge-extended ("Resize and Fill")
+
+
+A1111_RESIZE = {ResizeMode.crop: "Crop and Resize", ResizeMode.resize: "Just Resize", ResizeMode.fill: "Resize and Fill"}
+A1111_CONTROL_MODE = {ControlMode.balanced: "Balanced", ControlMode.prompt: "My prompt is more important",
+                      ControlMode.control: "ControlNet is more important"}
+
+
+def _compact(value: Any, lists: tuple[str, ...] = ()) -> Any:
+    """"MODEL[:WEIGHT],key=value,..." (the CLI's form of a unit) as a dict; keys in `lists` may repeat."""
+    if not isinstance(value, str):
+        return value
+    head, *rest = [part.strip() for part in value.split(",")]
+    model, weight = parse_lora(head)
+    out: dict[str, Any] = {"model": model, **({"weight": weight} if head != model else {})}
+    for part in rest:
+        key, sep, raw = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE after the model, got {part!r}")
+        key = key.strip()
+        if key in lists:
+            out.setdefault(key, []).append(raw.strip())
+        elif key in out:
+            raise ValueError(f"{key} given twice in {value!r}")
+        else:
+            out[key] = raw.strip()
+    return out
+
+
+class ControlSpec(BaseModel):
+    """One ControlNet unit of a request (CLI: --control MODEL[:WEIGHT],key=value,...)."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+    model: str = Field(description="ControlNet: diffusers folder, hub id (local cache) or single file")
+    weight: float = Field(1.0, ge=0, le=2, description="how strongly it steers (0: not at all)")
+    image: str | None = Field(None, description="control image file; none: the task's input image")
+    preprocessor: str = Field("none", description="what the image becomes first: none, canny, scribble, lineart, "
+                              "invert, tile, blur, inpaint, shuffle")
+    start: float = Field(0.0, ge=0, le=1, description="fraction of the steps where it starts acting")
+    end: float = Field(1.0, ge=0, le=1, description="fraction of the steps where it stops acting")
+    mode: ControlMode = Field(ControlMode.balanced, description="balanced, prompt (my prompt is more important) or "
+                              "control (ControlNet is more important)")
+    resize: ResizeMode = Field(ResizeMode.crop, description="a control image of another size: crop, resize or fill")
+    threshold_a: float | None = Field(None, description="the preprocessor's first setting (canny: low threshold, "
+                                      "scribble: stroke width, tile: down-sampling, blur: sigma)")
+    threshold_b: float | None = Field(None, description="the preprocessor's second setting (canny: high threshold)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        return _compact(value)
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @model_validator(mode="after")
+    def _preprocessor_and_steps(self) -> ControlSpec:
+        from canvaslab.engines.diffusion import preprocessors
+
+        if self.preprocessor not in preprocessors.PREPROCESSORS:
+            try:
+                preprocessors.preprocessor(self.preprocessor)  # a learned one: its own one-line reason
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
+        try:
+            preprocessors.check_settings(self.preprocessor, self.threshold_a, self.threshold_b)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        if self.start >= self.end:
+            raise ValueError(f"control start {self.start:g} must be below its end {self.end:g}")
+        return self
+
+
+class IPAdapterSpec(BaseModel):
+    """One IP-Adapter of a request (CLI: --ip-adapter MODEL[:WEIGHT],image=FILE[,image=FILE][,encoder=DIR])."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="IP-Adapter weights file, or owner/repo/path/file in the local Hugging Face cache")
+    weight: float = Field(1.0, ge=0, le=2, description="how strongly the images steer (0: not at all)")
+    images: list[str] = Field(min_length=1, max_length=16, validation_alias=AliasChoices("images", "image"),
+                              description="reference images, one or more")
+    encoder: str | None = Field(None, description="the CLIP vision encoder's folder [default: image_encoder/ beside "
+                                "the weights]")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        return _compact(value, lists=("image",))
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)):
+            value = [value]
+        return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value] if isinstance(value, list) else value
+
+
 # -- engines and the fields they read ----------------------------------------------------------
 
 # The unified engine's model aliases (engines.unified.bundle.ALIASES), repeated here so that validating
@@ -109,7 +227,7 @@ UNIFIED_ALIASES = ("show-o", "show-o-512")
 GENERATIVE_FIELDS = frozenset({
     "prompt", "negative_prompt", "prompts", "model", "steps", "sampling_steps", "guidance_scale", "strength",
     "scheduler", "masked_content", "mask_weight", "lora", "dtype", "device", "offload", "attention_slicing",
-    "vae_tiling", "cache_dir", "local_files_only", "tiling", "soft",
+    "vae_tiling", "cache_dir", "local_files_only", "tiling", "soft", "control", "ip_adapter",
 })
 
 # Which generative fields each engine reads. A new engine must be added here (a test checks).
@@ -313,6 +431,17 @@ class TaskRequest(BaseModel):
     local_files_only: bool = Field(
         False, description="never download: use only models already on disk", json_schema_extra=_panel("Model"),
     )
+    control: list[ControlSpec] = Field(
+        default_factory=list, description="ControlNet unit, repeatable: MODEL[:WEIGHT] then ,key=value settings: "
+        "image=FILE (default: the input image), preprocessor=none|canny|scribble|lineart|invert|tile|blur|inpaint|"
+        "shuffle, start=F, end=F, mode=balanced|prompt|control, resize=crop|resize|fill, threshold_a=N, threshold_b=N "
+        "(docs/control.md)", json_schema_extra=_panel("Control", metavar="SPEC"),
+    )
+    ip_adapter: list[IPAdapterSpec] = Field(
+        default_factory=list, description="IP-Adapter, repeatable: FILE[:WEIGHT],image=REF[,image=REF...][,encoder=DIR] "
+        "(Stable Diffusion 1.x/2.x/XL; the CLIP image encoder from image_encoder/ beside FILE unless encoder= says)",
+        json_schema_extra=_panel("Control", metavar="SPEC"),
+    )
     tiling: Tiling = Field(
         Tiling.none, description="make the output tile without a seam: x (right edge runs into the left), y (bottom "
         "into top) or both; diffusion (circular padding) and patchmatch (wrap-around) engines",
@@ -421,6 +550,12 @@ class TaskRequest(BaseModel):
             dtype=self.dtype.value, device=self.device.value, offload=self.offload.value if self.offload else None,
             attention_slicing=self.attention_slicing, vae_tiling=self.vae_tiling, cache_dir=self.cache_dir,
             local_files_only=True if self.local_files_only else None, tiling=self.tiling.value,
+            control=tuple(ControlUnit(
+                model=c.model, weight=c.weight, start=c.start, end=c.end, mode=c.mode.value, preprocessor=c.preprocessor,
+                threshold_a=c.threshold_a, threshold_b=c.threshold_b, source=c.image,
+            ) for c in self.control),
+            ip_adapters=tuple(ImagePrompt(model=a.model, weight=a.weight, encoder=a.encoder, sources=tuple(a.images))
+                              for a in self.ip_adapter),
         )
 
     _options_from_pairs = field_validator("options", mode="before")(options_from_pairs)
@@ -441,12 +576,29 @@ class TaskRequest(BaseModel):
             for k, v in self.options.items()
         })
         settings.update(self.a1111_models())
+        settings.update(self.a1111_control())
         if self.tiling != Tiling.none:
             settings["Tiling"] = True if self.tiling == Tiling.both else self.tiling.value  # A1111: "Tiling: True"
         if self.feather:
             settings["Mask blur"] = _number(self.feather)
         if self.color_match != ColorMatch.none:
             settings["Color match"] = self.color_match.value
+        return settings
+
+    def a1111_control(self) -> dict[str, object]:
+        """ControlNet units and IP-Adapters as the sd-webui-controlnet extension writes its units (names, never paths)."""
+        settings: dict[str, object] = {}
+        for index, unit in enumerate(self.control):
+            parts = {
+                "Module": unit.preprocessor, "Model": display_name(unit.model), "Weight": _number(unit.weight),
+                "Resize Mode": A1111_RESIZE[unit.resize], "Threshold A": unit.threshold_a,
+                "Threshold B": unit.threshold_b, "Guidance Start": _number(unit.start),
+                "Guidance End": _number(unit.end), "Pixel Perfect": True, "Control Mode": A1111_CONTROL_MODE[unit.mode],
+            }
+            settings[f"ControlNet {index}"] = ", ".join(f"{k}: {v}" for k, v in parts.items() if v is not None)
+        for index, adapter in enumerate(self.ip_adapter):
+            settings[f"IP-Adapter {index}"] = (f"Model: {display_name(adapter.model)}, Weight: {_number(adapter.weight)}, "
+                                               f"Images: {len(adapter.images)}")
         return settings
 
     def a1111_models(self) -> dict[str, object]:
@@ -662,6 +814,9 @@ class TextureRequest(TaskRequest):
             raise ValueError("texture seamless makes the image tile along --axes itself: leave --tiling out")
         if self.tile is not None:
             raise ValueError("texture seamless fills the band over the whole image in one go: leave --tile out")
+        if any(unit.image is not None for unit in self.control):
+            raise ValueError("texture seamless rolls the image before filling, so a control image would no longer "
+                             "match it: leave image= out (a unit then reads the rolled image itself)")
         return self
 
     def a1111_settings(self, size: tuple[int, int], seed: int) -> dict[str, object]:
@@ -792,7 +947,9 @@ class GenerateRequest(_CreateRequest):
 
     task: ClassVar[str] = "generate"
     engines: ClassVar[tuple[str, ...]] = ("diffusion", "unified")
-    used_fields: ClassVar[frozenset[str]] = _CreateRequest.used_fields | {"width", "height", "size", "tiling"}
+    used_fields: ClassVar[frozenset[str]] = _CreateRequest.used_fields | {
+        "width", "height", "size", "tiling", "control", "ip_adapter",
+    }
 
     engine: str = Field(
         "diffusion", description="engine that paints: diffusion (Stable Diffusion) or unified (Show-o, MaskGIT) "

@@ -119,6 +119,15 @@ def private_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
         request["cache_dir"] = None  # where models are cached says nothing about the image
     if isinstance(request.get("frames"), str):
         request["frames"] = Path(request["frames"]).name
+    if request.get("control"):
+        request["control"] = [{**unit, "model": display_name(unit["model"]),
+                               "image": Path(unit["image"]).name if unit.get("image") else None}
+                              for unit in request["control"] if isinstance(unit, dict)]
+    if request.get("ip_adapter"):
+        request["ip_adapter"] = [{**item, "model": display_name(item["model"]),
+                                  "images": [Path(i).name for i in item["images"]],
+                                  "encoder": display_name(item["encoder"]) if item.get("encoder") else None}
+                                 for item in request["ip_adapter"] if isinstance(item, dict)]
     if isinstance(request.get("options"), dict):
         request["options"] = {
             key: display_name(value) if key in PATH_OPTIONS and isinstance(value, str) else value

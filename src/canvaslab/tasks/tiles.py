@@ -14,6 +14,7 @@ import numpy as np
 from canvaslab.core.geometry import Box
 from canvaslab.engines import Engine, EngineOptions
 from canvaslab.tasks.common import run_engine, step_seed
+from canvaslab.tasks.conditioning import Conditioning
 from canvaslab.tasks.requests import TaskRequest, Tiling
 
 AUTO_FACTOR = 2.0  # tile automatically once the canvas is this many times the engine's preferred size
@@ -61,9 +62,10 @@ def fill_tiled(
     seed: int,
     tile: int,
     levels: np.ndarray | None = None,
+    conditioning: Conditioning | None = None,
 ) -> np.ndarray:
     """Fill `mask` window by window, most-known-context first; returns the filled canvas. `levels` (soft
-    inpainting) give each window's still-empty pixels their own levels."""
+    inpainting) give each window's still-empty pixels their own levels; control images are cut like the canvas."""
     current = canvas.copy()
     todo = mask.copy()
     windows = window_boxes(mask, tile, overlap=tile // 4)
@@ -73,7 +75,8 @@ def fill_tiled(
         box = max(windows, key=lambda b: (todo[b.slices].any(), -todo[b.slices].mean()))
         hole = todo[box.slices]
         window_levels = None if levels is None else np.where(hole, levels[box.slices], np.float32(0))
-        patch = run_engine(engine, current[box.slices], hole, request, options, step_seed(seed, index), levels=window_levels)
+        patch = run_engine(engine, current[box.slices], hole, request, options, step_seed(seed, index), levels=window_levels,
+                           conditioning=None if conditioning is None else conditioning.cropped(box))
         current[box.slices] = np.where(hole[..., None], patch, current[box.slices])
         todo[box.slices] = False
         index += 1

@@ -17,7 +17,7 @@ import numpy as np
 
 from canvaslab.engines.base import Generation
 from canvaslab.engines.base import EngineOptions
-from canvaslab.engines.diffusion.engine import model_info, prepared_pipeline, run_pipeline
+from canvaslab.engines.diffusion.engine import conditioning_arguments, model_info, prepared_pipeline, run_pipeline
 from canvaslab.errors import InputError
 
 GENERATE_MODEL = "sd15"
@@ -32,7 +32,8 @@ def generate_image(
     pipe = prepared_pipeline(generation, "txt2img", config=config, default_model=GENERATE_MODEL,
                              quantize=getattr(options, "quantize", None))
     info = model_info(generation, config, GENERATE_MODEL)
-    arguments = {"prompt": generation.prompt, "width": width, "height": height}
+    arguments = {"prompt": generation.prompt, "width": width, "height": height,
+                 **conditioning_arguments(pipe, info, "txt2img", generation, None, None, seed)}
     return run_pipeline(pipe, info, generation, "txt2img", arguments, options=options, seed=seed, size=(height, width))
 
 

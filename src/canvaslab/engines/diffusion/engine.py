@@ -11,6 +11,7 @@ arguments (what --guidance-scale means, its default steps), the same for inpaint
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -121,6 +122,7 @@ class DiffusionEngine(Engine):
             width=width,
             strength=generation.strength,
         )
+        arguments.update(conditioning_arguments(pipe, info, "inpaint", generation, image, mask, seed))
         if generation.strength_map is not None:  # --soft: the latents follow the mask's grey levels
             from canvaslab.engines.diffusion.soft import soft_callback
 
@@ -179,7 +181,8 @@ def run_pipeline(pipe: Any, info: Any, generation: Generation, task: str, argume
     }
     if arguments.get("strength", 1.0) < 1.0 and "strength" not in call:
         notice(f"{type(pipe).__name__} has no denoising strength: --strength is ignored (it runs at 1)")
-    result = with_tiling(pipe, generation.tiling, seed=seed)(**{k: v for k, v in arguments.items() if k in call})
+    with conditioned(pipe, generation):
+        result = with_tiling(pipe, generation.tiling, seed=seed)(**{k: v for k, v in arguments.items() if k in call})
     if np.isnan(result.images[0]).any():
         # Cast to uint8, NaN turns black without a word: say what happened instead.
         raise EngineError(
@@ -194,6 +197,41 @@ def run_pipeline(pipe: Any, info: Any, generation: Generation, task: str, argume
 
         image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS))
     return image
+
+
+def conditioning_arguments(pipe: Any, info: Any, task: str, generation: Generation, image: np.ndarray | None,
+                           mask: np.ndarray | None, seed: int) -> dict[str, Any]:
+    """The pipeline arguments of the request's ControlNet units and IP-Adapter images (none without them).
+
+    `image` is the engine's input (what a unit without its own control image uses), None for generate;
+    `mask` the hole, for the inpaint preprocessor.
+    """
+    arguments: dict[str, Any] = {}
+    call = set(_call_parameters(type(pipe)))
+    if generation.control:
+        from canvaslab.engines.diffusion.control import control_arguments
+
+        if image is None:
+            units = [unit for unit in generation.control if unit.image is None]
+            if units:
+                raise InputError(f"ControlNet {units[0].model} needs a control image here (there is no input image "
+                                 "to use): give it image=FILE")
+            image = generation.control[0].image
+        arguments.update(control_arguments(pipe, info, task, generation, image, mask, call, seed))
+    if generation.ip_adapters:
+        from canvaslab.engines.diffusion.ip_adapter import ip_adapter_arguments
+
+        arguments.update(ip_adapter_arguments(pipe, generation.ip_adapters, call))
+    return arguments
+
+
+def conditioned(pipe: Any, generation: Generation) -> Any:
+    """While the pipeline runs: the control modes that hook into ControlNets (nothing without units)."""
+    if not generation.control:
+        return contextlib.nullcontext()
+    from canvaslab.engines.diffusion.control import control_modes
+
+    return control_modes(pipe, generation.control)
 
 
 def step_callback(pipe: Any, steps: int, then: Any = None) -> dict[str, Any]:
@@ -243,10 +281,18 @@ def prepared_pipeline(generation: Generation, task: str, *, config: str | None, 
     )
     pipe.set_progress_bar_config(disable=True)
     from canvaslab.engines.diffusion.families import family
+    from canvaslab.engines.diffusion.ip_adapter import apply_ip_adapters
 
-    _use_scheduler(pipe, generation.scheduler, family(model_info(generation, config, default_model).family).scheduler_kind)
-    # Always called, also without LoRAs: the cached modules are shared by every task's pipeline.
+    info = model_info(generation, config, default_model)
+    if generation.control:  # the family's ControlNet pipeline over the same modules
+        from canvaslab.engines.diffusion.control import control_pipeline
+
+        pipe = control_pipeline(pipe, info, task, generation, label=f"model {generation.model or default_model!r}")
+    _use_scheduler(pipe, generation.scheduler, family(info.family).scheduler_kind)
+    # Always called, also without LoRAs / IP-Adapters: the cached modules are shared by every task's pipeline.
     apply_loras(pipe, generation.loras, cache_dir=generation.cache_dir)
+    apply_ip_adapters(pipe, info, generation.ip_adapters, cache_dir=generation.cache_dir,
+                      local_files_only=generation.local_files_only)
     return pipe
 
 

@@ -87,6 +87,15 @@ class Family:
     index_classes: ClassVar[Mapping[str, tuple[ModelKind, str]]] = {}
     # components whose absence from a folder is fine (never loaded, or optional)
     optional_components: ClassVar[frozenset[str]] = frozenset({"safety_checker", "feature_extractor", "image_encoder"})
+    # ControlNet (control.py): (kind, task) -> the pipeline running it with ControlNets; the same for
+    # ControlNet Union models; the ControlNet classes that fit; whether A1111's control modes exist (a
+    # guess mode); how the `inpaint` preprocessor marks the hole: "minus-one" (SD 1.5's inpaint ControlNet),
+    # "black" (Union ProMax and the like) or "mask" (the pipeline takes the mask: SD3/Qwen inpaint ControlNets)
+    control_pipelines: ClassVar[Mapping[tuple[ModelKind, Task], str]] = {}
+    union_pipelines: ClassVar[Mapping[tuple[ModelKind, Task], str]] = {}
+    controlnet_classes: ClassVar[tuple[str, ...]] = ()
+    control_modes: ClassVar[bool] = False
+    control_inpaint: ClassVar[str] = "black"
 
     # -- recognising models ------------------------------------------------------------------------
 
@@ -141,6 +150,21 @@ class Family:
                 f"{label} is {KIND_WORDS[info.kind]} {cls.label} model and cannot run task {task!r} "
                 f"(it runs: {', '.join(can) or 'nothing canvaslab drives'}); pick a model made for it"
                 + (f" (e.g. {cls.suggest(task)})" if cls.suggest(task) else "")
+            )
+        return name
+
+    @classmethod
+    def control_pipeline_class_name(cls, info: ModelInfo, task: Task, *, union: bool = False,
+                                    label: str = "the model") -> str:
+        """The diffusers pipeline that runs `task` with ControlNets (`union`: a ControlNet Union model)."""
+        table = cls.union_pipelines if union else cls.control_pipelines
+        name = table.get((info.kind, task))
+        if name is None:
+            can = sorted({t for (kind, t) in table if kind == info.kind})
+            what = "ControlNet Union models" if union else "ControlNets"
+            raise InputError(
+                f"{label} is {KIND_WORDS[info.kind]} {cls.label} model, which runs {what} for "
+                f"{', '.join(can) or 'no task'} in canvaslab, not {task!r}; leave out --control for it"
             )
         return name
 

@@ -69,6 +69,15 @@ class StableDiffusion(Family):
         ("inpaint", "inpaint"): "StableDiffusionInpaintPipeline",
         ("edit", "edit"): "StableDiffusionInstructPix2PixPipeline",
     }
+    # ControlNets: a plain or inpainting UNet inpaints with ControlNets too (the plain one by latent blending)
+    control_pipelines: ClassVar[Mapping[tuple[ModelKind, Task], str]] = {
+        ("txt2img", "txt2img"): "StableDiffusionControlNetPipeline",
+        ("txt2img", "inpaint"): "StableDiffusionControlNetInpaintPipeline",
+        ("inpaint", "inpaint"): "StableDiffusionControlNetInpaintPipeline",
+    }
+    controlnet_classes = ("ControlNetModel",)
+    control_modes = True
+    control_inpaint = "minus-one"
     # which alias supplies the component configs for a single file that came without `config=`
     default_configs: ClassVar[Mapping[ModelKind, str]] = {}
 
@@ -210,6 +219,18 @@ class SDXL(StableDiffusion):
         ModelAlias("sdxl-turbo", "stabilityai/sdxl-turbo", "sdxl", "txt2img", 512,
                    "SDXL Turbo: 1-4 steps, no guidance"),
     )
+    control_pipelines = {
+        ("txt2img", "txt2img"): "StableDiffusionXLControlNetPipeline",
+        ("txt2img", "inpaint"): "StableDiffusionXLControlNetInpaintPipeline",
+        ("inpaint", "inpaint"): "StableDiffusionXLControlNetInpaintPipeline",
+    }
+    # diffusers' Union inpaint pipeline takes a plain (4-channel) UNet only, as ProMax is used: on SDXL base
+    union_pipelines = {
+        ("txt2img", "txt2img"): "StableDiffusionXLControlNetUnionPipeline",
+        ("txt2img", "inpaint"): "StableDiffusionXLControlNetUnionInpaintPipeline",
+    }
+    controlnet_classes = ("ControlNetModel", "ControlNetUnionModel")
+    control_inpaint = "black"  # ControlNet Union ProMax: the hole is black in the control image
     default_configs = {"txt2img": "sdxl", "inpaint": "sdxl-inpaint"}
 
 

@@ -1,0 +1,174 @@
+"""IP-Adapter image prompts for the diffusion engine: reference images steer the result through an image
+encoder and extra cross-attention, beside the text prompt.
+
+An adapter is a weights file in the diffusers/original layout (`image_proj.*` + `ip_adapter.*` keys:
+ip-adapter_sd15, ip-adapter-plus_sd15, ip-adapter-plus-face_sd15, ip-adapter_sdxl, ...) plus the CLIP
+vision encoder it was trained with, read from a local folder: `encoder=FOLDER`, or `image_encoder/`
+beside the weights file (how h94/IP-Adapter lays them out). Nothing is fetched for them: a missing
+encoder is one sentence naming the folder to fill.
+
+Like LoRAs (lora.py), adapters live in the UNet every pipeline of the cached model shares, so
+`apply_ip_adapters` runs on every call: it loads what is asked, unloads what is not (the UNet's own
+attention comes back, so a run without adapters, or with weight 0, is the model alone bit for bit), and
+gives the calling pipeline the encoder. Stable Diffusion 1.x/2.x/XL only: FLUX.1's and SD3's adapters
+take other encoders and loaders, not built here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from canvaslab.engines.base import ImagePrompt
+from canvaslab.engines.diffusion.families.base import one_line
+from canvaslab.errors import InputError, ModelNotAvailableError
+
+_LOADED = "_canvaslab_ip_adapters"  # on the UNet: the key of what is loaded
+_lock = threading.Lock()
+_encoders: dict[tuple, Any] = {}  # (folder, mtime, dtype, device) -> CLIP vision encoder (the last one only)
+IP_FAMILIES = ("sd1", "sd2", "sdxl")
+
+
+def adapter_file(spec: str, *, cache_dir: str | None = None) -> Path:
+    """The weights file of IP-Adapter `spec`: a local file, or `owner/repo/path/in/repo.safetensors` from the
+    local Hugging Face cache."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.is_dir():
+        raise InputError(f"IP-Adapter {spec} is a folder; give the adapter's weights file in it "
+                         "(e.g. models/ip-adapter_sd15.safetensors)")
+    parts = spec.split("/")
+    if len(parts) >= 3 and not spec.startswith((".", "/", "~")):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache("/".join(parts[:2]), "/".join(parts[2:]), cache_dir=cache_dir)
+        if isinstance(found, str):
+            return Path(found)
+    raise ModelNotAvailableError(
+        f"IP-Adapter {spec} is not on this machine: give the weights file (e.g. ip-adapter_sd15.safetensors), or "
+        "owner/repo/path/file.safetensors of a hub repo in the local Hugging Face cache"
+    )
+
+
+def encoder_folder(adapter: Path, encoder: str | None) -> Path:
+    """The CLIP vision encoder's folder of an adapter: the one given, else `image_encoder/` beside the file."""
+    folder = Path(encoder).expanduser() if encoder else adapter.parent / "image_encoder"
+    if (folder / "config.json").is_file() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+        return folder.resolve()
+    where = f"{folder}" if encoder else f"{folder} (beside the adapter), or give encoder=FOLDER"
+    raise ModelNotAvailableError(
+        f"IP-Adapter {adapter.name} needs its image encoder, a CLIP vision folder (config.json + model.safetensors), "
+        f"at {where}; h94/IP-Adapter ships it as models/image_encoder (SD 1.5 and the SDXL vit-h adapters) and "
+        "sdxl_models/image_encoder"
+    )
+
+
+def _state_dict(path: Path) -> dict[str, dict[str, Any]]:
+    """{"image_proj": ..., "ip_adapter": ...} from a .safetensors (flat, prefixed keys) or .bin file."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            flat = load_file(str(path))
+            nested: dict[str, dict[str, Any]] = {"image_proj": {}, "ip_adapter": {}}
+            for key, tensor in flat.items():
+                group, _, name = key.partition(".")
+                if group in nested:
+                    nested[group][name] = tensor
+            return nested
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable or truncated files of either format
+        raise ModelNotAvailableError(f"IP-Adapter {path} could not be read ({one_line(exc)}); is it complete?") from None
+    if not isinstance(data, dict) or "image_proj" not in data or "ip_adapter" not in data:
+        raise InputError(f"{path} is not an IP-Adapter (no image_proj / ip_adapter weights)")
+    return data
+
+
+def _encoder(folder: Path, dtype: Any, device: Any) -> Any:
+    from transformers import CLIPVisionModelWithProjection
+
+    key = (str(folder), os.stat(folder).st_mtime_ns, str(dtype), str(device))
+    if key not in _encoders:
+        try:
+            model = CLIPVisionModelWithProjection.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ModelNotAvailableError(f"image encoder {folder} could not be loaded: {one_line(exc)}") from None
+        _encoders.clear()  # one encoder at a time: they are 0.6-2.5 GB
+        _encoders[key] = model.to(device).eval()
+    return _encoders[key]
+
+
+def apply_ip_adapters(pipe: Any, info: Any, adapters: Sequence[ImagePrompt], *, cache_dir: str | None = None,
+                      local_files_only: bool | None = None) -> None:
+    """Make `pipe` run with exactly the `adapters` of non-zero weight (and their encoder), or with none."""
+    active = [a for a in adapters if a.weight != 0]
+    unet = getattr(pipe, "unet", None)
+    if active and (info.family not in IP_FAMILIES or unet is None or not hasattr(pipe, "load_ip_adapter")):
+        raise InputError(f"IP-Adapters run with Stable Diffusion 1.x/2.x/XL models here; this is a {info.family} "
+                         f"model ({type(pipe).__name__}): leave out --ip-adapter")
+    if unet is None:
+        return
+    with _lock:
+        if not active:
+            if getattr(unet, _LOADED, None) is not None:
+                pipe.unload_ip_adapter()
+                setattr(unet, _LOADED, None)
+            return
+        files = [adapter_file(a.model, cache_dir=cache_dir) for a in active]
+        for file in files:
+            if "faceid" in file.name.lower():
+                raise InputError(f"{file.name} is a FaceID IP-Adapter, which takes face embeddings from insightface "
+                                 "that canvaslab does not compute; use a plus-face adapter (CLIP image encoder) instead")
+        encoders = {encoder_folder(f, a.encoder) for f, a in zip(files, active)}
+        if len(encoders) > 1:
+            raise InputError(f"the IP-Adapters of one run share one image encoder, and these need {len(encoders)}: "
+                             "use adapters made for the same encoder")
+        folder = encoders.pop()
+        key = (tuple((str(f), f.stat().st_mtime_ns) for f in files), str(folder))
+        encoder = _encoder(folder, unet.dtype, unet.device)
+        if getattr(unet, _LOADED, None) != key:
+            if getattr(unet, _LOADED, None) is not None:
+                pipe.unload_ip_adapter()
+                setattr(unet, _LOADED, None)
+            _register_encoder(pipe, encoder)
+            try:
+                pipe.load_ip_adapter([_state_dict(f) for f in files], subfolder="", weight_name=[f.name for f in files],
+                                     image_encoder_folder=None)
+            except (ValueError, KeyError, RuntimeError) as exc:
+                pipe.unload_ip_adapter()
+                raise InputError(f"IP-Adapter {files[0].name} does not fit this model ({one_line(exc)})") from None
+            unet.to(unet.device)
+            setattr(unet, _LOADED, key)
+        _register_encoder(pipe, encoder)
+        pipe.set_ip_adapter_scale([a.weight for a in active])
+
+
+def _register_encoder(pipe: Any, encoder: Any) -> None:
+    """The encoder and its image processor on `pipe` (pipelines derived from the same model each need them)."""
+    from transformers import CLIPImageProcessorPil
+
+    if getattr(pipe, "image_encoder", None) is not encoder:
+        size = encoder.config.image_size
+        # The PIL processor: the default one needs torchvision.
+        pipe.register_modules(image_encoder=encoder, feature_extractor=CLIPImageProcessorPil(size=size, crop_size=size))
+
+
+def ip_adapter_arguments(pipe: Any, adapters: Sequence[ImagePrompt], call: set[str]) -> dict[str, Any]:
+    """`ip_adapter_image`: per active adapter, its reference images (several are averaged in by the model)."""
+    from PIL import Image
+
+    active = [a for a in adapters if a.weight != 0]
+    if not active:
+        return {}
+    if "ip_adapter_image" not in call:
+        raise InputError(f"{type(pipe).__name__} takes no IP-Adapter image: leave out --ip-adapter for this task")
+    for adapter in active:
+        if not adapter.images:
+            raise InputError(f"IP-Adapter {adapter.model} has no reference image: give it image=FILE")
+    return {"ip_adapter_image": [[Image.fromarray(image) for image in a.images] for a in active]}

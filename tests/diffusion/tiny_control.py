@@ -1,0 +1,102 @@
+"""Tiny, seeded ControlNets and IP-Adapters for the tiny models of `tiny.py`, saved in the layouts real
+ones come in and loaded back through canvaslab's own loaders.
+
+ControlNets start from the tiny UNet (`ControlNetModel.from_unet`, as the paper initialises them).
+Their output layers (the zero convolutions after every block, and the conditioning embedding's last
+conv) are zero at initialisation, so a fresh ControlNet adds exactly nothing and no weight would show:
+here they are re-seeded with small random values, which is what training would have made of them.
+
+An IP-Adapter is its two weight groups in the original layout (`image_proj.*`: a linear projection of
+the CLIP image embedding to 4 tokens + a LayerNorm; `ip_adapter.<k>.to_k_ip/to_v_ip`: one key/value
+pair per cross-attention layer, k = 1, 3, 5, ... in the UNet's processor order), saved as one
+.safetensors file with a tiny CLIP vision encoder in `image_encoder/` beside it, as h94/IP-Adapter ships.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import ControlNetModel, ControlNetUnionModel, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+SEED = 0
+EMBED_CHANNELS = (8, 8, 8, 8)  # the conditioning embedding: 3 downsamplers, 8x like the VAE
+IMAGE_EMBED = 32  # the CLIP vision projection width
+IP_TOKENS = 4
+UNION_TYPES = 8  # xinsir's ControlNet Union ProMax
+
+
+def _seed_zero_layers(net: torch.nn.Module, seed: int) -> None:
+    """Give the zero-initialised output convolutions small random weights (see the module docstring)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+
+
+def build_controlnet(unet: UNet2DConditionModel, *, union: bool = False, seed: int = SEED) -> torch.nn.Module:
+    """A ControlNet (or, `union`, a ControlNet Union model with ProMax's 8 control types) of `unet`."""
+    torch.manual_seed(seed)
+    cls = ControlNetUnionModel if union else ControlNetModel
+    net = cls.from_unet(unet, conditioning_embedding_out_channels=EMBED_CHANNELS)
+    if union:  # from_unet knows the first release's 6 types; ProMax added inpaint (7) and one more
+        torch.manual_seed(seed)
+        width = unet.config.block_out_channels[0]  # the union transformer works at the first block's width
+        promax = ControlNetUnionModel.from_config(net.config, num_control_type=UNION_TYPES, num_trans_channel=width,
+                                                  num_trans_head=2, num_proj_channel=width)
+        shapes = {name: p.shape for name, p in promax.state_dict().items()}
+        promax.load_state_dict({k: v for k, v in net.state_dict().items() if shapes.get(k) == v.shape}, strict=False)
+        net = promax
+    _seed_zero_layers(net, seed + 1)
+    return net.eval()
+
+
+def save_controlnet(unet: UNet2DConditionModel, folder: Path, *, union: bool = False, seed: int = SEED) -> Path:
+    build_controlnet(unet, union=union, seed=seed).save_pretrained(folder)
+    return folder
+
+
+def build_image_encoder() -> CLIPVisionModelWithProjection:
+    torch.manual_seed(SEED)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+                              image_size=32, patch_size=8, projection_dim=IMAGE_EMBED)
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def ip_adapter_state_dict(unet: UNet2DConditionModel, *, seed: int = SEED) -> dict[str, torch.Tensor]:
+    """The original IP-Adapter layout for `unet`: image_proj.* and ip_adapter.<1,3,5,...>.to_{k,v}_ip.weight."""
+    generator = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+
+    def random(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator) * 0.2
+
+    tensors = {
+        "image_proj.proj.weight": random(cross * IP_TOKENS, IMAGE_EMBED),
+        "image_proj.proj.bias": random(cross * IP_TOKENS),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        attention = unet.get_submodule(name.removesuffix(".processor"))
+        hidden = attention.to_k.weight.shape[0]
+        tensors[f"ip_adapter.{key}.to_k_ip.weight"] = random(hidden, cross)
+        tensors[f"ip_adapter.{key}.to_v_ip.weight"] = random(hidden, cross)
+        key += 2
+    return tensors
+
+
+def save_ip_adapter(unet: UNet2DConditionModel, folder: Path, *, name: str = "ip-adapter_tiny.safetensors",
+                    with_encoder: bool = True, seed: int = SEED) -> Path:
+    """`folder/name` (+ `folder/image_encoder/` unless told not to); returns the weights file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(ip_adapter_state_dict(unet, seed=seed), folder / name)
+    if with_encoder:
+        build_image_encoder().save_pretrained(folder / "image_encoder")
+    return folder / name
