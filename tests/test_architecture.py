@@ -15,8 +15,10 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "canvaslab"
 # the engines' model loading but never on the inference tasks, and the reverse. The CLI sits above the
 # server because `canvaslab serve` starts it. Masks (SAM, CLIPSeg, rule masks) sit between the engines,
 # whose device handling they use, and the tasks, which make masks (`canvaslab mask`, replay, the
-# server's Select tool) but which masks never need: mask sources take arrays, not requests.
-RANKS = {"core": 0, "data": 1, "engines": 2, "masks": 3, "tasks": 4, "train": 4, "server": 5, "cli": 6}
+# server's Select tool) but which masks never need: mask sources take arrays, not requests. Video runs
+# the image tasks on key frames (any engine through the inpaint task), so it sits above them, and the server
+# (its HTTP job) and the CLI above it; nothing below knows about clips.
+RANKS = {"core": 0, "data": 1, "engines": 2, "masks": 3, "tasks": 4, "train": 4, "video": 5, "server": 6, "cli": 7}
 LAYERS = list(RANKS)
 FORBIDDEN_IN_CORE = {"torch", "cv2", "numba", "diffusers", "transformers", "scipy", "skimage"}
 

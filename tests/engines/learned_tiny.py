@@ -172,9 +172,15 @@ def build_all(root: Path) -> dict[str, Path]:
     }
 
 
+_BUILT: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
 def learned_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """kind -> a tiny LaMa / MI-GAN file in that layout, built once per session (test modules import this
-    fixture: a conftest.py here would shadow the suite's own `conftest` module)."""
+    """kind -> a tiny LaMa / MI-GAN file in that layout, built once per test process. Test modules import
+    this fixture (a conftest.py here would shadow the suite's own `conftest` module), which makes it one
+    fixture per module for pytest, hence the process-wide `_BUILT`."""
     torch.set_num_threads(1)
-    return build_all(tmp_path_factory.mktemp("learned"))
+    if not _BUILT:
+        _BUILT.update(build_all(tmp_path_factory.mktemp("learned")))
+    return dict(_BUILT)

@@ -70,6 +70,7 @@ def test_refuses_generative_fields_and_bad_options(photo, box_mask, learned_file
         canvaslab.inpaint(photo, box_mask, engine="lama", model="no-such-model")
 
 
+@pytest.mark.slow  # subprocesses / the diffusion stack: several seconds
 def test_cli_inpaints_from_the_release_folder(tmp_path, photo, box_mask, learned_files):
     image, mask = write_png(tmp_path / "in.png", photo), write_png(tmp_path / "m.png", box_mask)
     out = tmp_path / "out.png"

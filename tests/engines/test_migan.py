@@ -88,6 +88,7 @@ def test_wrong_files_and_missing_runtime_are_one_line_errors(tmp_path, small, le
         canvaslab.inpaint(rgb, hole, engine="migan", model=str(copy))
 
 
+@pytest.mark.slow  # subprocesses / the diffusion stack: several seconds
 def test_cli_from_iopaints_cache_and_from_an_onnx_file(tmp_path, small, learned_files):
     rgb, hole = small
     image, mask = write_png(tmp_path / "in.png", rgb), write_png(tmp_path / "m.png", hole)

@@ -512,6 +512,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     leaves its temporary file behind: `remove_stale_temporaries` removes it (the writer holds a lock
     on it until the rename, so a live writer's file is never taken).
     """
+    with atomic_writer(path) as file:
+        file.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[io.BufferedWriter]:
+    """A binary file to write `path` through, as `atomic_write_bytes` does: it becomes `path` when the
+    block ends, and is removed (leaving `path` as it was) when the block raises. For writers that
+    stream, such as a video encoder, rather than hand over bytes."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -520,7 +530,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         raise InputError(f"cannot write '{target}': {_write_failure(exc)}") from exc
     try:
         with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
+            yield file
             file.flush()
             os.fsync(file.fileno())  # the rename must not land before the data on a crash
             if fcntl is not None:
@@ -533,7 +543,6 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         if isinstance(exc, OSError):
             raise InputError(f"cannot write '{target}': {_write_failure(exc)}") from exc
         raise
-    return target
 
 
 def _create_temporary(target: Path) -> tuple[int, Path]:

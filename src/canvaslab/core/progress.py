@@ -47,6 +47,18 @@ def progress_listener(
         _current.reset(token)
 
 
+@contextmanager
+def quiet_steps() -> Iterator[None]:
+    """Inside this block, reported steps only check for cancellation and reach no callback: for work
+    that runs whole tasks as parts of a bigger one (a video's frames) and reports its own steps."""
+    listener = _current.get()
+    token = _current.set(None if listener is None else _Listener(None, listener.cancel))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
 def listening() -> bool:
     """Whether a listener is installed here (engines skip building step callbacks otherwise)."""
     return _current.get() is not None

@@ -76,6 +76,8 @@ class MaskedContent(str, Enum):
     fill = "fill"
     latent_noise = "latent-noise"
     latent_nothing = "latent-nothing"
+    lama = "lama"  # the lama engine's fill, refined by the diffusion run (Krita's LaMa pre-fill)
+    migan = "migan"
 
 
 class Tiling(str, Enum):
@@ -303,7 +305,7 @@ def _root_config(model: str) -> Path | None:
 # Request fields and engine options that may name files or folders on this machine: outputs show
 # their names, never their paths (see display_name), and private recipes keep only the names.
 PATH_FIELDS = ("model", "lora", "cache_dir", "frames")
-PATH_OPTIONS = ("config", "base", "magvit", "tokenizer")  # engine options that name files or folders
+PATH_OPTIONS = ("config", "base", "magvit", "tokenizer", "fill_model")  # engine options that name files or folders
 
 
 def local_path(value: str | None) -> Path | None:
@@ -399,7 +401,8 @@ class TaskRequest(BaseModel):
     )
     masked_content: MaskedContent = Field(
         MaskedContent.original, description="start of the masked area when --strength < 1: original, fill (blurred "
-        "surroundings), latent-noise, latent-nothing", json_schema_extra=_panel("Sampling"),
+        "surroundings), latent-noise, latent-nothing, lama or migan (that eraser's fill, refined; --opt fill_model=FILE)",
+        json_schema_extra=_panel("Sampling"),
     )
     mask_weight: float = Field(
         1.0, ge=0, le=1, description="inpainting models: how strongly the masked area is hidden from the "

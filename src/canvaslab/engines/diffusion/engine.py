@@ -45,6 +45,10 @@ class DiffusionOptions(EngineOptions):
         None, ge=1, le=50, description="FLUX.1: real classifier-free guidance on top of the distilled one, so "
         "--negative-prompt applies (twice the cost per step)"
     )
+    fill_model: str | None = Field(
+        None, description="--masked-content lama|migan: the eraser's model file [default: found in torch hub's cache, "
+        "where IOPaint keeps big-lama.pt and migan_traced.pt]"
+    )
     eta: float | None = Field(
         None, ge=0, le=1, description="noise added back at each step by ddim/ddim-trailing (eta) and tcd (gamma): "
         "0 is deterministic sampling, 1 fully stochastic [default: 0.3 for tcd, 0 for ddim]"
@@ -110,7 +114,12 @@ class DiffusionEngine(Engine):
                                  quantize=getattr(options, "quantize", None))
         info = model_info(generation, config, DEFAULT_MODEL)
         height, width = mask.shape
-        start = masked_start(pipe, image, mask, generation.masked_content, seed) if generation.strength < 1 else image
+        fill_model = getattr(options, "fill_model", None)
+        if fill_model is not None and generation.masked_content not in LEARNED_FILLS:
+            raise InputError("--opt fill_model names the model of --masked-content lama or migan: give one of those, "
+                             "or leave fill_model out")
+        start = (masked_start(pipe, image, mask, generation.masked_content, seed, fill_model=fill_model,
+                              device=generation.device) if generation.strength < 1 else image)
         if generation.masked_content != "original" and generation.strength >= 1:
             notice("--masked-content only matters with --strength < 1: at strength 1 the masked area starts from noise")
         arguments = dict(
@@ -313,14 +322,25 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def masked_start(pipe: Any, image: np.ndarray, mask: np.ndarray, content: str, seed: int) -> np.ndarray:
+# --masked-content values that start from a learned eraser's fill (engines/learned).
+LEARNED_FILLS = ("lama", "migan")
+
+
+def masked_start(pipe: Any, image: np.ndarray, mask: np.ndarray, content: str, seed: int, *,
+                 fill_model: str | None = None, device: str = "auto") -> np.ndarray:
     """The image the pipeline starts from, with the masked area prepared as A1111's "masked content" does.
 
     `fill` puts blurred surroundings there; `latent-noise` / `latent-nothing` replace the masked latents
-    with noise / zeros and decode them, so the pipeline's own encoder sees (almost exactly) those latents.
+    with noise / zeros and decode them, so the pipeline's own encoder sees (almost exactly) those latents;
+    `lama` / `migan` put that eraser's fill there (Krita's LaMa pre-fill): the diffusion run then refines
+    a plausible removal instead of inventing the area from a blur.
     """
     if content == "original":
         return image
+    if content in LEARNED_FILLS:
+        from canvaslab.engines.learned.engine import learned_fill
+
+        return learned_fill(content, image, mask, model=fill_model, device=device)
     if content == "fill":
         import cv2
 

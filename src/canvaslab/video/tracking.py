@@ -1,0 +1,172 @@
+"""Mask tracking: masks drawn on a few key frames, carried to the others by the optical flow.
+
+Each frame's mask is the previous frame's, moved by the flow from this frame back to the previous one
+(the object's own motion: no completion here), on the way from the nearest key frame before it. A
+key frame's mask replaces whatever tracking brought there. Masks only move forwards in time, so the
+first frame to process needs a key mask.
+
+Drift check. Tracking errors add up, so every tracked mask is scored on two things and a notice names
+the first frame of each run where either goes wrong:
+- reliability: the share of the previous mask's pixels whose flow does not come back to where it
+  started (forward flow then backward flow off by more than 1 px at the flow's scale): where the
+  object is occluded, blurred or leaves the picture, the flow there is a guess; drift above 30 %;
+- size: the mask's area against its key frame's; drift below half or above twice.
+`TrackReport.frames` holds both for every frame. Save the masks (`canvaslab video track ... -o DIR`),
+correct the frames that drift (or add key masks there) and give the folder as --mask.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from canvaslab.core.image import DEFAULT_MAX_PIXELS, atomic_write_bytes
+from canvaslab.core.notices import notice
+from canvaslab.core.progress import check_cancelled
+from canvaslab.errors import InputError
+from canvaslab.video.flow import FlowEstimator, FlowSettings
+from canvaslab.video.io import Clip, Masks, save_mask
+from canvaslab.video.requests import TrackRequest
+
+UNRELIABLE_PX = 1.0  # forward-backward flow error (flow-scale px) above which a pixel's motion is a guess
+DRIFT_UNRELIABLE = 0.3  # share of unreliable mask pixels that counts as drift
+DRIFT_AREA = 2.0  # area change against the key frame (either way) that counts as drift
+
+
+@dataclass(frozen=True)
+class TrackedFrame:
+    index: int
+    key: int  # the key frame this mask comes from (itself for a key frame)
+    unreliable: float  # share of the previous mask's pixels whose flow fails the forward-backward check
+    area: float  # mask area / key frame's mask area
+
+    @property
+    def drifts(self) -> bool:
+        return self.unreliable > DRIFT_UNRELIABLE or not 1 / DRIFT_AREA <= self.area <= DRIFT_AREA
+
+    def as_dict(self) -> dict[str, object]:
+        return {"frame": self.index, "key": self.key, "unreliable": round(self.unreliable, 4),
+                "area": round(self.area, 4), "drifts": self.drifts}
+
+
+@dataclass
+class TrackReport:
+    frames: list[TrackedFrame] = field(default_factory=list)
+
+    @property
+    def keys(self) -> list[int]:
+        return [f.index for f in self.frames if f.key == f.index]
+
+    @property
+    def drifting(self) -> list[int]:
+        return [f.index for f in self.frames if f.drifts]
+
+
+def track_masks(
+    clip: Clip, masks: Masks, start: int, end: int, settings: FlowSettings,
+    write: Callable[[int, np.ndarray], None], on_frame: Callable[[int], None] | None = None,
+) -> TrackReport:
+    """Carry the key masks of frames start..end-1 to every frame; `write(index, mask)` gets each mask."""
+    keys = masks.key_frames(start, end)
+    if not keys:
+        raise InputError(f"--track needs a mask on at least one frame from {start}: none of the masks names one")
+    if keys[0] != start:
+        raise InputError(f"tracking carries masks forwards, so the first frame processed ({clip.name(start)}) needs a "
+                         f"mask; the first one given is for frame {keys[0]} ({clip.name(keys[0])}): add one, or --start {keys[0]}")
+    estimator = FlowEstimator(settings, clip.size)
+    report = TrackReport()
+    previous_grey = previous_mask = None
+    key, key_area, drifting = start, 1, False
+    for index, (frame, given) in enumerate(zip(clip.frames(start, end), masks.masks(start, end, partial=True)), start):
+        check_cancelled()
+        grey = estimator.grey(frame)
+        if given is not None:
+            mask, key, key_area, drifting = given, index, max(1, int(given.sum())), False
+            entry = TrackedFrame(index, index, 0.0, 1.0)
+        else:
+            mask, unreliable = _carry(estimator, previous_grey, grey, previous_mask)  # type: ignore[arg-type]
+            entry = TrackedFrame(index, key, unreliable, float(mask.sum()) / key_area)
+            if entry.drifts and not drifting:
+                notice(f"the tracked mask drifts from frame {index} ({clip.name(index)}; from key frame {key}: "
+                       f"{entry.unreliable:.0%} of its motion unreliable, area x{entry.area:.2f}): check it, and give a "
+                       "key mask there")
+            drifting = entry.drifts
+        report.frames.append(entry)
+        write(index, mask)
+        previous_grey, previous_mask = grey, mask
+        if on_frame is not None:
+            on_frame(index)
+    return report
+
+
+def _carry(estimator: FlowEstimator, previous: np.ndarray, current: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """`mask` (of the previous frame) moved to the current frame, and the share of its pixels whose motion
+    fails the forward-backward check."""
+    height, width = mask.shape
+    backward = estimator.raw(current, previous)  # current(p) ~ previous(p + backward(p))
+    forward = estimator.raw(previous, current)
+    small = estimator.small_mask(mask)
+    unreliable = 0.0
+    if small.any():
+        ys, xs = np.nonzero(small)
+        f = forward[ys, xs]
+        h, w = small.shape
+        tx = np.clip(np.rint(xs + f[:, 0]).astype(np.int64), 0, w - 1)
+        ty = np.clip(np.rint(ys + f[:, 1]).astype(np.int64), 0, h - 1)
+        error = np.linalg.norm(f + backward[ty, tx], axis=1)
+        unreliable = float((error > UNRELIABLE_PX).mean())
+    flow = backward
+    if flow.shape[:2] != (height, width):
+        flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) / estimator.scale
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    moved = cv2.remap(mask.astype(np.float32), grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return moved >= 0.5, unreliable
+
+
+@dataclass
+class TrackResult:
+    folder: Path
+    report: TrackReport
+    seconds: float
+
+
+def track(clip: Any, mask: Any, output: str | Path, request: TrackRequest | None = None, *,
+          max_pixels: int = DEFAULT_MAX_PIXELS, on_frame: Callable[[int, int], None] | None = None,
+          **params: Any) -> TrackResult:
+    """Carry the masks of key frames (`mask`: one image for the first frame, or a folder naming some
+    frames) to every frame of `clip`; write them to the folder `output` (white = fill, named like the
+    frames, plus track.json with each frame's drift check), ready to correct and give as a mask folder."""
+    from canvaslab.tasks.requests import build_request
+    from canvaslab.video.io import open_clip
+
+    if request is None:
+        request = build_request(TrackRequest, params)  # type: ignore[arg-type]
+    elif params:
+        raise InputError("pass either request= or keyword parameters, not both")
+    started = time.perf_counter()
+    source = open_clip(clip, fps=request.fps, max_pixels=max_pixels)
+    start = request.start or 0
+    end = source.count if request.end is None else min(request.end, source.count)
+    if start >= source.count:
+        raise InputError(f"--start {start} is past the clip's last frame ({source.count - 1})")
+    folder = Path(output)
+    if folder.exists() and (not folder.is_dir() or any(folder.glob("*.png"))):
+        raise InputError(f"{folder} is not an empty folder: tracked masks go to a new one, so masks you corrected are never overwritten")
+    masks = Masks(mask, source, mode=request.mask_mode.value, threshold=request.threshold, max_pixels=max_pixels)
+    settings = FlowSettings(size=request.flow_size, preset=request.flow_preset.value)
+
+    def write(index: int, mask_: np.ndarray) -> None:
+        save_mask(folder / f"{source.name(index)}.png", mask_)
+
+    progress = None if on_frame is None else (lambda index: on_frame(index - start + 1, end - start))
+    report = track_masks(source, masks, start, end, settings, write, progress)
+    atomic_write_bytes(folder / "track.json", json.dumps([f.as_dict() for f in report.frames], indent=1).encode())
+    return TrackResult(folder, report, time.perf_counter() - started)
