@@ -175,3 +175,19 @@ def test_lama_crop_strategy_runs_only_above_the_trigger(photo, box_mask, learned
     canvaslab.inpaint(photo, box_mask, engine="lama", model=model, options={"crop_trigger": 64, "crop_margin": 8})
     canvaslab.inpaint(photo, box_mask, engine="lama", model=model, options={"strategy": "resize", "resize_limit": 75})
     assert calls == [(100, 150), (46, 56), (50, 75)]
+
+
+def test_models_list_shows_the_eraser_files_with_licences(learned_files, hub):
+    import json
+
+    from typer.testing import CliRunner
+
+    from canvaslab.cli.main import app
+
+    shutil.copy(learned_files["lama-torchscript"], hub / "big-lama.pt")
+    listed = CliRunner().invoke(app, ["--json", "models", "list", "--cache-dir", str(hub.parent / "hf")])
+    assert listed.exit_code == 0, listed.output
+    rows = {row["alias"]: row for row in json.loads(listed.stdout) if row["kind"] == "eraser"}
+    assert rows["big-lama"]["cached"] is True and rows["big-lama"]["licence"] == "Apache-2.0"
+    assert rows["migan"]["cached"] is False and rows["migan"]["licence"] == "MIT"
+    assert rows["migan"]["file"] == "migan_traced.pt" and rows["migan"]["folder"] == str(hub)

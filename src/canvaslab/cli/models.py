@@ -22,21 +22,38 @@ _SKIP_PATTERNS = ["*.ckpt", "*.bin", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb
 
 @app.command("list")
 def list_models(cache_dir: CacheOpt = None) -> None:
-    """Known aliases, and whether each is already in the local cache."""
+    """Known aliases and eraser files (LaMa, MI-GAN), and whether each is already on this machine."""
     with console.friendly_errors():
         rows = []
         for alias in ALIASES.values():
             cached = cached_snapshot(alias.hub_id, str(cache_dir) if cache_dir else None) is not None
             rows.append({"alias": alias.name, "hub_id": alias.hub_id, "family": alias.family, "kind": alias.kind,
                          "resolution": alias.native_resolution, "cached": cached, "description": alias.description})
+        erasers = eraser_rows()
         if console.settings.json:
-            console.emit_json(rows)
+            console.emit_json(rows + erasers)
             return
         table = Table("alias", "hub id", "kind", "px", "cached", "what")
         for row in rows:
             table.add_row(row["alias"], row["hub_id"], f"{row['family']} {row['kind']}", str(row["resolution"]),
                           "yes" if row["cached"] else "no", row["description"])
         console.out.print(table)
+        table = Table("name", "file", "engine", "px", "found", "licence", "what", title=f"Erasers (--engine lama/migan "
+                      f"--model NAME), looked for in {erasers[0]['folder']}")
+        for row in erasers:
+            table.add_row(row["alias"], row["file"], row["family"], str(row["resolution"]), "yes" if row["cached"] else "no",
+                          row["licence"], row["description"])
+        console.out.print(table)
+
+
+def eraser_rows() -> list[dict[str, object]]:
+    """The learned erasers' known files (engines/learned/files.py), as rows beside the aliases: where they
+    would be (torch hub's cache, IOPaint's), whether they are, and their licences."""
+    from canvaslab.engines.learned.files import KNOWN_FILES, find_known, hub_checkpoints
+
+    return [{"alias": entry.name, "hub_id": None, "family": entry.engine, "kind": "eraser", "resolution": entry.resolution,
+             "cached": find_known(entry) is not None, "description": entry.description, "file": entry.filename,
+             "licence": entry.licence, "folder": str(hub_checkpoints())} for entry in KNOWN_FILES]
 
 
 @app.command("info")
