@@ -28,7 +28,8 @@ USER_EXTRAS = (CORE_EXTRA, "diffusion", "train", "server")
 # Packages whose import is tried (distribution -> module): an installed package that does not import
 # (a torchvision built for another torch, a half-upgraded transformers) fails far from its cause.
 IMPORT_CHECKS = {"torch": "torch", "torchvision": "torchvision", "diffusers": "diffusers",
-                 "transformers": "transformers", "peft": "peft", "accelerate": "accelerate"}
+                 "transformers": "transformers", "peft": "peft", "accelerate": "accelerate",
+                 "av": "av", "onnxruntime": "onnxruntime", "torchmetrics": "torchmetrics"}
 # Tools outside Python that some features use.
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
