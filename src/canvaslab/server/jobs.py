@@ -311,7 +311,7 @@ class JobQueue:
                 job.recipe = recipe_to_write(result.recipe, self.metadata)
                 job.version += 1
             return
-        name = f"{job.task}-{index}-{result.seed}.png"
+        name = f"{job.task}-{index}-{result.seed}{getattr(result, 'suffix', '.png')}"  # a video job's: its container
         path = result.save(self.output / job.id / name, format="png", metadata=self.metadata)
         with self._lock:
             job.images.append(SavedImage(name, path, result.seed))

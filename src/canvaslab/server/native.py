@@ -20,7 +20,8 @@ from canvaslab.tasks.requests import REQUESTS, UnderstandRequest
 router = APIRouter(prefix="/api/v1")
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
-RESULT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.png")
+RESULT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.(png|mp4|webm|mkv|gif)")
+MEDIA_TYPES = {"png": "image/png", "mp4": "video/mp4", "webm": "video/webm", "mkv": "video/x-matroska", "gif": "image/gif"}
 POLL_SECONDS = 0.05
 HEARTBEAT_SECONDS = 15.0
 IMAGE_PARTS = ("image", "mask")
@@ -224,7 +225,7 @@ async def events(request: Request, job_id: str) -> StreamingResponse:
 
 
 @router.get(
-    "/results/{job_id}/{name}", tags=["jobs"], summary="A result PNG (recipe embedded), as a download",
+    "/results/{job_id}/{name}", tags=["jobs"], summary="A result PNG (recipe embedded) or video, as a download",
     response_class=FileResponse, responses={200: {"content": {"image/png": {}}}},
 )
 def result_file(request: Request, job_id: str, name: str) -> FileResponse:
@@ -235,7 +236,7 @@ def result_file(request: Request, job_id: str, name: str) -> FileResponse:
     # Names are checked above; resolving again guards against links pointing out of the folder.
     if not path.is_relative_to(output) or not path.is_file():
         raise ClientError("no such result", status=404)
-    return FileResponse(path, media_type="image/png", filename=name)
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix[1:]], filename=name)
 
 
 # -- what the server offers ------------------------------------------------------------------

@@ -60,7 +60,9 @@ def _av() -> Any:
 
 
 def _failure(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+    """FFmpeg's reason without its errno and the path, which the message names already."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return " ".join(str(reason).split())[:200] or type(exc).__name__
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -121,7 +123,7 @@ class VideoFile(Clip):
         except InputError:
             raise
         except (av.error.FFmpegError, OSError, ValueError) as exc:
-            raise InputError(f"cannot read video {path}: {_failure(exc)}") from None
+            raise InputError(f"cannot read {path} as a video: {_failure(exc)}") from None
         if self.count == 0 or width == 0:
             raise InputError(f"{path} holds no frames")
         if max_frames is not None and self.count > max_frames:
@@ -304,7 +306,8 @@ class Masks:
             return
         for index in range(start, end):
             if self.single is not None:
-                yield self.single
+                # one image is every frame's mask, or, when tracking (`partial`), the first frame's only
+                yield None if partial and index != start else self.single
             elif self.per_frame is not None:
                 yield self.per_frame[index]
             else:

@@ -1,0 +1,226 @@
+"""POST /api/v1/video/inpaint: remove an object from a clip as a job (progress in frames, cancel, result file).
+
+Multipart only (a clip is binary and large): a file part `clip` (a video file), a file part `mask` (one
+image for every frame, or a mask video) and a text part `request` (the `VideoInpaintRequest` fields as
+JSON, plus the output's `format` (mp4, webm, mkv, gif) and `crf`). The job is followed like any other
+(/api/v1/jobs/{id}, its events: `progress` counts finished frames); its result's one file is the video.
+
+Everything a clip can make the server do is bounded before it is queued: the upload by --max-upload-mb,
+each frame by --max-pixels, the frames x pixels of the processed range by FRAME_BUDGET x --max-pixels,
+the frames held at once (window + 2 x context) by WINDOW_BUDGET x --max-pixels, and every size the key
+frames' engine works at as for an image inpaint (`budget.check_work`). A clip's header can lie about
+its length, so decoding stops at the budget too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from canvaslab.core.image import LoadedImage
+from canvaslab.errors import CanvaslabError, InputError
+from canvaslab.server.inputs import (
+    Catalogue, ClientError, check_engine_options, check_field_sizes, check_model, parse_json, refuse_paths, with_defaults,
+)
+from canvaslab.server.jobs import QueueFull, Work, http_status_of
+from canvaslab.server.native import _submitted
+from canvaslab.server.settings import ServerSettings
+from canvaslab.tasks.requests import describe_validation_error
+
+router = APIRouter(prefix="/api/v1/video")
+
+TASK = "video-inpaint"
+PARTS = ("request", "clip", "mask")
+FORMATS = ("mp4", "webm", "mkv", "gif")
+FRAME_BUDGET = 128  # frames x pixels of one job, in frames at the pixel limit (2048x2048: 128 frames; 480p: ~1300)
+WINDOW_BUDGET = 48  # frames held in memory at once (window + 2 x context), in frames at the pixel limit
+MAX_FRAMES = 10_000  # whatever their size
+
+
+@dataclass
+class PreparedVideo:
+    request: Any  # VideoInpaintRequest
+    clip: bytes
+    mask: bytes
+    mask_is_video: bool
+    format: str
+    crf: int
+    max_frames: int
+
+
+async def _read_parts(request: Request, max_part: int) -> tuple[Any, bytes | None, bytes | None]:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ClientError("send multipart/form-data: a file part 'clip', a file part 'mask' and a text part 'request' "
+                          "(JSON)", status=415)
+    try:
+        form = await request.form(max_part_size=max_part, max_files=len(PARTS), max_fields=len(PARTS))
+    except Exception as exc:  # noqa: BLE001 - the multipart parser's errors are all "malformed form"
+        raise ClientError(f"the multipart form could not be read: {exc}") from None
+    unknown = sorted(set(form.keys()) - set(PARTS))
+    if unknown:
+        raise ClientError(f"unknown form part {unknown[0]!r}: send 'request' (JSON), 'clip' and 'mask'", field=unknown[0])
+    fields: Any = {}
+    text = form.get("request")
+    if text is not None:
+        if not isinstance(text, str):
+            text = await text.read()
+        try:
+            fields = parse_json(text, "the 'request' part") if text.strip() else {}
+        except ClientError as exc:
+            raise ClientError(exc.message, field="request") from None
+    files: dict[str, bytes | None] = {}
+    for name in ("clip", "mask"):
+        part = form.get(name)
+        files[name] = None if part is None else (part.encode() if isinstance(part, str) else await part.read())
+    return fields, files["clip"], files["mask"]
+
+
+@router.post(
+    "/inpaint", status_code=202, tags=["tasks"], summary="Queue a video inpaint job",
+    description="Multipart: file parts 'clip' (video) and 'mask' (image or mask video), text part 'request' (the "
+    "fields of `canvaslab video inpaint --help` as JSON, plus 'format': mp4|webm|mkv|gif and 'crf'). Answers 202 "
+    "with the job id; the job's progress counts frames, its result holds the video.",
+    responses={202: {"description": "queued"}, 400: {"description": "bad input or over a limit"},
+               413: {"description": "too large"}, 415: {"description": "not multipart"},
+               422: {"description": "invalid field"}, 429: {"description": "queue full"}},
+)
+async def submit_video(request: Request) -> JSONResponse:
+    state = request.app.state
+    fields, clip, mask = await _read_parts(request, state.settings.max_upload_bytes)
+    prepared = await run_in_threadpool(prepare_video, fields, clip, mask, state.settings, state.catalogue)
+    try:
+        job = state.queue.submit(TASK, video_work(prepared, state.settings))
+    except QueueFull as exc:
+        raise ClientError(str(exc), status=429) from None
+    return _submitted(request, job)
+
+
+def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings: ServerSettings,
+                  catalogue: Catalogue) -> PreparedVideo:
+    """Everything checked before queueing (4xx now rather than a failed job later)."""
+    from canvaslab.video.requests import VideoInpaintRequest
+
+    # 1. the fields: sizes, no paths, the server's defaults, the request model, the output options
+    if not isinstance(fields, dict):
+        raise ClientError(f"the 'request' part must be a JSON object, got {type(fields).__name__}", field="request")
+    check_field_sizes(fields)
+    fields = dict(fields)
+    fmt, crf = fields.pop("format", "mp4"), fields.pop("crf", 18)
+    if fmt not in FORMATS:
+        raise ClientError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}", status=422, field="format")
+    if not isinstance(crf, int) or isinstance(crf, bool) or not 0 <= crf <= 51:
+        raise ClientError(f"crf must be a whole number from 0 to 51, got {crf!r}", status=422, field="crf")
+    if fields.get("fps") is not None:
+        raise ClientError("fps is for a folder of frames; an uploaded clip keeps its own frame rate", field="fps")
+    fields = with_defaults("inpaint", refuse_paths(fields, catalogue), settings, catalogue)
+    try:
+        video_request = VideoInpaintRequest.model_validate(fields)
+    except ValidationError as exc:
+        field = ".".join(str(p) for p in exc.errors()[0]["loc"]) or None
+        raise ClientError(describe_validation_error(exc), status=422, field=field) from None
+    check_model(video_request, catalogue)
+    check_engine_options("inpaint", video_request)
+    # 2. the uploads, probed without decoding a frame: sizes, lengths, the frames x pixels budget
+    if not clip:
+        raise ClientError("video inpaint needs a clip: send the video file as the part 'clip'", field="clip")
+    if not mask:
+        raise ClientError("video inpaint needs a mask: send one image, or a mask video, as the part 'mask'", field="mask")
+    try:
+        with tempfile.TemporaryDirectory(prefix="canvaslab-video-") as scratch:
+            frames, size, mask_is_video = _probe(Path(scratch), clip, mask, video_request, settings)
+    except ClientError:
+        raise
+    except CanvaslabError as exc:
+        raise ClientError(str(exc), status=http_status_of(exc)) from None
+    width, height = size
+    if frames * width * height > FRAME_BUDGET * settings.max_pixels or frames > MAX_FRAMES:
+        raise ClientError(f"{frames:,} frames of {width}x{height} are over what one job may process here ({FRAME_BUDGET} "
+                          f"frames at the pixel limit of {settings.max_pixels:,}, at most {MAX_FRAMES:,} frames): send a "
+                          "shorter clip or range (start, end)", field="end" if video_request.end else "clip")
+    held = min(frames, video_request.window + 2 * video_request.context)
+    if held * width * height > WINDOW_BUDGET * settings.max_pixels:
+        raise ClientError(f"window + 2 x context = {held} frames of {width}x{height} held at once is over the server's "
+                          f"limit of {WINDOW_BUDGET} frames at the pixel limit: use a smaller window or context",
+                          field="window")
+    # 3. what the engine works at on a key frame, as for an image (the whole frame a hole but one pixel: the most)
+    _check_frame_work(video_request, size, settings)
+    max_frames = (video_request.start or 0) + frames
+    return PreparedVideo(video_request, clip, mask, mask_is_video, fmt, crf, max_frames)
+
+
+def _probe(scratch: Path, clip: bytes, mask: bytes, request: Any, settings: ServerSettings) -> tuple[int, tuple[int, int], bool]:
+    """(frames to process, frame size, whether the mask is a video), from the containers' headers."""
+    from canvaslab.video.inpainting import frame_range
+    from canvaslab.video.io import Masks, VideoFile
+
+    clip_path = scratch / "clip"
+    clip_path.write_bytes(clip)
+    try:
+        source = VideoFile(clip_path, max_pixels=settings.max_pixels, max_frames=MAX_FRAMES)
+    except InputError as exc:
+        raise ClientError(f"clip: {str(exc).replace(str(clip_path), 'the clip')}", field="clip") from None
+    start, end = frame_range(source, request)
+    mask_path = scratch / "mask"
+    mask_path.write_bytes(mask)
+    mask_is_video = _is_video(mask_path)
+    if mask_is_video:
+        mask_path = mask_path.rename(scratch / "mask.mp4")  # any suffix of VIDEO_SUFFIXES: PyAV reads the content
+    try:
+        Masks(mask_path, source, mode=request.mask_mode.value, threshold=request.threshold,
+              max_pixels=settings.max_pixels, max_frames=MAX_FRAMES)
+    except InputError as exc:
+        raise ClientError(f"mask: {str(exc).replace(str(mask_path), 'the mask')}", field="mask") from None
+    return end - start, source.size, mask_is_video
+
+
+def _is_video(path: Path) -> bool:
+    """An image Pillow reads (one frame) is a mask image; anything else is taken for a mask video."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "n_frames", 1) > 1
+    except (UnidentifiedImageError, OSError):
+        return True
+
+
+def _check_frame_work(request: Any, size: tuple[int, int], settings: ServerSettings) -> None:
+    from canvaslab.server.budget import check_work
+
+    width, height = size
+    frame = LoadedImage(np.zeros((height, width, 3), np.uint8), None, "<frame>", None)
+    hole = np.ones((height, width), bool)
+    hole[0, 0] = False
+    check_work("inpaint", request.frame_request(), frame, hole, settings)  # type: ignore[arg-type]
+
+
+def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
+    """The job: the clip and mask written to a scratch folder under the output, the video made there and
+    handed to the queue, which copies it into the job's folder; the scratch folder goes in any case."""
+
+    def work():  # type: ignore[no-untyped-def]
+        from canvaslab.video.inpainting import inpaint
+
+        scratch = settings.output / f".video-{uuid.uuid4().hex}"
+        scratch.mkdir(parents=True)
+        try:
+            clip = scratch / "clip"
+            clip.write_bytes(prepared.clip)
+            mask = scratch / ("mask.mp4" if prepared.mask_is_video else "mask")
+            mask.write_bytes(prepared.mask)
+            yield inpaint(clip, mask, scratch / f"video.{prepared.format}", request=prepared.request, crf=prepared.crf,
+                          metadata=settings.metadata, max_pixels=settings.max_pixels, max_frames=prepared.max_frames)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    return work
