@@ -17,8 +17,10 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "canvaslab"
 # whose device handling they use, and the tasks, which make masks (`canvaslab mask`, replay, the
 # server's Select tool) but which masks never need: mask sources take arrays, not requests. Video runs
 # the image tasks on key frames (any engine through the inpaint task), so it sits above them, and the server
-# (its HTTP job) and the CLI above it; nothing below knows about clips.
-RANKS = {"core": 0, "data": 1, "engines": 2, "masks": 3, "tasks": 4, "train": 4, "video": 5, "server": 6, "cli": 7}
+# (its HTTP job) and the CLI above it; nothing below knows about clips. Eval runs engines through the
+# inpaint/edit tasks' batch runner and draws protocols from data's mask rules, so it sits beside video.
+RANKS = {"core": 0, "data": 1, "engines": 2, "masks": 3, "tasks": 4, "train": 4, "video": 5, "eval": 5, "server": 6,
+         "cli": 7}
 LAYERS = list(RANKS)
 FORBIDDEN_IN_CORE = {"torch", "cv2", "numba", "diffusers", "transformers", "scipy", "skimage"}
 
