@@ -10,6 +10,7 @@ generator, and a pipeline with MI-GAN's image/mask uint8 interface).
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 import yaml
 from torch import nn
 
-from canvaslab.engines.learned.lama import FFCSpec, LamaConfig, LamaGenerator, inpaint_tensor
+from canvaslab.engines.learned.lama import LamaConfig, LamaGenerator, inpaint_tensor
 from canvaslab.engines.learned.migan import MiganConfig, MiganGenerator, channels_for
 
 LAMA_CONFIG = LamaConfig(ngf=4, n_downsampling=3, n_blocks=1)  # 32 bottleneck channels: 8 local, 24 global
@@ -159,28 +160,52 @@ def save_migan_onnx_pipeline(path: Path, generator: MiganGenerator) -> Path:
     return path
 
 
-def build_all(root: Path) -> dict[str, Path]:
-    """Every layout, from one LaMa (seed 0) and one MI-GAN (seed 1)."""
+def build_torch(root: Path) -> dict[str, Path]:
+    """The layouts torch alone writes, from one LaMa (seed 0) and one MI-GAN (seed 1)."""
     lama, migan = lama_generator(0), migan_generator(1)
     return {
         "lama-folder": save_lama_release(root / "big-lama", lama),
         "lama-torchscript": save_lama_torchscript(root / "iopaint" / "big-lama.pt", lama),
         "migan-state-dict": save_migan_state_dict(root / "migan" / "migan_64.pt", migan),
         "migan-torchscript": save_migan_torchscript(root / "iopaint" / "migan_traced.pt", migan),
+    }
+
+
+def build_onnx(root: Path) -> dict[str, Path]:
+    """The ONNX layouts (torch.onnx.export needs the `onnx` package), from the same MI-GAN (seed 1)."""
+    migan = migan_generator(1)
+    return {
         "migan-onnx": save_migan_onnx(root / "migan" / "migan.onnx", migan),
         "migan-onnx-pipeline": save_migan_onnx_pipeline(root / "migan" / "migan_pipeline_v2.onnx", migan),
     }
 
 
 _BUILT: dict[str, Path] = {}
+_BUILT_ONNX: dict[str, Path] = {}
+NO_ONNX = "writing the ONNX layouts needs onnx: pip install 'canvaslab[onnx]'"
+# running them needs onnxruntime; a test that runs an ONNX file wears this mark
+needs_onnxruntime = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                                       reason="running the ONNX layouts needs onnxruntime: pip install 'canvaslab[onnx]'")
 
 
 @pytest.fixture(scope="session")
 def learned_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """kind -> a tiny LaMa / MI-GAN file in that layout, built once per test process. Test modules import
-    this fixture (a conftest.py here would shadow the suite's own `conftest` module), which makes it one
-    fixture per module for pytest, hence the process-wide `_BUILT`."""
+    """kind -> a tiny LaMa / MI-GAN file in a layout torch writes, built once per test process. Test modules
+    import this fixture (a conftest.py here would shadow the suite's own `conftest` module), which makes it
+    one fixture per module for pytest, hence the process-wide `_BUILT`. Nothing here needs onnx: tests of
+    torch-only layouts run without it."""
     torch.set_num_threads(1)
     if not _BUILT:
-        _BUILT.update(build_all(tmp_path_factory.mktemp("learned")))
+        _BUILT.update(build_torch(tmp_path_factory.mktemp("learned")))
     return dict(_BUILT)
+
+
+@pytest.fixture(scope="session")
+def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """kind -> the ONNX exports of the same MI-GAN; a test using it is skipped, with the reason, when onnx
+    is not installed."""
+    pytest.importorskip("onnx", reason=NO_ONNX)
+    torch.set_num_threads(1)
+    if not _BUILT_ONNX:
+        _BUILT_ONNX.update(build_onnx(tmp_path_factory.mktemp("learned-onnx")))
+    return dict(_BUILT_ONNX)

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-for _module in ("torch", "yaml", "onnx", "onnxruntime"):
+for _module in ("torch", "yaml"):
     pytest.importorskip(_module)
 
 import canvaslab  # noqa: E402
 import learned_tiny  # noqa: E402
-from learned_tiny import learned_files  # noqa: E402,F401 - the session fixture
+learned_files = learned_tiny.learned_files  # the session fixture, visible to this module's tests
 from canvaslab.engines.learned import engine as learned  # noqa: E402
 from canvaslab.errors import InputError, ModelNotAvailableError  # noqa: E402
 from conftest import write_png  # noqa: E402

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import learned_tiny  # noqa: E402
-from learned_tiny import learned_files  # noqa: E402,F401 - the session fixture
+learned_files = learned_tiny.learned_files  # the session fixture, visible to this module's tests
 from canvaslab.engines.learned.engine import LamaEngine, lama_forward, migan_forward  # noqa: E402
 from canvaslab.engines.learned.lama import FFCSpec, LamaConfig, inpaint_tensor  # noqa: E402
 from canvaslab.engines.learned.loading import LamaNetwork, MiganNetwork  # noqa: E402
@@ -157,7 +157,7 @@ def test_lama_pre_and_post_processing_match_predict_py(photo):
 
 def test_lama_engine_from_the_released_layout_matches_predict_py(photo, learned_files):
     """The whole engine path (checkpoint folder -> config.yaml -> our generator) against the reference."""
-    generator = learned_tiny.lama_generator(0)  # the seed build_all saved
+    generator = learned_tiny.lama_generator(0)  # the seed build_torch saved
     mask = np.zeros(photo.shape[:2], bool)
     mask[30:60, 50:90] = True
     engine = LamaEngine()

@@ -9,13 +9,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: no ret
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-for _module in ("torch", "diffusers", "transformers", "yaml", "onnx", "onnxruntime"):
+for _module in ("torch", "diffusers", "transformers", "yaml"):
     pytest.importorskip(_module)
 
 import canvaslab  # noqa: E402
 from canvaslab.engines.diffusion import engine as diffusion_engine  # noqa: E402
 from canvaslab.errors import InputError  # noqa: E402
-from learned_tiny import learned_files  # noqa: E402,F401 - the session fixture
+import learned_tiny  # noqa: E402
+learned_files, onnx_files = learned_tiny.learned_files, learned_tiny.onnx_files  # session fixtures, visible here
+needs_onnxruntime = learned_tiny.needs_onnxruntime
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +63,10 @@ def test_the_diffusion_run_starts_from_the_erasers_fill(small, sd_inpaint, learn
         canvaslab.inpaint(image, mask, options={"fill_model": lama}, **params)
 
 
-def test_migan_prefill_from_an_onnx_file(small, sd_inpaint, learned_files):
+@needs_onnxruntime
+def test_migan_prefill_from_an_onnx_file(small, sd_inpaint, onnx_files):
     image, mask = small
     params = dict(engine="diffusion", model=str(sd_inpaint), steps=2, seed=1, strength=0.5, masked_content="migan")
-    result = canvaslab.inpaint(image, mask, options={"fill_model": str(learned_files["migan-onnx"])}, **params)
+    result = canvaslab.inpaint(image, mask, options={"fill_model": str(onnx_files["migan-onnx"])}, **params)
     np.testing.assert_array_equal(result.image[~mask], image[~mask])
     assert "Masked content: migan" in result.parameters

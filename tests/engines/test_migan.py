@@ -10,12 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-for _module in ("torch", "yaml", "onnx", "onnxruntime"):
+for _module in ("torch", "yaml"):
     pytest.importorskip(_module)
 
 import canvaslab  # noqa: E402
 import learned_tiny  # noqa: E402
-from learned_tiny import learned_files  # noqa: E402,F401 - the session fixture
+learned_files, onnx_files = learned_tiny.learned_files, learned_tiny.onnx_files  # session fixtures, visible here
+needs_onnxruntime = learned_tiny.needs_onnxruntime
 from canvaslab.engines.learned import engine as learned  # noqa: E402
 from canvaslab.errors import InputError, ModelNotAvailableError  # noqa: E402
 from conftest import write_png  # noqa: E402
@@ -30,9 +31,11 @@ def small(photo, box_mask):
     return rgb, np.ascontiguousarray(box_mask[30:70, 40:100])
 
 
-def test_state_dict_torchscript_and_onnx_give_the_same_fill(small, learned_files):
+@needs_onnxruntime
+def test_state_dict_torchscript_and_onnx_give_the_same_fill(small, learned_files, onnx_files):
     rgb, hole = small
-    out = {kind: canvaslab.inpaint(rgb, hole, engine="migan", model=str(learned_files[kind]), seed=seed).image
+    files = {**learned_files, **onnx_files}
+    out = {kind: canvaslab.inpaint(rgb, hole, engine="migan", model=str(files[kind]), seed=seed).image
            for seed, kind in enumerate(("migan-state-dict", "migan-torchscript", "migan-onnx"))}
     for image in out.values():
         assert image.shape == rgb.shape
@@ -42,17 +45,18 @@ def test_state_dict_torchscript_and_onnx_give_the_same_fill(small, learned_files
     # onnxruntime's kernels round differently in the last bits: at most one level, almost everywhere equal
     diff = np.abs(out["migan-state-dict"].astype(int) - out["migan-onnx"])
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99
-    again = canvaslab.inpaint(rgb, hole, engine="migan", model=str(learned_files["migan-onnx"]), seed=9).image
+    again = canvaslab.inpaint(rgb, hole, engine="migan", model=str(files["migan-onnx"]), seed=9).image
     np.testing.assert_array_equal(again, out["migan-onnx"])
 
 
-def test_onnx_pipeline_gets_the_whole_picture_with_255_as_known(photo, box_mask, learned_files):
-    result = canvaslab.inpaint(photo, box_mask, engine="migan", model=str(learned_files["migan-onnx-pipeline"]))
+@needs_onnxruntime
+def test_onnx_pipeline_gets_the_whole_picture_with_255_as_known(photo, box_mask, onnx_files):
+    result = canvaslab.inpaint(photo, box_mask, engine="migan", model=str(onnx_files["migan-onnx-pipeline"]))
     np.testing.assert_array_equal(result.image[~box_mask], photo[~box_mask])
     assert np.abs(result.image[box_mask].astype(int) - photo[box_mask]).mean() > 5
     # the pipeline blends by its mask: had we passed 255 for the hole, it would have returned the hole unchanged
     with pytest.raises(InputError, match="crops around the mask itself"):
-        canvaslab.inpaint(photo, box_mask, engine="migan", model=str(learned_files["migan-onnx-pipeline"]),
+        canvaslab.inpaint(photo, box_mask, engine="migan", model=str(onnx_files["migan-onnx-pipeline"]),
                           options={"strategy": "resize"})
 
 
@@ -81,15 +85,20 @@ def test_wrong_files_and_missing_runtime_are_one_line_errors(tmp_path, small, le
     junk.write_bytes(b"not a model")
     with pytest.raises(InputError, match="not a PyTorch file"):
         canvaslab.inpaint(rgb, hole, engine="migan", model=str(junk))
+
+
+def test_an_onnx_file_without_onnxruntime_is_one_line(tmp_path, small, onnx_files, monkeypatch):
+    rgb, hole = small
     copy = tmp_path / "copy.onnx"  # another path: not in the loaded-model cache
-    shutil.copy(learned_files["migan-onnx"], copy)
+    shutil.copy(onnx_files["migan-onnx"], copy)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ModelNotAvailableError, match=r"needs onnxruntime: pip install 'canvaslab\[onnx\]'"):
         canvaslab.inpaint(rgb, hole, engine="migan", model=str(copy))
 
 
+@needs_onnxruntime
 @pytest.mark.slow  # subprocesses / the diffusion stack: several seconds
-def test_cli_from_iopaints_cache_and_from_an_onnx_file(tmp_path, small, learned_files):
+def test_cli_from_iopaints_cache_and_from_an_onnx_file(tmp_path, small, learned_files, onnx_files):
     rgb, hole = small
     image, mask = write_png(tmp_path / "in.png", rgb), write_png(tmp_path / "m.png", hole)
     hub = tmp_path / "torch" / "hub" / "checkpoints"
@@ -107,7 +116,7 @@ def test_cli_from_iopaints_cache_and_from_an_onnx_file(tmp_path, small, learned_
     cached = cli("-o", tmp_path / "a.png")
     assert cached.returncode == 0, cached.stderr
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png").convert("RGB")), expected)
-    onnx = cli("--model", learned_files["migan-onnx"], "-o", tmp_path / "b.png")
+    onnx = cli("--model", onnx_files["migan-onnx"], "-o", tmp_path / "b.png")
     assert onnx.returncode == 0, onnx.stderr
     (hub / "migan_traced.pt").unlink()
     missing = cli()
