@@ -7,9 +7,10 @@ JSON, plus the output's `format` (mp4, webm, mkv, gif) and `crf`). The job is fo
 
 Everything a clip can make the server do is bounded before it is queued: the upload by --max-upload-mb,
 each frame by --max-pixels, the frames x pixels of the processed range by FRAME_BUDGET x --max-pixels,
-the frames held at once (window + 2 x context) by WINDOW_BUDGET x --max-pixels, and every size the key
-frames' engine works at as for an image inpaint (`budget.check_work`). A clip's header can lie about
-its length, so decoding stops at the budget too.
+the frames held at once (window + 2 x context) by WINDOW_BUDGET x --max-pixels, the clip's length
+(its longest stream, audio included) by MAX_SECONDS, and every size the key frames' engine works at as
+for an image inpaint (`budget.check_work`). A clip's header can lie about its frame count, so decoding
+stops at the budget too; a running job stops at its next frame once --max-job-seconds is spent.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ FORMATS = ("mp4", "webm", "mkv", "gif")
 FRAME_BUDGET = 128  # frames x pixels of one job, in frames at the pixel limit (2048x2048: 128 frames; 480p: ~1300)
 WINDOW_BUDGET = 48  # frames held in memory at once (window + 2 x context), in frames at the pixel limit
 MAX_FRAMES = 10_000  # whatever their size
+MAX_SECONDS = 600.0  # of media by the clip's header (its longest stream: the audio is copied, maybe re-encoded, whole)
 
 
 @dataclass
@@ -169,6 +171,9 @@ def _probe(scratch: Path, clip: bytes, mask: bytes, request: Any, settings: Serv
         source = VideoFile(clip_path, max_pixels=settings.max_pixels, max_frames=MAX_FRAMES)
     except InputError as exc:
         raise ClientError(f"clip: {str(exc).replace(str(clip_path), 'the clip')}", field="clip") from None
+    if source.seconds is not None and source.seconds > MAX_SECONDS:
+        raise ClientError(f"the clip runs {source.seconds:,.1f} s by its header, over the server's limit of {MAX_SECONDS:g} s: "
+                          "send a shorter clip", field="clip")
     start, end = frame_range(source, request)
     mask_path = scratch / "mask"
     mask_path.write_bytes(mask)

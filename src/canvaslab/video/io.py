@@ -87,6 +87,7 @@ class Clip:
     fps: Fraction
     colour: Colour | None = None
     audio: Path | None = None  # the file whose first audio stream the output carries
+    seconds: float | None = None  # a video file's length by its header (its longest stream)
 
     def name(self, index: int) -> str:
         """The stem of frame `index`: the file's for a frames folder, the zero-padded index otherwise."""
@@ -117,6 +118,7 @@ class VideoFile(Clip):
                 self.fps = Fraction(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
                 self.count = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
                 self.audio = path if container.streams.audio else None
+                self.seconds = _header_seconds(container)
                 context = stream.codec_context
                 self.colour = Colour(int(context.color_range), int(context.colorspace), int(context.color_primaries),
                                      int(context.color_trc))
@@ -136,10 +138,10 @@ class VideoFile(Clip):
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 for index, frame in enumerate(container.decode(stream)):
-                    if self.max_frames is not None and index >= self.max_frames:
-                        raise InputError(f"{self.path} holds more than {self.max_frames:,} frames")
                     if end is not None and index >= end:
                         return
+                    if self.max_frames is not None and index >= self.max_frames:
+                        raise InputError(f"{self.path} holds more than {self.max_frames:,} frames")
                     if index < start:
                         continue
                     if (frame.width, frame.height) != self.size:
@@ -151,6 +153,14 @@ class VideoFile(Clip):
             raise
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             raise InputError(f"cannot decode {self.path}: {_failure(exc)}") from None
+
+
+def _header_seconds(container: Any) -> float | None:
+    """The longest of the container's and its streams' durations as the header states them (None: unstated).
+    A header can lie; this is what a server bounds before any decoding."""
+    found = [container.duration / 1_000_000] if container.duration else []
+    found += [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]
+    return max(found) if found else None
 
 
 class FrameFolder(Clip):

@@ -1,8 +1,8 @@
 """Mask tracking: masks drawn on a few key frames, carried to the others by the optical flow.
 
-Each frame's mask is the previous frame's, moved by the flow from this frame back to the previous one
-(the object's own motion: no completion here), on the way from the nearest key frame before it. A
-key frame's mask replaces whatever tracking brought there. Masks only move forwards in time, so the
+Each frame's mask is the previous frame's moved by the object's own motion (a similarity transform
+fitted to the forward flow of the mask's reliable pixels: no completion here), on the way from the
+nearest key frame before it. A key frame's mask replaces whatever tracking brought there. Masks only move forwards in time, so the
 first frame to process needs a key mask.
 
 Drift check. Tracking errors add up, so every tracked mask is scored on two things and a notice names
@@ -38,6 +38,7 @@ from canvaslab.video.requests import TrackRequest
 UNRELIABLE_PX = 1.0  # forward-backward flow error (flow-scale px) above which a pixel's motion is a guess
 DRIFT_UNRELIABLE = 0.3  # share of unreliable mask pixels that counts as drift
 DRIFT_AREA = 2.0  # area change against the key frame (either way) that counts as drift
+MIN_FIT_PIXELS = 8  # reliable pixels (flow scale) a motion fit needs; fewer: all the mask's pixels are used
 
 
 @dataclass(frozen=True)
@@ -108,26 +109,39 @@ def track_masks(
 
 def _carry(estimator: FlowEstimator, previous: np.ndarray, current: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
     """`mask` (of the previous frame) moved to the current frame, and the share of its pixels whose motion
-    fails the forward-backward check."""
+    fails the forward-backward check.
+
+    The mask moves by one similarity transform (shift, rotation, scale) fitted with RANSAC to the forward
+    flow of its reliable pixels, not pixel by pixel: DIS smooths the flow across the object's outline, so
+    a per-pixel warp takes the background's motion at the leading edge and the mask erodes and lags a
+    little more every frame (measured on the synthetic clip: IoU 0.73 after 11 frames, against 0.9+).
+    An object that changes shape is followed by its overall motion; the drift check says when that fails."""
     height, width = mask.shape
     backward = estimator.raw(current, previous)  # current(p) ~ previous(p + backward(p))
     forward = estimator.raw(previous, current)
     small = estimator.small_mask(mask)
-    unreliable = 0.0
-    if small.any():
-        ys, xs = np.nonzero(small)
-        f = forward[ys, xs]
-        h, w = small.shape
-        tx = np.clip(np.rint(xs + f[:, 0]).astype(np.int64), 0, w - 1)
-        ty = np.clip(np.rint(ys + f[:, 1]).astype(np.int64), 0, h - 1)
-        error = np.linalg.norm(f + backward[ty, tx], axis=1)
-        unreliable = float((error > UNRELIABLE_PX).mean())
-    flow = backward
-    if flow.shape[:2] != (height, width):
-        flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) / estimator.scale
-    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    moved = cv2.remap(mask.astype(np.float32), grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
-                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if not small.any():
+        return np.zeros_like(mask), 0.0
+    ys, xs = np.nonzero(small)
+    f = forward[ys, xs]
+    h, w = small.shape
+    tx = np.clip(np.rint(xs + f[:, 0]).astype(np.int64), 0, w - 1)
+    ty = np.clip(np.rint(ys + f[:, 1]).astype(np.int64), 0, h - 1)
+    error = np.linalg.norm(f + backward[ty, tx], axis=1)
+    reliable = error <= UNRELIABLE_PX
+    unreliable = float(1 - reliable.mean())
+    use = reliable if reliable.sum() >= MIN_FIT_PIXELS else np.ones_like(reliable)
+    # cell centres in full-resolution pixels, so the transform applies to the mask as it is
+    points = np.stack([(xs[use] + 0.5) / estimator.scale - 0.5, (ys[use] + 0.5) / estimator.scale - 0.5], 1)
+    moved_points = points + f[use] / estimator.scale
+    transform = None
+    if len(points) >= 3:
+        transform, _ = cv2.estimateAffinePartial2D(points.astype(np.float32), moved_points.astype(np.float32),
+                                                   method=cv2.RANSAC, ransacReprojThreshold=1.0 / estimator.scale)
+    if transform is None:  # degenerate (a one-pixel mask, a line): the mean motion
+        transform = np.array([[1, 0, *f[use].mean(0)[:1] / estimator.scale], [0, 1, *f[use].mean(0)[1:] / estimator.scale]])
+    moved = cv2.warpAffine(mask.astype(np.float32), transform.astype(np.float64), (width, height), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return moved >= 0.5, unreliable
 
 
