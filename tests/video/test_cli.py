@@ -1,0 +1,126 @@
+"""`canvaslab video inpaint` and `video track` through the real entry point: what the outputs keep, --json,
+--start/--end, determinism, one-line errors, and a run killed mid-way that a rerun finishes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from canvaslab.video import inpaint
+from canvaslab.video.synthetic import synthetic_clip
+from conftest import write_png
+
+from .clips import read_frames, read_video, write_frames, write_video
+from .conftest import photo
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "canvaslab", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=ENV)
+
+
+def _masks_folder(folder, masks, names=None):
+    return write_frames(folder, [m.astype(np.uint8) * 255 for m in masks], names or [f"{i:06d}" for i in range(len(masks))])
+
+
+def test_video_file_to_lossless_mkv_keeps_everything(clip, tmp_path):
+    source = write_video(tmp_path / "in.mp4", clip.frames, fps=30, audio=True)
+    union = np.logical_or.reduce(clip.masks)
+    write_png(tmp_path / "mask.png", union.astype(np.uint8) * 255)
+    run = cli("--json", "video", "inpaint", source, "--mask", tmp_path / "mask.png", "-o", tmp_path / "out.mkv", "--seed", 2)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert (report["frames"], report["fps"], report["size"], report["seed"]) == (12, 30.0, [96, 64], 2)
+    assert 1 <= len(report["key_frames"]) <= 3 and report["resumed"] == 0
+    before, after = read_video(source), read_video(tmp_path / "out.mkv")
+    assert (len(after["frames"]), after["fps"], after["size"]) == (12, Fraction(30), (96, 64))
+    assert after["audio"]["codec"] == "aac"  # copied
+    # FFV1 is lossless: outside the mask every pixel is the decoded input's, in every frame
+    for out, original in zip(after["frames"], before["frames"]):
+        assert np.array_equal(out[~union], original[~union])
+        assert not np.array_equal(out[union], original[union])
+
+
+def test_frames_folder_range_equals_the_python_api(clip, tmp_path):
+    names = [f"img{i:03d}" for i in range(12)]
+    frames = write_frames(tmp_path / "frames", clip.frames, names)
+    masks = _masks_folder(tmp_path / "masks", clip.masks, names)
+    run = cli("-q", "video", "inpaint", frames, "--mask", masks, "-o", tmp_path / "cli", "--seed", 5,
+              "--start", 2, "--end", 10, "--fps", 12, "--window", 4, "--context", 2)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(tmp_path / "cli") and run.stderr == ""
+    assert sorted(p.stem for p in (tmp_path / "cli").glob("*.png")) == names[2:10]
+    # same seed, another process: the same frames, bit for bit
+    inpaint(frames, masks, tmp_path / "api", seed=5, start=2, end=10, fps=12, window=4, context=2)
+    outputs = read_frames(tmp_path / "cli")
+    assert all(np.array_equal(x, y) for x, y in zip(outputs, read_frames(tmp_path / "api")))
+    for out, original, mask in zip(outputs, clip.frames[2:10], clip.masks[2:10]):
+        assert np.array_equal(out[~mask], original[~mask])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}/none.mp4", "--mask", "{tmp}/m.png", "-o", "{tmp}/o.mp4"], "clip not found"),
+    (["{tmp}/frames", "--mask", "{tmp}/m.png", "-o", "{tmp}/o.jpg"], "cannot write video as o.jpg"),
+    (["{tmp}/frames", "--mask", "{tmp}/m.png", "-o", "{tmp}/o", "--end", "40"], "past the clip's end"),
+    (["{tmp}/frames", "--mask", "{tmp}/m.png", "-o", "{tmp}/o", "--temporal-blend", "0.3"], "applies to --method per-frame"),
+])
+def test_bad_input_is_one_line_and_a_failure(clip, tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from canvaslab.cli.main import app
+
+    write_frames(tmp_path / "frames", clip.frames[:3])
+    write_png(tmp_path / "m.png", clip.masks[0].astype(np.uint8) * 255)
+    run = CliRunner().invoke(app, ["video", "inpaint", *[a.format(tmp=tmp_path) for a in args]])
+    assert run.exit_code not in (0, None)
+    assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.png"))
+
+
+def test_track_then_inpaint_with_the_saved_masks(tmp_path):
+    clip = synthetic_clip(photo("coffee.png"), photo("chelsea.png"), frames=8, size=(192, 128), speed=2.0)
+    frames = write_frames(tmp_path / "frames", clip.frames, [f"{i:06d}" for i in range(8)])
+    write_png(tmp_path / "first.png", clip.masks[0].astype(np.uint8) * 255)
+    run = cli("--json", "video", "track", frames, "--mask", tmp_path / "first.png", "-o", tmp_path / "masks")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["keys"] == [0] and json.loads(run.stdout)["drifting"] == []
+    run = cli("-q", "video", "inpaint", frames, "--mask", tmp_path / "masks", "-o", tmp_path / "out", "--seed", 1)
+    assert run.returncode == 0, run.stderr
+    assert len(read_frames(tmp_path / "out")) == 8
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path):
+    """A real process killed mid-clip: the rerun keeps its finished frames and the video equals an uninterrupted run's."""
+    clip = synthetic_clip(photo("coffee.png"), photo("chelsea.png"), frames=24, size=(192, 128))
+    frames = write_frames(tmp_path / "frames", clip.frames, [f"{i:06d}" for i in range(24)])
+    masks = _masks_folder(tmp_path / "masks", clip.masks)
+    output = tmp_path / "out.mkv"
+    args = ["video", "inpaint", frames, "--mask", masks, "-o", output, "--seed", 3, "--window", 4, "--context", 2]
+    work = tmp_path / ".out.mkv.canvaslab" / "frames"
+    process = subprocess.Popen([sys.executable, "-m", "canvaslab", "-q", *map(str, args)], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and not (work.is_dir() and any(work.glob("*.png"))) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list(work.glob("*.png")))
+    assert 0 < finished < 24 and not output.exists()  # killed mid-way: some frames kept, no video yet
+    run = cli("--json", *args)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["resumed"] >= finished
+    assert not work.parent.exists()  # the work folder goes once the video is written
+    whole = inpaint(frames, masks, tmp_path / "whole", seed=3, window=4, context=2)
+    resumed = read_video(output)["frames"]
+    assert len(resumed) == whole.frames == 24
+    assert all(np.array_equal(a, b) for a, b in zip(resumed, read_frames(tmp_path / "whole")))
