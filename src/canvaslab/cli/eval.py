@@ -213,9 +213,9 @@ class _Progress:
         self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> Any:
-        self.bar.start()
-
         def advance(stage: str, case_id: str, status: str) -> None:
+            if not self.tasks:  # started with the first case: an error before any work stays one line
+                self.bar.start()
             if stage not in self.tasks:
                 self.tasks[stage] = self.bar.add_task(stage, total=self.total)
             self.bar.update(self.tasks[stage], advance=1, description=f"{stage} {status}: {case_id}")
@@ -223,7 +223,8 @@ class _Progress:
         return advance
 
     def __exit__(self, *exc: Any) -> None:
-        self.bar.stop()
+        if self.tasks:  # rich prints a blank line when a bar that never started is stopped
+            self.bar.stop()
 
 
 @app.command("compare")
