@@ -30,5 +30,6 @@ def mask_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "sam2": tiny.save_sam(root / "sam2", "sam2"),
         "clipseg": tiny.save_clipseg(root / "clipseg"),
         "owlvit": tiny.save_owlvit(root / "owlvit"),
+        "owlv2": tiny.save_owlv2(root / "owlv2"),
         "grounding": tiny.save_grounding_dino(root / "grounding-dino"),
     }

@@ -2,7 +2,7 @@
 load them through the same code real checkpoints take (`masks.models.resolve` + from_pretrained).
 
 SAM and SAM-HQ work at 64 px (embeddings 8 x 8, masks 32 x 32), SAM 2 at 64 px too (a 4-stage Hiera of
-8-64 channels); CLIPSeg and OWL-ViT at 32 px with the tiny CLIP tokenizer of the diffusion tests;
+8-64 channels); CLIPSeg, OWL-ViT and OWLv2 at 32 px with the tiny CLIP tokenizer of the diffusion tests;
 Grounding DINO with a 2-block Swin, a 1-layer BERT and a 12-word vocabulary.
 """
 
@@ -107,6 +107,21 @@ def save_owlvit(folder: Path) -> Path:
     OwlViTForObjectDetection(config).eval().save_pretrained(folder)
     image_processor = OwlViTImageProcessorPil(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32})
     OwlViTProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def save_owlv2(folder: Path) -> Path:
+    """OWLv2 pads the image to a square (bottom and right) before resizing: boxes come back in that square."""
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _clip_tokenizer(folder)
+    tokenizer.model_max_length = 16
+    config = Owlv2Config(text_config=_clip_text(tokenizer, 16), vision_config=_CLIP_VISION, projection_dim=16)
+    Owlv2ForObjectDetection(config).eval().save_pretrained(folder)
+    image_processor = Owlv2ImageProcessorPil(size={"height": 32, "width": 32})
+    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 
 

@@ -73,6 +73,8 @@ def replay(
     """
     with console.friendly_errors():
         recipe = read_metadata(image).recipe
+        if recipe and recipe.get("task") == "mask":
+            return _replay_mask(image, recipe, output, source, check)
         if not recipe or recipe.get("task") not in RECIPE_TASKS:
             raise InputError(f"{image} has no canvaslab recipe to replay")
         task = recipe["task"]
@@ -89,7 +91,7 @@ def replay(
         request = build_request(RECIPE_TASKS[task], values)
         # generate has no input image to reopen
         image_in = source or (_recorded(inputs.get("image"), "image", "--image", near) if "image" in inputs else None)
-        mask_in = mask or (_recorded(inputs["mask"], "mask", "--mask", near) if inputs.get("mask") else None)
+        mask_in = mask or (_recorded_mask(inputs["mask"], near, image_in) if inputs.get("mask") else None)
         result = run_task(task, image_in, mask_in, request, max_pixels=_pixels_limit(recipe))
         target = output or image.with_name(f"{image.stem}-replay.png")
         print(result.save(target, metadata=MetadataMode.private if recipe.get("private") else MetadataMode.full))
@@ -144,6 +146,37 @@ def _with_conditioning_images(values: dict[str, Any], inputs: dict[str, Any], ne
     if adapters:
         values["ip_adapter"] = adapters
     return values
+
+
+def _recorded_mask(entry: dict, near: list[Path], image: Path | None) -> Any:
+    """The recorded mask file; when it is gone but `canvaslab mask` made it, the mask made again from its
+    recipe (points, words or rule) on the replay's image."""
+    try:
+        return _recorded(entry, "mask", "--mask", near)
+    except InputError:
+        if not isinstance(entry.get("made"), dict):
+            raise
+    from canvaslab.tasks.mask import remake
+
+    console.info("[yellow]notice:[/] the mask file is gone: making the mask again from its recipe")
+    made = remake(entry["made"], image)
+    return made.mask if made.mask.dtype == bool else made.mask > 0
+
+
+def _replay_mask(image: Path, recipe: dict, output: Path | None, source: Path | None, check: bool) -> None:
+    """`canvaslab replay` of a mask made by `canvaslab mask`: make it again, compare the pixels."""
+    from canvaslab.tasks.mask import remake
+
+    near = [image.resolve().parent, Path.cwd()]
+    inputs = recipe.get("inputs") or {}
+    image_in = source or (_recorded(inputs["image"], "image", "--image", near) if inputs.get("image") else None)
+    result = remake(recipe, image_in)
+    target = output or image.with_name(f"{image.stem}-replay.png")
+    print(result.save(target))
+    same = np.array_equal(np.asarray(load_image(image).rgb[..., 0]), result.grey())
+    console.info("[green]identical pixels[/]" if same else "[red]the pixels differ from the original mask[/]")
+    if check and not same:
+        raise typer.Exit(1)
 
 
 def _recorded_folder(entry: dict, near: list[Path]) -> Path:

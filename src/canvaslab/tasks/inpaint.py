@@ -70,6 +70,8 @@ def inpaint(
         alpha = None if source.alpha is None else np.where(hole, np.uint8(255), source.alpha)
         inputs = {"image": describe_input(image, source), "mask": describe_input(mask) if mask is not None else None,
                   **conditioning_inputs(request)}
+        if inputs["mask"] is not None and (made := mask_made_by(mask)) is not None:
+            inputs["mask"]["made"] = made  # how `canvaslab mask` made it: replay can make it again
         recipe, text = make_recipe("inpaint", request, seed, source.size, inputs)
     return Result(
         image=final, mask=hole, seed=seed, recipe=recipe, parameters=text, alpha=alpha,
@@ -157,3 +159,10 @@ def context_padding(hole: np.ndarray) -> int:
     """The least context a context-needing engine gets around `hole` in an only-masked crop."""
     left, top, right, bottom = bounding_box(hole) or (0, 0, 0, 0)
     return max(MIN_CONTEXT_PX, math.ceil(CONTEXT_FRACTION * max(right - left, bottom - top)))
+
+
+def mask_made_by(mask: ImageInput) -> dict[str, Any] | None:
+    """The recipe a mask file carries when `canvaslab mask` made it (points, words or rule, model, settings)."""
+    from canvaslab.tasks.mask import recipe_of_mask  # here: tasks.mask builds on the batch runner, which runs inpaint
+
+    return recipe_of_mask(mask)

@@ -1081,6 +1081,156 @@ class UnderstandRequest(BaseModel):
         return Generation(model=self.model, dtype=self.dtype.value, device=self.device.value)
 
 
+class AutoMask(str, Enum):
+    """Masks that need no model (canvaslab.masks: damage.py, text.py, watermark.py)."""
+
+    watermark = "watermark"  # what every image of a folder shares (median of their gradients)
+    text = "text"  # lines of letters (strokes -> characters -> lines)
+    damage = "damage"  # thin bright or dark lines: scratches, cracks
+
+
+def _coordinates(value: Any, count: int, what: str) -> Any:
+    """"X,Y" (CLI), [x, y] (JSON) or a tuple -> a tuple of `count` floats; anything else is left to pydantic."""
+    if isinstance(value, str):
+        parts = value.replace(" ", "").split(",")
+        try:
+            numbers = tuple(float(part) for part in parts)
+        except ValueError:
+            raise ValueError(f"{what} must be {count} numbers separated by commas, got {value!r}") from None
+        value = numbers
+    if isinstance(value, (list, tuple)) and len(value) != count:
+        raise ValueError(f"{what} must be {count} numbers, got {len(value)}")
+    return value
+
+
+class MaskRequest(BaseModel):
+    """Make a mask without painting: by points/boxes (Segment Anything), by words (CLIPSeg, or a detector's
+    boxes fed to SAM), or by rule (--auto watermark|text|damage); then refine it. One way per mask."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_assignment=True)
+
+    points: list[tuple[float, float]] = Field(
+        default_factory=list, description="a point on the object, image pixels X,Y (x right, y down), repeatable",
+        json_schema_extra=_panel("Click (Segment Anything)", flag="--point", metavar="X,Y"),
+    )
+    negative_points: list[tuple[float, float]] = Field(
+        default_factory=list, description="a point that is not on the object, X,Y, repeatable",
+        json_schema_extra=_panel("Click (Segment Anything)", flag="--negative-point", metavar="X,Y"),
+    )
+    boxes: list[tuple[float, float, float, float]] = Field(
+        default_factory=list, description="a box around the object, X0,Y0,X1,Y1; several boxes give one mask each, united",
+        json_schema_extra=_panel("Click (Segment Anything)", flag="--box", metavar="X0,Y0,X1,Y1"),
+    )
+    multimask: bool = Field(
+        False, description="let SAM propose three masks and keep the best-scoring one (good for a single click on an "
+        "ambiguous object) instead of its single answer", json_schema_extra=_panel("Click (Segment Anything)"),
+    )
+    model: str | None = Field(
+        None, description="SAM model: alias (sam, sam-large, sam-huge, sam-hq, sam2, sam2-large), transformers folder, "
+        "or hub id in the Hugging Face cache [default: sam]",
+        json_schema_extra=_panel("Click (Segment Anything)", metavar="MODEL"),
+    )
+    text: list[str] = Field(
+        default_factory=list, description="what to mask, in words (\"the spoon\"), repeatable: the mask covers them all",
+        json_schema_extra=_panel("Words", metavar="TEXT"),
+    )
+    text_model: str | None = Field(
+        None, description="model that reads --text: CLIPSeg (clipseg: per-pixel scores) or a detector (owlvit, owlv2, "
+        "grounding-dino: boxes that --model's SAM turns into masks), alias, folder or cached hub id [default: clipseg]",
+        json_schema_extra=_panel("Words", metavar="MODEL"),
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="score a pixel (CLIPSeg) or a box (detector) needs to count [default: 0.4 for "
+        "CLIPSeg, 0.3 for detectors]", json_schema_extra=_panel("Words"),
+    )
+    auto: AutoMask | None = Field(
+        None, description="a mask that needs no model: watermark (what a folder of images shares; with --images), "
+        "text (lines of letters) or damage (scratches, cracks)", json_schema_extra=_panel("Rules"),
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="rule settings as KEY=VALUE, repeatable (damage: width, contrast, min_length, "
+        "polarity; text: stroke, contrast, min_height, max_height, min_chars; watermark: sensitivity, floor, close, "
+        "min_area; see docs/masks.md)", json_schema_extra=_panel("Rules", flag="--opt", metavar="KEY=VALUE"),
+    )
+    fill_holes: bool = Field(False, description="fill the holes inside the mask", json_schema_extra=_panel("Refine"))
+    largest: bool = Field(False, description="keep only the largest region", json_schema_extra=_panel("Refine"))
+    shrink: int = Field(0, ge=0, le=512, description="erode the mask by PX (before --grow: shrink then grow removes specks)",
+                        json_schema_extra=_panel("Refine"))
+    grow: int = Field(0, ge=0, le=512, description="dilate the mask by PX", json_schema_extra=_panel("Refine"))
+    invert: bool = Field(False, description="swap fill and keep", json_schema_extra=_panel("Refine"))
+    feather: float = Field(
+        0.0, ge=0, le=512, description="soften the edge by PX on both sides: grey levels (a soft mask for inpaint --soft)",
+        json_schema_extra=_panel("Refine"),
+    )
+    device: Device = Field(Device.auto, description="where mask models run", json_schema_extra=_panel("Model"))
+
+    @field_validator("points", "negative_points", mode="before")
+    @classmethod
+    def _parse_points(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [_coordinates(item, 2, "a point") for item in value]
+        return value
+
+    @field_validator("boxes", mode="before")
+    @classmethod
+    def _parse_boxes(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [_coordinates(item, 4, "a box") for item in value]
+        return value
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _split_text(cls, value: Any) -> Any:
+        return split_joined(value)
+
+    _options_from_pairs = field_validator("options", mode="before")(options_from_pairs)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> MaskRequest:
+        ways = [name for name, given in (
+            ("--point/--box", bool(self.points or self.boxes or self.negative_points)), ("--text", bool(self.text)),
+            ("--auto", self.auto is not None),
+        ) if given]
+        if not ways:
+            raise ValueError("say where the mask is: --point X,Y or --box X0,Y0,X1,Y1 (Segment Anything), --text WORDS, "
+                             "or --auto watermark|text|damage")
+        if len(ways) > 1:
+            raise ValueError(f"give one way to make the mask, not {' and '.join(ways)}")
+        if self.negative_points and not (self.points or self.boxes):
+            raise ValueError("--negative-point says where the object is not: add a --point on it (or a --box around it)")
+        if self.points and len(self.boxes) > 1:
+            raise ValueError("points go with at most one --box: each of several boxes makes a mask of its own")
+        if self.options and self.auto is None:
+            raise ValueError("--opt sets a rule's settings: it goes with --auto")
+        if self.options:
+            from canvaslab.masks import rule_options
+
+            try:
+                rule_options(self.auto.value).model_validate(self.options)  # type: ignore[union-attr]
+            except ValidationError as exc:
+                raise ValueError(f"--auto {self.auto.value} option {describe_validation_error(exc)}") from None  # type: ignore[union-attr]
+        if self.threshold is not None and not self.text:
+            raise ValueError("--threshold applies to --text")
+        if self.text_model is not None and not self.text:
+            raise ValueError("--text-model reads --text: give --text WORDS")
+        if self.auto is not None and self.model is not None:
+            raise ValueError("--auto needs no model: leave --model out")
+        if self.multimask and self.auto is not None:
+            raise ValueError("--multimask picks among SAM's proposals: it does not apply to --auto")
+        for x0, y0, x1, y1 in self.boxes:
+            if not (x0 < x1 and y0 < y1):
+                raise ValueError(f"a box is X0,Y0,X1,Y1 with X0 < X1 and Y0 < Y1, got {_shown_box((x0, y0, x1, y1))}")
+        return self
+
+    def refinement(self) -> dict[str, Any]:
+        """The refine settings (canvaslab.masks.ops.Refinement's fields)."""
+        return {name: getattr(self, name) for name in ("fill_holes", "largest", "shrink", "grow", "invert", "feather")}
+
+
+def _shown_box(box: tuple[float, ...]) -> str:
+    return ",".join(str(_number(v)) for v in box)
+
+
 def field_extra(field: Any) -> dict[str, Any]:
     """A field's canvaslab extras (panel, flag, metavar)."""
     return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}

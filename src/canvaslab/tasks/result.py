@@ -148,4 +148,6 @@ def _private_input(entry: Any) -> Any:
         out["name"], out["path"] = Path(out["path"]).name, None
     if isinstance(out.get("files"), list):
         out["files"] = [_private_input(item) for item in out["files"]]
+    if isinstance(out.get("made"), dict) and isinstance(out["made"].get("request"), dict):
+        out["made"] = private_recipe(out["made"])  # a mask's own recipe names its image too
     return out

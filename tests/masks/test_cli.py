@@ -1,0 +1,148 @@
+"""`canvaslab mask` and `canvaslab mask ops` through the real command (typer's runner, in process):
+what is written, --json, a folder of masks and its resume, mask algebra with known answers, replay of a
+mask, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from canvaslab.cli.main import app
+from masks.test_sam import scene
+from masks.test_task import scratched
+
+
+def run(*args, code: int = 0):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+def grey(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def write_mask(path, box):
+    mask = np.zeros((40, 60), np.uint8)
+    x0, y0, x1, y1 = box
+    mask[y0:y1, x0:x1] = 255
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def test_a_click_writes_the_mask_and_json_tells_what_sam_said(mask_models, tmp_path):
+    image = tmp_path / "photo.png"
+    Image.fromarray(scene(80, 48)).save(image)
+    out = run("--json", "mask", image, "--point", "20,30", "--multimask", "--model", mask_models["sam"],
+              "--device", "cpu", "-o", tmp_path / "m.png", "--preview", tmp_path / "p.png")
+    report = json.loads(out.stdout)
+    assert report["output"] == str(tmp_path / "m.png") and report["size"] == [80, 48]
+    assert len(report["scores"]) == 3 and report["scores"] == sorted(report["scores"], reverse=True)  # candidates, best first
+    assert 0 <= report["coverage"] <= 1
+    mask = grey(tmp_path / "m.png")
+    assert mask.shape == (48, 80) and abs((mask == 255).mean() - report["coverage"]) < 1e-6
+    preview = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).astype(int)
+    original = scene(80, 48).astype(int)
+    np.testing.assert_array_equal(preview[mask == 0], original[mask == 0])  # red only where the mask is
+    info = json.loads(run("--json", "info", tmp_path / "m.png").stdout)
+    assert info["recipe"]["task"] == "mask" and info["recipe"]["request"]["multimask"] is True
+
+
+def test_a_mask_replays_to_identical_pixels(mask_models, tmp_path):
+    image = tmp_path / "photo.png"
+    Image.fromarray(scene(64, 40, seed=7)).save(image)
+    run("mask", image, "--box", "5,5,40,30", "--model", mask_models["sam"], "--device", "cpu", "--grow", "2",
+        "-o", tmp_path / "m.png")
+    replay = run("replay", tmp_path / "m.png", "-o", tmp_path / "again.png", "--check")
+    assert "identical pixels" in replay.output
+    np.testing.assert_array_equal(grey(tmp_path / "again.png"), grey(tmp_path / "m.png"))
+
+
+def test_private_metadata_keeps_no_path(tmp_path):
+    image = tmp_path / "scan.png"
+    Image.fromarray(scratched(0)).save(image)
+    run("mask", image, "--auto", "damage", "--metadata", "private", "-o", tmp_path / "m.png")
+    recipe = json.loads(run("--json", "info", tmp_path / "m.png").stdout)["recipe"]
+    assert recipe["private"] is True and recipe["inputs"]["image"]["path"] is None
+    assert str(tmp_path) not in json.dumps(recipe)
+
+
+def test_one_rule_over_a_folder_and_the_rerun_skips_what_is_done(tmp_path):
+    images, out = tmp_path / "scans", tmp_path / "masks"
+    images.mkdir()
+    for index in range(3):
+        Image.fromarray(scratched(index)).save(images / f"s{index}.png")
+    first = run("mask", "--images", images, "--auto", "damage", "--opt", "contrast=20", "--out", out)
+    assert sorted(p.name for p in out.iterdir()) == ["s0.png", "s1.png", "s2.png"]
+    assert "3" in first.output
+    (out / "s1.png").unlink()
+    before = (out / "s0.png").stat().st_mtime_ns
+    run("mask", "--images", images, "--auto", "damage", "--opt", "contrast=20", "--out", out)
+    assert (out / "s1.png").exists() and (out / "s0.png").stat().st_mtime_ns == before
+
+
+def test_watermark_over_a_folder_is_one_mask(tmp_path):
+    images = tmp_path / "stock"
+    images.mkdir()
+    for index in range(3):
+        Image.fromarray(scene(40, 30, seed=index)).save(images / f"{index}.png")
+    run("mask", "--images", images, "--auto", "watermark", "-o", tmp_path / "wm.png")
+    assert grey(tmp_path / "wm.png").shape == (30, 40)
+
+
+def test_mask_ops_union_intersect_subtract_and_refine(tmp_path):
+    a = write_mask(tmp_path / "a.png", (10, 10, 30, 30))
+    b = write_mask(tmp_path / "b.png", (20, 20, 40, 35))
+    expected_a, expected_b = grey(a) == 255, grey(b) == 255
+    for flag, expected in (("--union", expected_a | expected_b), ("--intersect", expected_a & expected_b),
+                           ("--subtract", expected_a & ~expected_b)):
+        run("mask", "ops", a, b, flag, "-o", tmp_path / "r.png")
+        np.testing.assert_array_equal(grey(tmp_path / "r.png") == 255, expected)
+    run("mask", "ops", a, "--invert", "--grow", "0", "-o", tmp_path / "inv.png")
+    np.testing.assert_array_equal(grey(tmp_path / "inv.png") == 255, ~expected_a)
+    run("mask", "ops", a, "--grow", "2", "-o", tmp_path / "g.png")
+    grown = grey(tmp_path / "g.png") == 255
+    assert grown[8, 20] and not grown[7, 20] and grown[20, 31] and not grown[20, 32]
+    black = tmp_path / "black.png"
+    Image.fromarray(np.where(expected_a, 0, 255).astype(np.uint8)).save(black)
+    run("mask", "ops", black, "--mask-mode", "black", "-o", tmp_path / "w.png")
+    np.testing.assert_array_equal(grey(tmp_path / "w.png") == 255, expected_a)  # written white = fill
+
+
+def test_mask_ops_resizes_to_an_image(tmp_path):
+    a = write_mask(tmp_path / "a.png", (15, 10, 45, 30))
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((80, 120, 3), np.uint8)).save(big)
+    run("mask", "ops", a, "--resize-to", big, "-o", tmp_path / "r.png")
+    resized = grey(tmp_path / "r.png") == 255
+    assert resized.shape == (80, 120)
+    ys, xs = np.nonzero(resized)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (30, 89, 20, 59)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["mask", "{image}"], "say where the mask is"),
+    (["mask", "{image}", "--point", "10,10", "--text", "cup"], "one way to make the mask"),
+    (["mask", "{image}", "--point", "500,10", "--model", "{sam}", "--device", "cpu"], "outside the 60x40 image"),
+    (["mask", "{image}", "--auto", "damage", "-o", "{tmp}/m.jpg"], "masks are written as PNG"),
+    (["mask", "{image}", "--auto", "damage", "--out", "{tmp}/o"], "--out is the folder of masks for --images"),
+    (["mask", "--images", "{tmp}", "--auto", "damage", "--out", "{tmp}/o", "-o", "x.png"], "-o names one mask file"),
+    (["mask", "{image}", "--point", "10,10", "--model", "sam"], "is not in the Hugging Face cache"),
+    (["mask", "ops", "{mask}", "{mask}"], "say how to combine them"),
+    (["mask", "ops", "{mask}", "{mask}", "--union", "--subtract"], "combine masks one way"),
+    (["mask", "ops", "{mask}", "--union"], "--union needs at least two masks"),
+    (["mask", "ops", "{tmp}/missing.png", "{mask}", "--union"], "cannot read mask"),
+])
+def test_bad_input_is_one_line_and_nonzero(mask_models, tmp_path, args, message):
+    image = tmp_path / "photo.png"
+    Image.fromarray(scene(60, 40)).save(image)
+    mask = write_mask(tmp_path / "mask.png", (1, 1, 5, 5))
+    values = {"image": image, "mask": mask, "tmp": tmp_path, "sam": mask_models["sam"]}
+    result = CliRunner().invoke(app, [a.format(**values) for a in args])
+    assert result.exit_code in (2, 3), result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0, result.output
