@@ -9,8 +9,8 @@ Everything a clip can make the server do is bounded before it is queued: the upl
 each frame by --max-pixels, the frames x pixels of the processed range by FRAME_BUDGET x --max-pixels,
 the frames held at once (window + 2 x context) by WINDOW_BUDGET x --max-pixels, the clip's length
 (its longest stream, audio included) by MAX_SECONDS, and every size the key frames' engine works at as
-for an image inpaint (`budget.check_work`). A clip's header can lie about its frame count, so decoding
-stops at the budget too; a running job stops at its next frame once --max-job-seconds is spent.
+for an image inpaint (`budget.check_work`). A clip's header can lie about its frame count: decoding stops at
+the end of the range the header gave (and at MAX_FRAMES); a running job stops at its next frame once --max-job-seconds is spent.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ class PreparedVideo:
     mask_is_video: bool
     format: str
     crf: int
-    max_frames: int
 
 
 async def _read_parts(request: Request, max_part: int) -> tuple[Any, bytes | None, bytes | None]:
@@ -156,8 +155,7 @@ def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings:
                           field="window")
     # 3. what the engine works at on a key frame, as for an image (the whole frame a hole but one pixel: the most)
     _check_frame_work(video_request, size, settings)
-    max_frames = (video_request.start or 0) + frames
-    return PreparedVideo(video_request, clip, mask, mask_is_video, fmt, crf, max_frames)
+    return PreparedVideo(video_request, clip, mask, mask_is_video, fmt, crf)
 
 
 def _probe(scratch: Path, clip: bytes, mask: bytes, request: Any, settings: ServerSettings) -> tuple[int, tuple[int, int], bool]:
@@ -223,8 +221,14 @@ def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
             clip.write_bytes(prepared.clip)
             mask = scratch / ("mask.mp4" if prepared.mask_is_video else "mask")
             mask.write_bytes(prepared.mask)
-            yield inpaint(clip, mask, scratch / f"video.{prepared.format}", request=prepared.request, crf=prepared.crf,
-                          metadata=settings.metadata, max_pixels=settings.max_pixels, max_frames=prepared.max_frames)
+            try:
+                result = inpaint(clip, mask, scratch / f"video.{prepared.format}", request=prepared.request,
+                                 crf=prepared.crf, metadata=settings.metadata, max_pixels=settings.max_pixels,
+                                 max_frames=MAX_FRAMES)
+            except CanvaslabError as exc:  # the client sees its parts by name, never the server's folders
+                message = str(exc).replace(str(clip), "the clip").replace(str(mask), "the mask")
+                raise type(exc)(message.replace(str(scratch), "the job's folder")) from None
+            yield result
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
