@@ -272,6 +272,9 @@ CONTRACT = {
     ("POST", "/sdapi/v1/refresh-checkpoints"),
     *(("GET", f"/sdapi/v1/{name}") for name in ("sd-vae", "face-restorers", "realesrgan-models", "prompt-styles",
                                                   "hypernetworks", "latent-upscale-modes")),
+    # the sd-webui-controlnet extension's routes (issue 12)
+    *(("GET", f"/controlnet/{name}") for name in ("version", "model_list", "module_list")),
+    *(("POST", f"/controlnet/{name}") for name in ("detect", "txt2img", "img2img")),
 }
 
 

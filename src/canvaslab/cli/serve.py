@@ -18,6 +18,9 @@ def serve(
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", help="model clients may use (alias, hub id, folder or file), repeatable; the first is the default")] = None,
     engine: Annotated[Optional[str], typer.Option("--engine", help="default engine for requests that name none")] = None,
+    mask_model: Annotated[Optional[list[str]], typer.Option(
+        "--mask-model", help="mask model (SAM, CLIPSeg, OWL-ViT/OWLv2/Grounding DINO folder or cached hub id) clients "
+        "may use by its name for /api/v1/mask and the Select tool, repeatable; the first of each kind is the default")] = None,
     token: Annotated[Optional[str], typer.Option(
         "--token", help="API token every request must carry [default: $CANVASLAB_TOKEN]", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="folder the results are written to")] = Path("canvaslab-server-output"),
@@ -37,6 +40,11 @@ def serve(
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="web origin allowed to call the API from a browser, repeatable [default: none]")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file clients may use by its name, repeatable")] = None,
+    control_model: Annotated[Optional[list[str]], typer.Option(
+        "--control-model", help="ControlNet (folder, file or cached hub id) clients may use by its name, repeatable")] = None,
+    ip_adapter: Annotated[Optional[list[str]], typer.Option(
+        "--ip-adapter", help="IP-Adapter weights file clients may use by its name, repeatable (its image encoder in "
+        "image_encoder/ beside it)")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="worker threads (one per device)")] = 1,
     metadata: Annotated[str, typer.Option(
         "--metadata", help="what results say about how they were made: private (models, LoRAs and inputs by name "
@@ -53,10 +61,11 @@ def serve(
             raise InputError(f"unknown engine {engine!r}: choose one of {', '.join(engine_names())}")
         settings = ServerSettings(
             host=host, port=port, token=token, output=output, engine=engine, models=list(model or []),
-            loras=list(lora or []), allow_downloads=allow_downloads, queue_size=queue_size, max_upload_mb=max_upload_mb,
+            loras=list(lora or []), control_models=list(control_model or []), ip_adapters=list(ip_adapter or []),
+            allow_downloads=allow_downloads, queue_size=queue_size, max_upload_mb=max_upload_mb,
             max_pixels=max_pixels, max_job_seconds=max_job_seconds, request_timeout=request_timeout,
             max_connections=max_connections, cors_origins=list(cors_origin or []), workers=workers,
-            metadata=metadata,
+            metadata=metadata, mask_models=list(mask_model or []),
         )
         run_server(settings)
 

@@ -7,6 +7,10 @@ fields we do not support are logged and ignored, never a crash; errors name the 
 have A1111's shape: {"images": [base64 PNG with the recipe], "parameters": {...}, "info": "<JSON string>"}.
 Routes for what we do not have (VAEs, face restorers, scripts, ...) answer empty lists, as A1111 does
 when nothing is installed, so clients that list them at start-up keep working.
+
+ControlNet and IP-Adapter units come as the sd-webui-controlnet extension takes them (alwayson_scripts.ControlNet
+.args, or the older controlnet_units field) and its routes are under /controlnet (`controlnet_router`): see
+docs/control.md for the field mapping.
 """
 
 from __future__ import annotations
@@ -41,9 +45,12 @@ log = logging.getLogger("canvaslab.server")
 
 MAX_IMAGES = 64
 INPAINTING_FILL = {0: "fill", 1: "original", 2: "latent-noise", 3: "latent-nothing"}
+# The sd-webui-controlnet extension's fields: units in alwayson_scripts.ControlNet.args, or (older clients)
+# in controlnet_units. Held only to the nesting bounds when the body is read (they carry base64 images).
+SCRIPT_FIELDS = {"alwayson_scripts", "controlnet_units"}
 COMMON_FIELDS = {
     "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler_name", "sampler_index", "scheduler",
-    "width", "height", "batch_size", "n_iter", "send_images", "save_images",
+    "width", "height", "batch_size", "n_iter", "send_images", "save_images", *SCRIPT_FIELDS,
 }
 IMG2IMG_FIELDS = COMMON_FIELDS | {
     "init_images", "mask", "mask_blur", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
@@ -56,6 +63,7 @@ A1111_NAMES = {
     "size": "width", "strength": "denoising_strength", "guidance_scale": "cfg_scale", "feather": "mask_blur",
     "padding": "inpaint_full_res_padding", "image": "init_images", "masked_content": "inpainting_fill",
     "mask_mode": "inpainting_mask_invert", "scheduler": "sampler_name",
+    "control": "alwayson_scripts.ControlNet", "ip_adapter": "alwayson_scripts.ControlNet",
 }
 
 
@@ -72,14 +80,21 @@ async def read_body(request: Request, supported: set[str] | None = None) -> dict
     body = parse_json(raw) if raw.strip() else None
     if not isinstance(body, dict):
         raise ClientError("the request body must be a JSON object")
-    unread = set(body) - (supported or set(body)) | IMAGE_FIELDS
+    unread = set(body) - (supported or set(body)) | IMAGE_FIELDS | SCRIPT_FIELDS
     check_field_sizes(body, unread=unread)
     return body
 
 
 def ignored_fields(body: dict[str, Any], supported: set[str]) -> list[str]:
-    """Fields we do not support: logged and reported in `info`, never an error."""
+    """Fields we do not support: logged and reported in `info`, never an error (other alwayson scripts too)."""
     ignored = sorted(key for key in body if key not in supported)
+    scripts = body.get("alwayson_scripts")
+    if "alwayson_scripts" in supported and "alwayson_scripts" in body:
+        if not isinstance(scripts, dict) or not any(name.lower() == "controlnet" for name in scripts):
+            ignored.append("alwayson_scripts")  # nothing in it is read
+        else:
+            ignored += sorted(f"alwayson_scripts.{name}" for name, value in scripts.items()
+                              if name.lower() != "controlnet" and value not in (None, {}, {"args": []}))
     if ignored:
         log.warning("A1111 API: ignoring unsupported field(s) %s", ", ".join(ignored))
     return ignored
@@ -218,8 +233,10 @@ async def txt2img(request: Request) -> dict[str, Any]:
     model = request.app.state.catalogue.current
     if model:
         fields["model"] = model
-    job, dropped = await run_sync(request, "generate", fields, None, None, image_count(body))
-    return response(job, body, fields, sorted({*ignored, *dropped}), model)
+    units, unit_ignored, names = controlnet_units(body, txt2img=True)
+    fields.update(units)
+    job, dropped = await run_sync(request, "generate", fields, None, None, image_count(body), names)
+    return response(job, body, fields, sorted({*ignored, *dropped, *unit_ignored}), model)
 
 
 def a1111_mask(data: bytes, max_pixels: int) -> np.ndarray:
@@ -308,8 +325,10 @@ async def img2img(request: Request) -> dict[str, Any]:
         resize_to = a1111_size(body, settings.max_pixels)
     image, mask = await run_in_threadpool(img2img_inputs, body, settings.max_pixels, resize_to)
     model = request.app.state.catalogue.current if settings.engine in CREATIVE_ENGINES else None
-    job, dropped = await run_sync(request, "inpaint", fields, image, mask, image_count(body))
-    return response(job, body, fields, sorted({*ignored, *dropped}), model)
+    units, unit_ignored, names = controlnet_units(body, txt2img=False)
+    fields.update(units)
+    job, dropped = await run_sync(request, "inpaint", fields, image, mask, image_count(body), names)
+    return response(job, body, fields, sorted({*ignored, *dropped, *unit_ignored}), model)
 
 
 # -- server state ----------------------------------------------------------------------------
@@ -397,9 +416,18 @@ def cmd_flags(request: Request) -> dict[str, Any]:
             "api_auth": None, "canvaslab": __version__}
 
 
-@router.get("/scripts", summary="Scripts (none: script arguments are ignored)")
-def scripts() -> dict[str, list[str]]:
-    return {"txt2img": [], "img2img": []}
+# What the sd-webui-controlnet extension adds to A1111's script list. Clients decide from it whether the
+# extension is there: webuiapi sends `ControlNet: {"args": []}` on calls without units only when it sees
+# "controlnet m2m"; otherwise its shared default dict replays the previous call's units into the next one.
+CONTROLNET_SCRIPTS = ["controlnet", "controlnet m2m"]
+
+
+@router.get("/scripts", summary="Scripts (ControlNet's when the server offers ControlNets or IP-Adapters; "
+            "script arguments are ignored)")
+def scripts(request: Request) -> dict[str, list[str]]:
+    catalogue = request.app.state.catalogue
+    offered = list(CONTROLNET_SCRIPTS) if catalogue.controlnets or catalogue.ip_adapters else []
+    return {"txt2img": offered, "img2img": list(offered)}
 
 
 @router.get("/loras", summary="The server's LoRAs, by name")
@@ -563,3 +591,193 @@ async def png_info(request: Request) -> dict[str, Any]:
         prompt, negative, settings = parse_parameters(text)
         parsed = {"Prompt": prompt, "Negative prompt": negative, **settings}
     return {"info": text, "items": items, "parameters": parsed}
+
+
+# -- ControlNet (the sd-webui-controlnet extension's API) --------------------------------------
+
+controlnet_router = APIRouter(prefix="/controlnet", tags=["AUTOMATIC1111 ControlNet extension"])
+CONTROLNET_VERSION = 2  # the extension's API version clients check
+MAX_UNITS = 8
+UNIT_FIELDS = {"enabled", "image", "input_image", "mask", "module", "model", "weight", "resize_mode", "low_vram",
+               "processor_res", "threshold_a", "threshold_b", "guidance_start", "guidance_end", "control_mode",
+               "guessmode", "pixel_perfect", "hr_option"}
+# Read by the extension, not here: canvaslab always makes maps at the working size (pixel perfect), has no
+# low-VRAM or hires-fix passes. Reported in `info` as ignored, like every field we do not read.
+UNIT_NOT_READ = ("processor_res", "low_vram", "hr_option", "pixel_perfect")
+RESIZE_MODES = {0: "resize", 1: "crop", 2: "fill", "just resize": "resize", "crop and resize": "crop",
+                "resize and fill": "fill", "scale to fit (inner fit)": "fill", "inner fit (scale to fit)": "fill",
+                "envelope (outer fit)": "crop", "outer fit (shrink to fit)": "crop"}
+CONTROL_MODES = {0: "balanced", 1: "prompt", 2: "control", "balanced": "balanced",
+                 "my prompt is more important": "prompt", "controlnet is more important": "control"}
+NO_MODEL = ("", "none", "None")
+
+
+def _unit_list(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(where, unit) for every unit the body carries, by the name the client used."""
+    found: list[tuple[str, Any]] = []
+    scripts = body.get("alwayson_scripts")
+    if isinstance(scripts, dict):
+        script = next((value for name, value in scripts.items() if name.lower() == "controlnet"), None)
+        args = script.get("args") if isinstance(script, dict) else None
+        if script is not None and not isinstance(args, list):
+            raise ClientError("alwayson_scripts.ControlNet must be {\"args\": [unit, ...]}", field="alwayson_scripts")
+        found += [(f"alwayson_scripts.ControlNet.args[{i}]", unit) for i, unit in enumerate(args or [])]
+    if isinstance(body.get("controlnet_units"), list):
+        found += [(f"controlnet_units[{i}]", unit) for i, unit in enumerate(body["controlnet_units"])]
+    if len(found) > MAX_UNITS:
+        raise ClientError(f"{len(found)} ControlNet units; the server takes at most {MAX_UNITS}", field="alwayson_scripts")
+    return found
+
+
+def _choice(value: Any, table: dict[Any, str], where: str, what: str) -> str:
+    key = value.lower() if isinstance(value, str) else value
+    if isinstance(key, bool) or key not in table:
+        raise ClientError(f"{where}: unknown {what} {value!r}", field=where)
+    return table[key]
+
+
+def controlnet_units(body: dict[str, Any], *, txt2img: bool) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """The body's ControlNet units as our request fields (control units and, for ip-adapter modules, IP-Adapters),
+    the unit fields we do not read (named as the client sent them), and our field names -> theirs for errors."""
+    from canvaslab.engines.diffusion.preprocessors import A1111_MODULES, PREPROCESSORS
+
+    control: list[dict[str, Any]] = []
+    adapters: list[dict[str, Any]] = []
+    ignored: list[str] = []
+    names = dict(A1111_NAMES)
+    for where, unit in _unit_list(body):
+        if not isinstance(unit, dict):
+            raise ClientError(f"{where} must be an object (a ControlNet unit)", field=where)
+        if unit.get("enabled") is False or unit.get("model") in NO_MODEL and unit.get("module") in (None, *NO_MODEL):
+            continue
+        ignored += [f"{where}.{key}" for key in sorted(unit) if key not in UNIT_FIELDS or key in UNIT_NOT_READ]
+        model, module = unit.get("model"), str(unit.get("module") or "none")
+        if not isinstance(model, str) or model in NO_MODEL:
+            raise ClientError(f"{where}.model: a unit with module {module!r} needs a ControlNet model "
+                              "(see /controlnet/model_list)", field=f"{where}.model")
+        image = unit.get("image") if unit.get("image") not in (None, "") else unit.get("input_image")
+        if isinstance(image, dict):  # newer extension versions: {"image": ..., "mask": ...}
+            image = image.get("image")
+        if unit.get("mask") not in (None, ""):
+            ignored.append(f"{where}.mask")  # the img2img mask is the one inpainted
+        weight = number(unit, "weight", 1.0, float)
+        if module.lower().startswith("ip-adapter"):
+            if image in (None, ""):
+                raise ClientError(f"{where}.image: an IP-Adapter unit needs a reference image", field=f"{where}.image")
+            names.update({f"ip_adapter.{len(adapters)}{suffix}": where + suffix for suffix in ("", ".model", ".images")})
+            adapters.append({"model": model, "weight": weight, "images": [image]})
+            ignored += [f"{where}.{key}" for key in ("threshold_a", "threshold_b", "guidance_start", "guidance_end",
+                                                     "control_mode", "resize_mode") if key in unit]
+            continue
+        if txt2img and image in (None, ""):
+            raise ClientError(f"{where}.image: txt2img has no input image to control with; send the unit an image",
+                              field=f"{where}.image")
+        ours = A1111_MODULES.get(module, module)
+        setting = {"threshold_a": "a", "threshold_b": "b"}
+        spec: dict[str, Any] = {
+            "model": model, "weight": weight, "preprocessor": ours,
+            "start": number(unit, "guidance_start", 0.0, float), "end": number(unit, "guidance_end", 1.0, float),
+            "mode": _choice(unit.get("control_mode", unit.get("guessmode") and 2 or 0), CONTROL_MODES,
+                            f"{where}.control_mode", "control mode"),
+            "resize": _choice(unit.get("resize_mode", 1), RESIZE_MODES, f"{where}.resize_mode", "resize mode"),
+            **({"image": image} if image not in (None, "") else {}),
+        }
+        for key, slot in setting.items():
+            if unit.get(key) in (None, -1):
+                continue
+            if ours in PREPROCESSORS and getattr(PREPROCESSORS[ours], slot) is not None:
+                spec[key] = number(unit, key, 0.0, float)
+            else:
+                ignored.append(f"{where}.{key}")  # the extension sends 64 whatever the module; this one reads none
+        index = len(control)
+        names.update({f"control.{index}": where, **{f"control.{index}.{ours_key}": f"{where}.{theirs}" for ours_key, theirs in (
+            ("model", "model"), ("image", "image"), ("preprocessor", "module"), ("weight", "weight"),
+            ("start", "guidance_start"), ("end", "guidance_end"), ("threshold_a", "threshold_a"),
+            ("threshold_b", "threshold_b"))}})
+        control.append(spec)
+    fields = {**({"control": control} if control else {}), **({"ip_adapter": adapters} if adapters else {})}
+    return fields, ignored, names
+
+
+@controlnet_router.get("/version", summary="The ControlNet extension API version clients check")
+def controlnet_version() -> dict[str, Any]:
+    return {"version": CONTROLNET_VERSION}
+
+
+@controlnet_router.get("/model_list", summary="The ControlNets (and IP-Adapters) the server offers")
+def controlnet_model_list(request: Request) -> dict[str, Any]:
+    catalogue = request.app.state.catalogue
+    return {"model_list": [*catalogue.controlnets, *catalogue.ip_adapters]}
+
+
+@controlnet_router.get("/module_list", summary="Preprocessors (the extension's names; learned ones are not here)")
+def controlnet_module_list(alias_names: bool = False) -> dict[str, Any]:
+    from canvaslab.engines.diffusion.preprocessors import PREPROCESSORS
+
+    modules = [alias for p in PREPROCESSORS.values() for alias in (p.a1111 or (p.name,))] + ["ip-adapter_clip_sd15"]
+    detail = {
+        p.name: {"model_free": p.name == "none", "sliders": [
+            {"name": s.meaning, "value": s.default, "min": s.low, "max": s.high} for s in (p.a, p.b) if s is not None]}
+        for p in PREPROCESSORS.values()
+    }
+    return {"module_list": modules, "module_detail": detail}
+
+
+DETECT_IMAGES = {"controlnet_input_images", "controlnet_images", "controlnet_masks"}
+DETECT_FIELDS = {"controlnet_module", "controlnet_processor_res", "controlnet_threshold_a", "controlnet_threshold_b",
+                 *DETECT_IMAGES}
+
+
+def detect_maps(body: dict[str, Any], max_pixels: int) -> list[str]:
+    from canvaslab.core.image import encode_image, load_mask
+    from canvaslab.engines.diffusion import preprocessors
+    from canvaslab.errors import InputError
+
+    module = str(body.get("controlnet_module") or "none")
+    images = body.get("controlnet_input_images") or body.get("controlnet_images") or []
+    masks = body.get("controlnet_masks") or []
+    if not isinstance(images, list) or not images or len(images) > MAX_IMAGES:
+        raise ClientError(f"controlnet_input_images must be a list of 1..{MAX_IMAGES} base64 images",
+                          field="controlnet_input_images")
+    if not isinstance(masks, list) or len(masks) > len(images):
+        raise ClientError("controlnet_masks must be a list of base64 masks, at most one per image",
+                          field="controlnet_masks")
+    made = []
+    try:
+        name = preprocessors.preprocessor(module).name
+        a = body.get("controlnet_threshold_a")
+        b = body.get("controlnet_threshold_b")
+        pre = preprocessors.PREPROCESSORS[name]
+        a = number(body, "controlnet_threshold_a", 0.0, float) if pre.a is not None and a not in (None, -1) else None
+        b = number(body, "controlnet_threshold_b", 0.0, float) if pre.b is not None and b not in (None, -1) else None
+        for index, value in enumerate(images):
+            loaded = open_upload(decode_base64_image(value, "controlnet_input_images"), "controlnet_input_images", max_pixels)
+            mask = None
+            if index < len(masks) and masks[index]:
+                mask_data = decode_base64_image(masks[index], "controlnet_masks")
+                mask = load_mask(open_upload(mask_data, "controlnet_masks", max_pixels).rgb, size=loaded.size)
+            out = preprocessors.run(name, loaded.rgb, mask=mask, threshold_a=a, threshold_b=b)
+            made.append(base64.b64encode(encode_image(out, format="png")).decode())
+    except InputError as exc:
+        raise ClientError(str(exc), status=422, field="controlnet_module") from None
+    return made
+
+
+@controlnet_router.post("/detect", summary="Run a preprocessor: the maps a ControlNet would get")
+async def controlnet_detect(request: Request) -> dict[str, Any]:
+    # base64 images are bounded by the upload limits when decoded, not by the text bound
+    body = await read_body(request, DETECT_FIELDS - DETECT_IMAGES)
+    # maps are made at the image's own size (pixel perfect): the extension's processor_res is not read
+    ignored = ignored_fields(body, DETECT_FIELDS - {"controlnet_processor_res"})
+    maps = await run_in_threadpool(detect_maps, body, request.app.state.settings.max_pixels)
+    return {"images": maps, "info": "Success", "canvaslab": {"ignored_fields": ignored}}
+
+
+@controlnet_router.post("/txt2img", summary="The extension's old route: txt2img with controlnet_units")
+async def controlnet_txt2img(request: Request) -> dict[str, Any]:
+    return await txt2img(request)
+
+
+@controlnet_router.post("/img2img", summary="The extension's old route: img2img with controlnet_units")
+async def controlnet_img2img(request: Request) -> dict[str, Any]:
+    return await img2img(request)

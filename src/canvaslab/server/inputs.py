@@ -18,6 +18,8 @@ import base64
 import binascii
 import json
 import math
+import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,7 @@ class Prepared:
     image: bytes | None
     mask: bytes | None
     dropped: list[str] = field(default_factory=list)  # fields left out because the engine does not read them
+    uploads: dict[str, bytes] = field(default_factory=dict)  # control / reference images, by the name the request uses
 
 
 # -- bodies ------------------------------------------------------------------------------------
@@ -183,6 +186,8 @@ class Catalogue:
     def __init__(self, settings: ServerSettings) -> None:
         self.configured = {display_name(m): m for m in settings.models}
         self.loras = {display_name(path): path for path in settings.loras}
+        self.controlnets = {display_name(path): path for path in settings.control_models}
+        self.ip_adapters = {Path(path).stem: path for path in settings.ip_adapters}
         self.current: str | None = settings.models[0] if settings.models else None
         self.offers_aliases = settings.allow_downloads
 
@@ -221,6 +226,21 @@ class Catalogue:
             offered = ", ".join(self.loras) or "none"
             raise ClientError(f"unknown LoRA {name!r}: the server offers {offered}", field="lora")
         return f"{self.loras[name]}:{weight}"
+
+    def resolve_control(self, name: str, field: str = "control") -> str:
+        """The server-side ControlNet a client's name stands for (an A1111 " [hash]" suffix is not part of it)."""
+        name = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name)
+        if name in self.controlnets:
+            return self.controlnets[name]
+        offered = ", ".join(self.controlnets) or "none (start the server with --control-model)"
+        raise ClientError(f"unknown ControlNet {name!r}: the server offers {offered}", field=field)
+
+    def resolve_ip_adapter(self, name: str, field: str = "ip_adapter") -> str:
+        name = Path(re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name)).stem
+        if name in self.ip_adapters:
+            return self.ip_adapters[name]
+        offered = ", ".join(self.ip_adapters) or "none (start the server with --ip-adapter)"
+        raise ClientError(f"unknown IP-Adapter {name!r}: the server offers {offered}", field=field)
 
 
 # -- images ------------------------------------------------------------------------------------
@@ -285,6 +305,61 @@ def refuse_paths(fields: dict[str, Any], catalogue: Catalogue) -> dict[str, Any]
     if isinstance(lora, list):
         fields["lora"] = [catalogue.resolve_lora(str(spec)) for spec in lora]
     return fields
+
+
+def conditioning_uploads(fields: dict[str, Any], catalogue: Catalogue, max_pixels: int) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Control units and IP-Adapters as clients send them: models by the server's names, images as base64 (never
+    paths). The images become uploads named in the request (`control-0.png`, ...), written out when the job runs."""
+    fields, uploads = dict(fields), {}
+    if isinstance(fields.get("control"), list):
+        units = []
+        for index, unit in enumerate(fields["control"]):
+            where = f"control.{index}"
+            if not isinstance(unit, dict):
+                raise ClientError(f"{where} must be an object with model, image, preprocessor, weight, ...", field=where)
+            unit = dict(unit)
+            if isinstance(unit.get("model"), str):
+                unit["model"] = catalogue.resolve_control(unit["model"], f"{where}.model")
+            if unit.get("image") not in (None, ""):
+                data = decode_base64_image(unit["image"], f"{where}.image")
+                open_upload(data, f"{where}.image", max_pixels)
+                unit["image"] = f"control-{index}.png"
+                uploads[unit["image"]] = data
+            else:
+                unit.pop("image", None)
+            units.append(unit)
+        fields["control"] = units
+    if isinstance(fields.get("ip_adapter"), list):
+        adapters = []
+        for index, item in enumerate(fields["ip_adapter"]):
+            where = f"ip_adapter.{index}"
+            if not isinstance(item, dict):
+                raise ClientError(f"{where} must be an object with model, images, weight", field=where)
+            item = dict(item)
+            if isinstance(item.get("model"), str):
+                item["model"] = catalogue.resolve_ip_adapter(item["model"], f"{where}.model")
+            if "encoder" in item:
+                raise ClientError("the IP-Adapter's image encoder is the server's: leave out encoder", field=f"{where}.encoder")
+            images = item.pop("images", item.pop("image", []))
+            names = []
+            for number, value in enumerate(images if isinstance(images, list) else [images]):
+                data = decode_base64_image(value, f"{where}.images")
+                open_upload(data, f"{where}.images", max_pixels)
+                names.append(f"ip-adapter-{index}-{number}.png")
+                uploads[names[-1]] = data
+            item["images"] = names
+            adapters.append(item)
+        fields["ip_adapter"] = adapters
+    return fields, uploads
+
+
+def with_uploads(request: Any, folder: Path) -> Any:
+    """`request` with its control and reference images at their files in `folder`."""
+    control = [u.model_copy(update={"image": str(folder / u.image)}) if u.image else u
+               for u in getattr(request, "control", None) or []]
+    adapters = [a.model_copy(update={"images": [str(folder / name) for name in a.images]})
+                for a in getattr(request, "ip_adapter", None) or []]
+    return request.model_copy(update={"control": control, "ip_adapter": adapters})
 
 
 def with_defaults(task: str, fields: dict[str, Any], settings: ServerSettings, catalogue: Catalogue) -> dict[str, Any]:
@@ -361,6 +436,7 @@ def prepare(
         raise ClientError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}", status=404)
     if not isinstance(fields, dict):
         raise ClientError(f"the request body must be a JSON object, got {type(fields).__name__}")
+    fields, uploads = conditioning_uploads(fields, catalogue, settings.max_pixels)  # base64 images out of the fields
     check_field_sizes(fields, unread=unread)
     fields = with_defaults(task, refuse_paths(fields, catalogue), settings, catalogue)
     dropped: list[str] = []
@@ -392,7 +468,7 @@ def prepare(
         raise
     except CanvaslabError as exc:  # a plan the task itself would refuse (an outpaint of nothing, a missing model)
         raise ClientError(str(exc), status=http_status_of(exc)) from None
-    return Prepared(task, request, image, mask, dropped)
+    return Prepared(task, request, image, mask, dropped, uploads)
 
 
 def check_mask(mask: bytes, image: LoadedImage, max_pixels: int) -> None:
@@ -418,11 +494,15 @@ def task_work(prepared: Prepared, max_pixels: int, count: int = 1) -> Work:
             yield understand(image, request=prepared.request, max_pixels=max_pixels)  # type: ignore[arg-type]
             return
         base = resolve_seed(prepared.request.seed)  # type: ignore[attr-defined]
+        with tempfile.TemporaryDirectory(prefix="canvaslab-uploads-") as folder:
+            for name, data in prepared.uploads.items():  # control and reference images: files for the task
+                (Path(folder) / name).write_bytes(data)
+            ready = with_uploads(prepared.request, Path(folder)) if prepared.uploads else prepared.request
 
-        def make(index: int):  # type: ignore[no-untyped-def]
-            request = prepared.request.model_copy(update={"seed": step_seed(base, index)})
-            return run_task(prepared.task, image, prepared.mask, request, max_pixels)  # type: ignore[arg-type]
+            def make(index: int):  # type: ignore[no-untyped-def]
+                request = ready.model_copy(update={"seed": step_seed(base, index)})
+                return run_task(prepared.task, image, prepared.mask, request, max_pixels)  # type: ignore[arg-type]
 
-        yield from each_result(count, make)
+            yield from each_result(count, make)
 
     return work

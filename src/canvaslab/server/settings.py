@@ -43,6 +43,8 @@ class ServerSettings:
     engine: str | None = None
     models: list[str] = field(default_factory=list)
     loras: list[str] = field(default_factory=list)
+    control_models: list[str] = field(default_factory=list)  # ControlNets clients may name (by file/folder name)
+    ip_adapters: list[str] = field(default_factory=list)  # IP-Adapter weights files clients may name
     allow_downloads: bool = False
     queue_size: int = 64
     max_upload_mb: float = 50.0
@@ -56,6 +58,9 @@ class ServerSettings:
     # What result files and job answers say about how they were made: "private" names the server's
     # models, LoRAs and inputs by name + sha256, never by the server's paths (see core.metadata).
     metadata: str = "private"
+    # Mask models (SAM, CLIPSeg, detectors) clients may name for /api/v1/mask, /sam/* and the Select tool;
+    # the first of each kind is the default. Folders or cached hub ids: never downloaded (masks.models).
+    mask_models: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)

@@ -1,0 +1,165 @@
+"""ControlNet and IP-Adapter over HTTP: the sd-webui-controlnet extension's API as the `webuiapi` client speaks
+it (alwayson_scripts units, the old controlnet_units field, /controlnet/* routes) and the native API's
+`control` / `ip_adapter` fields, on a live server with a tiny SD model, ControlNet and IP-Adapter."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from canvaslab.core.metadata import read_metadata
+
+from .conftest import b64, png_bytes, wait_done
+
+webuiapi = pytest.importorskip("webuiapi", reason="the A1111 client tests need webuiapi (the dev extra)")
+pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):  # type: ignore[no-untyped-def]
+    from diffusion import tiny, tiny_control
+
+    root = tmp_path_factory.mktemp("control-server")
+    return {
+        "sd": tiny.save_pipeline_folder("sd-txt2img", root / "tiny-sd"),
+        "cn": tiny_control.save_controlnet(tiny.build_unet(4), root / "tiny-canny"),
+        "ip": tiny_control.save_ip_adapter(tiny.build_unet(4), root / "ip"),
+    }
+
+
+@pytest.fixture
+def live(make_server, models):  # type: ignore[no-untyped-def]
+    return make_server(engine="diffusion", models=[str(models["sd"])], control_models=[str(models["cn"])],
+                       ip_adapters=[str(models["ip"])])
+
+
+@pytest.fixture(scope="module")
+def picture():  # type: ignore[no-untyped-def]
+    from .conftest import EXAMPLES
+
+    return Image.open(EXAMPLES / "coffee.png").convert("RGB").resize((64, 64), Image.Resampling.LANCZOS)
+
+
+def box_mask() -> tuple[Image.Image, np.ndarray]:
+    fill = np.zeros((64, 64), bool)
+    fill[16:48, 16:48] = True
+    return Image.fromarray((fill * 255).astype(np.uint8)), fill
+
+
+def client_for(live):  # type: ignore[no-untyped-def]
+    return webuiapi.WebUIApi(host="127.0.0.1", port=live.settings.port, steps=2)
+
+
+def img2img(api, picture, mask, **kwargs):  # type: ignore[no-untyped-def]
+    # A fresh alwayson_scripts each call: webuiapi writes the units into its shared default dict, which would
+    # carry them into other test modules' calls.
+    return api.img2img(images=[picture], mask_image=mask, seed=5, denoising_strength=1.0, inpaint_full_res=False,
+                       width=64, height=64, cfg_scale=5, mask_blur=0, alwayson_scripts={}, **kwargs)
+
+
+def test_img2img_with_a_controlnet_unit_through_webuiapi(live, picture):  # type: ignore[no-untyped-def]
+    api = client_for(live)
+    mask, fill = box_mask()
+    plain = np.asarray(img2img(api, picture, mask).image.convert("RGB"))
+    unit = webuiapi.ControlNetUnit(image=picture, module="canny", model="tiny-canny [0123abcd]", weight=1.0,
+                                   threshold_a=80, threshold_b=160, guidance_end=0.9)
+    result = img2img(api, picture, mask, controlnet_units=[unit])
+    out = np.asarray(result.image.convert("RGB"))
+    assert np.array_equal(out[~fill], np.asarray(picture)[~fill])
+    assert not np.array_equal(out, plain)
+    silent = webuiapi.ControlNetUnit(image=picture, module="canny", model="tiny-canny", weight=0.0)
+    assert np.array_equal(np.asarray(img2img(api, picture, mask, controlnet_units=[silent]).image.convert("RGB")), plain)
+    # what the extension reads and we do not is named, never dropped silently
+    ignored = result.info["canvaslab"]["ignored_fields"]
+    assert "alwayson_scripts.ControlNet.args[0].processor_res" in ignored
+    assert "alwayson_scripts.ControlNet.args[0].threshold_a" not in ignored
+    recipe = read_metadata(_png(result.image)).recipe
+    assert recipe["request"]["control"][0] | {"image": None} == {
+        "model": "tiny-canny", "weight": 1.0, "image": None, "preprocessor": "canny", "start": 0.0, "end": 0.9,
+        "mode": "balanced", "resize": "fill", "threshold_a": 80.0, "threshold_b": 160.0}
+    assert 'ControlNet 0: "Module: canny, Model: tiny-canny, Weight: 1' in result.info["infotexts"][0]
+
+
+def _png(image: Image.Image) -> bytes:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for key, value in image.info.items():
+        if isinstance(value, str):
+            info.add_text(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def test_units_without_image_use_the_init_image_and_ip_adapter_units(live, picture):  # type: ignore[no-untyped-def]
+    api = client_for(live)
+    mask, fill = box_mask()
+    own = webuiapi.ControlNetUnit(module="canny", model="tiny-canny")
+    with_init = img2img(api, picture, mask, controlnet_units=[own])
+    explicit = img2img(api, picture, mask, controlnet_units=[webuiapi.ControlNetUnit(image=picture, module="canny",
+                                                                                   model="tiny-canny", resize_mode=1)])
+    assert np.array_equal(np.asarray(with_init.image), np.asarray(explicit.image))
+    adapter = webuiapi.ControlNetUnit(image=picture, module="ip-adapter_clip_sd15", model="ip-adapter_tiny")
+    steered = img2img(api, picture, mask, controlnet_units=[adapter])
+    assert steered.info["canvaslab"]["engine"] == "diffusion"
+    assert 'IP-Adapter 0: "Model: ip-adapter_tiny, Weight: 1' in steered.info["infotexts"][0]
+    after = img2img(api, picture, mask)
+    assert "IP-Adapter" not in after.info["infotexts"][0]
+    assert not np.array_equal(np.asarray(steered.image), np.asarray(after.image))
+
+
+def test_extension_routes_and_the_old_units_field(live, picture):  # type: ignore[no-untyped-def]
+    from canvaslab.engines.diffusion import preprocessors
+
+    api = client_for(live)
+    assert api.controlnet_version() == 2
+    # the extension shows in the script list, so webuiapi clears units on calls without them (see the IP test)
+    assert api.has_controlnet and api.get_scripts()["img2img"] == ["controlnet", "controlnet m2m"]
+    assert api.controlnet_model_list() == ["tiny-canny", "ip-adapter_tiny"]
+    modules = api.controlnet_module_list()
+    assert "canny" in modules and "inpaint_only" in modules and "depth_midas" not in modules
+    detected = api.controlnet_detect([picture], module="canny", threshold_a=50, threshold_b=150)
+    made = np.asarray(detected.image.convert("RGB"))
+    assert np.array_equal(made, preprocessors.run("canny", np.asarray(picture), threshold_a=50, threshold_b=150))
+    assert detected.json["canvaslab"]["ignored_fields"] == ["controlnet_processor_res"]
+    mask, fill = box_mask()
+    unit = webuiapi.ControlNetUnit(image=picture, module="canny", model="tiny-canny")
+    old = img2img(api, picture, mask, controlnet_units=[unit], use_deprecated_controlnet=True)
+    new = img2img(api, picture, mask, controlnet_units=[unit])
+    assert np.array_equal(np.asarray(old.image), np.asarray(new.image))
+
+
+def test_refusals_name_the_unit_field(live, picture):  # type: ignore[no-untyped-def]
+    with live.client() as client:
+        base = {"init_images": [b64(png_bytes(np.asarray(picture)))], "steps": 1, "width": 64, "height": 64}
+        unknown = client.post("/sdapi/v1/img2img", json={**base, "alwayson_scripts": {"ControlNet": {"args": [
+            {"module": "canny", "model": "not-here"}]}}})
+        assert unknown.status_code == 400 and unknown.json()["field"] == "alwayson_scripts.ControlNet.args[0].model"
+        learned = client.post("/sdapi/v1/img2img", json={**base, "alwayson_scripts": {"ControlNet": {"args": [
+            {"module": "depth_midas", "model": "tiny-canny"}]}}})
+        assert learned.status_code == 422 and "torchvision" in learned.json()["error"]
+        assert learned.json()["field"] == "alwayson_scripts.ControlNet.args[0]"
+        no_image = client.post("/sdapi/v1/txt2img", json={"steps": 1, "alwayson_scripts": {"ControlNet": {"args": [
+            {"module": "canny", "model": "tiny-canny"}]}}})
+        assert no_image.status_code == 400 and no_image.json()["field"].endswith(".image")
+
+
+def test_native_api_control_and_ip_adapter_fields(live, picture):  # type: ignore[no-untyped-def]
+    image = b64(png_bytes(np.asarray(picture)))
+    _, fill = box_mask()
+    with live.client() as client:
+        fields = {"image": image, "mask": b64(png_bytes(fill.astype(np.uint8) * 255)), "steps": 2, "seed": 3,
+                  "control": [{"model": "tiny-canny", "image": image, "preprocessor": "canny"}],
+                  "ip_adapter": [{"model": "ip-adapter_tiny", "images": [image], "weight": 0.5}]}
+        job = client.post("/api/v1/inpaint", json=fields).json()
+        done = wait_done(client, job["id"])
+        assert done["status"] == "done", done
+        path = client.post("/api/v1/inpaint", json={**fields, "control": [{"model": "tiny-canny", "image": "/etc/hosts"}]})
+        assert path.status_code == 400 and path.json()["field"] == "control.0.image"
+        encoder = client.post("/api/v1/inpaint", json={**fields, "ip_adapter": [
+            {"model": "ip-adapter_tiny", "images": [image], "encoder": "/tmp"}]})
+        assert encoder.status_code == 400 and encoder.json()["field"] == "ip_adapter.0.encoder"
