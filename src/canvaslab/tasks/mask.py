@@ -54,6 +54,7 @@ class MaskResult:
     scores: list[float] = field(default_factory=list)  # SAM: candidates best first; CLIPSeg: the top score; boxes
     boxes: list[dict[str, Any]] = field(default_factory=list)  # a detector's boxes: xyxy, score, phrase
     cached: bool = False  # SAM reused the image's embedding
+    candidates: list[np.ndarray] = field(default_factory=list)  # SAM's proposals best first, before refining
     notices: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -178,7 +179,7 @@ def _from_prompt(rgb: np.ndarray, request: MaskRequest, cache: Any) -> MaskResul
     seg = segmenter(resolve(request.model or DEFAULT_SAM, want="sam"), _device(request))
     embedding, cached = seg.embed(rgb, cache=cache or EMBEDDINGS)
     proposals = seg.predict(embedding, prompt, multimask=request.multimask)
-    return MaskResult(proposals.best, {}, scores=proposals.scores, cached=cached)
+    return MaskResult(proposals.best, {}, scores=proposals.scores, cached=cached, candidates=proposals.masks)
 
 
 def _from_words(rgb: np.ndarray, request: MaskRequest, cache: Any) -> MaskResult:
@@ -203,7 +204,8 @@ def _from_words(rgb: np.ndarray, request: MaskRequest, cache: Any) -> MaskResult
     seg = segmenter(resolve(request.model or DEFAULT_SAM, want="sam"), device)
     embedding, cached = seg.embed(rgb, cache=cache or EMBEDDINGS)
     proposals = seg.predict(embedding, Prompt(boxes=tuple(box.xyxy for box in boxes)), multimask=request.multimask)
-    return MaskResult(proposals.best, {}, scores=[box.score for box in boxes], boxes=found, cached=cached)
+    return MaskResult(proposals.best, {}, scores=[box.score for box in boxes], boxes=found, cached=cached,
+                      candidates=proposals.masks)
 
 
 # -- folders ---------------------------------------------------------------------------------------
