@@ -61,9 +61,6 @@ class ServerSettings:
     # Mask models (SAM, CLIPSeg, detectors) clients may name for /api/v1/mask, /sam/* and the Select tool;
     # the first of each kind is the default. Folders or cached hub ids: never downloaded (masks.models).
     mask_models: list[str] = field(default_factory=list)
-    # Mask models (SAM, CLIPSeg, detectors) clients may name for /api/v1/mask, /sam/* and the Select tool;
-    # the first of each kind is the default. Folders or cached hub ids: never downloaded (masks.models).
-    mask_models: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
