@@ -1,6 +1,8 @@
 // canvaslab browser UI: a mask editor plus a thin client of the native API (/api/v1).
 // Plain ES module, no build step and no CDN: users reach this page through SSH tunnels on GPU servers.
 
+import { installSelect } from "./select.js";
+
 const $ = (id) => document.getElementById(id);
 
 // Which engines a task runs on (the request models refuse any other); used when /api/v1/engines
@@ -1086,6 +1088,9 @@ function dropTokenFromAddress() {
 function main() {
   dropTokenFromAddress();
   editor = new MaskEditor();
+  installSelect(editor, {
+    api, showError, clearError, isTyping, maskColor: MASK_COLOR, isActive: () => state.task === "inpaint",
+  });
   bindImageInputs();
   bindControls();
   setTask("inpaint");
