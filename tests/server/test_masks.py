@@ -84,6 +84,16 @@ def test_words_and_rules(live):
     assert listed == {"sam": ["tiny-sam"], "text": ["tiny-clipseg", "tiny-gdino"], "aliases": []}
 
 
+def test_the_http_fields_are_the_request_models(live):
+    from canvaslab.tasks.requests import MaskRequest
+
+    with live.client() as client:
+        body = client.get("/openapi.json").json()["paths"]["/api/v1/mask"]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == set(MaskRequest.model_fields) | {"image"} and schema["required"] == ["image"]
+    assert "$ref" not in str(schema)
+
+
 @pytest.mark.parametrize(("body", "status", "message"), [
     ({"points": [[1, 1]] * 65}, 400, "points has 65 items; the server takes at most 64"),
     ({"points": [[1, 1]] * 40, "negative_points": [[2, 2]] * 40}, 422, "at most 64 points in all"),

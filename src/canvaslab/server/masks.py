@@ -203,7 +203,27 @@ def _png(array: np.ndarray, mode: str | None = None) -> str:
 # -- native ------------------------------------------------------------------------------------
 
 
-@router.post("/api/v1/mask", tags=["masks"], summary="Make a mask: points/boxes (SAM), text, or a rule")
+def _body_schema() -> dict[str, Any]:
+    """MaskRequest's JSON schema plus the image, with its enums written in place (for /openapi.json)."""
+    schema = MaskRequest.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        return [inline(item) for item in node] if isinstance(node, list) else node
+
+    schema = inline(schema)
+    schema["properties"] = {"image": {"type": "string", "description": "the image, base64 or a data URL"},
+                            **schema["properties"]}
+    schema["required"] = ["image"]
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+@router.post("/api/v1/mask", tags=["masks"], summary="Make a mask: points/boxes (SAM), text, or a rule",
+             openapi_extra=_body_schema())
 async def make(request: Request) -> dict[str, Any]:
     """Body: `image` (base64 or data URL) and the fields of `canvaslab mask` (points, negative_points, boxes,
     multimask, model, text, text_model, threshold, auto, options, refine fields). Answers the mask as a
