@@ -127,6 +127,20 @@ def test_a_folder_becomes_a_folder_of_masks_resumably(tmp_path):
     assert not stale.exists()
 
 
+def test_one_text_over_a_folder_gives_each_image_its_own_mask(mask_models, tmp_path):
+    images, out = tmp_path / "shelf", tmp_path / "tags"
+    images.mkdir()
+    for index, size in enumerate([(64, 40), (40, 64)]):
+        Image.fromarray(scene(*size, seed=20 + index)).save(images / f"{index}.png")
+    request = MaskRequest(text=["the price tag"], text_model=str(mask_models["clipseg"]), threshold=0.5, device="cpu")
+    report = mask_folder(images, out, request)
+    assert len(report.done) == 2 and not report.failed
+    for index, size in enumerate([(64, 40), (40, 64)]):
+        saved = np.asarray(Image.open(out / f"{index}.png")) == 255
+        assert saved.shape == size[::-1]
+        np.testing.assert_array_equal(saved, make_mask(images / f"{index}.png", request).mask)
+
+
 def test_the_watermark_rule_takes_a_folder_and_makes_one_mask(tmp_path):
     folder = tmp_path / "stock"
     folder.mkdir()

@@ -127,6 +127,42 @@ def test_a_server_without_mask_models_says_how_to_offer_one(make_server):
     assert rule.status_code == 200  # rules need no model
 
 
+def test_a_configured_model_that_cannot_be_read_is_named_without_its_path(make_server, tmp_path):
+    server = make_server(mask_models=[str(tmp_path / "gone" / "my-sam")])
+    with server.client() as client:
+        answer = client.post("/api/v1/mask", json={"image": b64(png_bytes(picture())), "points": [[3, 3]]})
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and "could not read my-sam: see its log" in error and str(tmp_path) not in error
+
+
+def test_one_mask_at_a_time_and_a_bounded_queue(make_server):
+    import time
+
+    from canvaslab.server.masks import MAX_WAITING
+
+    server = make_server(request_timeout=1.0)
+    body = {"image": b64(png_bytes(picture())), "auto": "damage"}
+    with server.client() as client:
+        assert client.post("/api/v1/mask", json=body).status_code == 200
+        state = server.app.state
+        assert state.mask_lock.acquire(blocking=False)  # a long mask is being made
+        try:
+            started = time.monotonic()
+            waited = client.post("/api/v1/mask", json=body)
+            assert waited.status_code == 503 and time.monotonic() - started >= 0.9  # waited its turn, then gave up
+            for _ in range(MAX_WAITING + 1):
+                assert state.mask_waiting.acquire(blocking=False)  # the running one and MAX_WAITING waiting
+            started = time.monotonic()
+            full = client.post("/api/v1/mask", json=body)
+            assert full.status_code == 503 and time.monotonic() - started < 0.5  # refused at once
+            assert "busy making other masks" in full.json()["error"]
+        finally:
+            for _ in range(MAX_WAITING + 1):
+                state.mask_waiting.release()
+            state.mask_lock.release()
+        assert client.post("/api/v1/mask", json=body).status_code == 200  # free again
+
+
 webuiapi = pytest.importorskip("webuiapi", reason="the A1111 client tests need webuiapi (the dev extra)")
 
 

@@ -5,7 +5,7 @@ calls) and the /sam/* routes of the sd-webui-segment-anything extension that `we
 A mask answers at once (no job queue): after the first click on a picture, SAM reuses its embedding,
 which the server keeps for EMBEDDING_TTL seconds after its last use (masks.sam.EmbeddingCache), so the
 next clicks cost only the prompt decoder. Mask work runs one request at a time in a worker thread; a
-request that waits longer than the server's request timeout gets 503.
+request that waits longer than the server's request timeout, or finds MAX_WAITING others waiting, gets 503.
 
 Every field is bounded before any work: the image by the server's pixel limit, points, boxes and phrases
 by count, phrases by length; clients name mask models only by the names the server offers (--mask-model,
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ from canvaslab.server.inputs import (
 from canvaslab.tasks.requests import MaskRequest, describe_validation_error
 
 router = APIRouter()
+log = logging.getLogger("canvaslab.server")
 
 MAX_POINTS = 64  # positive and negative together
 MAX_BOXES = 16
@@ -40,6 +43,7 @@ MAX_PHRASES = 8
 MAX_PHRASE = 200  # characters
 EMBEDDING_TTL = 600.0  # seconds an image's SAM embedding is kept after its last use
 EMBEDDINGS_KEPT = 4  # images
+MAX_WAITING = 4  # requests waiting for the one running; more get 503 at once (each waiting one holds a thread)
 # The extension's own model names, which webuiapi sends by default: they mean "the server's default".
 EXTENSION_SAM = ("sam_vit_h_4b8939.pth", "sam_vit_l_0b3195.pth", "sam_vit_b_01ec64.pth", "sam_hq_vit_h.pth",
                  "sam_hq_vit_l.pth", "sam_hq_vit_b.pth", "mobile_sam.pt")
@@ -64,6 +68,7 @@ class MaskModels:
         self.configured = {display_name(value): value for value in values}
         self.aliases = list(ALIASES) if offer_aliases else []
         self._kinds: dict[str, str] = {}
+        self.unreadable: set[str] = set()  # names of configured models that could not be read (why: the log)
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -88,7 +93,9 @@ class MaskModels:
                 return default
             what = {"sam": "Segment Anything model", "text": "text model (CLIPSeg or a detector)",
                     "dino": "object detector (Grounding DINO, OWL-ViT, OWLv2)"}[want]
-            raise ClientError(f"the server offers no {what}: start it with --mask-model", status=400, field=field)
+            broken = ", ".join(sorted(self.unreadable))
+            why = f" (it could not read {broken}: see its log)" if broken else ""
+            raise ClientError(f"the server offers no {what}{why}: start it with --mask-model", status=400, field=field)
         if name in self.configured:
             return self.configured[name]
         if name in self.aliases:
@@ -102,7 +109,10 @@ class MaskModels:
     def _is(self, value: str, want: str) -> bool:
         try:
             kind = self.kind(value)
-        except Exception:  # noqa: BLE001 - a configured model that does not load is simply not a default
+        except Exception as exc:  # noqa: BLE001 - a configured model that cannot be read is no default; said when asked
+            if Path(value).name not in self.unreadable:
+                log.warning("mask model %s cannot be used: %s", value, " ".join(str(exc).split()))
+            self.unreadable.add(Path(value).name)  # the name only: clients never see the server's paths
             return False
         return kind == want or (want == "text" and kind in ("clipseg", "detector")) or (want == "dino" and kind == "detector")
 
@@ -117,6 +127,7 @@ def _state(request: Request) -> tuple[Any, MaskModels, Any, threading.Semaphore]
         state.mask_models = MaskModels(list(getattr(settings, "mask_models", [])), settings.allow_downloads)
         state.mask_embeddings = EmbeddingCache(size=EMBEDDINGS_KEPT, ttl=EMBEDDING_TTL)
         state.mask_lock = threading.Semaphore(1)
+        state.mask_waiting = threading.BoundedSemaphore(MAX_WAITING + 1)  # the running request and those waiting
     return state.settings, state.mask_models, state.mask_embeddings, state.mask_lock
 
 
@@ -180,10 +191,14 @@ def _request(fields: dict[str, Any]) -> MaskRequest:
 async def _run(request: Request, job: Any) -> Any:
     """`job()` in a worker thread, one mask at a time; 503 when the wait exceeds the request timeout."""
     settings, _, _, lock = _state(request)
+    admitted = request.app.state.mask_waiting
+    busy = ClientError("the server is busy making other masks: try again in a moment", status=503)
+    if not admitted.acquire(blocking=False):
+        raise busy
 
     def locked() -> Any:
         if not lock.acquire(timeout=settings.request_timeout):
-            raise ClientError("the server is busy making other masks: try again in a moment", status=503)
+            raise busy
         try:
             return job()
         except InputError as exc:
@@ -191,7 +206,10 @@ async def _run(request: Request, job: Any) -> Any:
         finally:
             lock.release()
 
-    return await run_in_threadpool(locked)
+    try:
+        return await run_in_threadpool(locked)
+    finally:
+        admitted.release()
 
 
 def _png(array: np.ndarray, mode: str | None = None) -> str:
