@@ -26,7 +26,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "canvaslab", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=ENV)
+                          timeout=300, env=ENV, check=False)
 
 
 def _masks_folder(folder, masks, names=None):
