@@ -21,7 +21,7 @@ pytest.importorskip("diffusers")
 import canvaslab  # noqa: E402
 from canvaslab.engines.base import ControlUnit, Engine  # noqa: E402
 from canvaslab.engines.diffusion import preprocessors  # noqa: E402
-from canvaslab.errors import CanvaslabError, InputError, ModelNotAvailableError  # noqa: E402
+from canvaslab.errors import CanvaslabError, ModelNotAvailableError  # noqa: E402
 from canvaslab.tasks.conditioning import fit  # noqa: E402
 from conftest import write_png  # noqa: E402
 
@@ -214,6 +214,59 @@ def test_sdxl_controlnet_and_union(picture, hole, tiny_folders, nets):
     assert not np.array_equal(first, plain) and np.array_equal(first[~hole], picture[~hole])
     assert not np.array_equal(first, run(picture, hole, folder, control=union[:1]))
     assert np.array_equal(run(picture, hole, folder, control=union), first)
+
+
+@pytest.fixture(scope="module")
+def dit_nets(tmp_path_factory):
+    """SD3 ControlNets (a plain one and an inpainting one) and a FLUX.1 ControlNet of the tiny transformers."""
+    from . import tiny_dit
+
+    root = tmp_path_factory.mktemp("dit-controlnets")
+    sd3, flux = tiny_dit.build_transformer("sd3-txt2img"), tiny_dit.build_transformer("flux-txt2img")
+    return {
+        "sd3": tiny_control.save_dit_controlnet(sd3, root / "cn-sd3"),
+        "sd3-inpaint": tiny_control.save_dit_controlnet(sd3, root / "cn-sd3-inpaint", inpaint=True),
+        "flux": tiny_control.save_dit_controlnet(flux, root / "cn-flux"),
+        "flux-2": tiny_control.save_dit_controlnet(flux, root / "cn-flux-2", seed=7),
+    }
+
+
+@pytest.mark.parametrize("kind,net,preprocessor", [("sd3-txt2img", "sd3-inpaint", "inpaint"),
+                                                   ("flux-txt2img", "flux", "canny")])
+def test_sd3_and_flux_controlnet_inpaint(picture, hole, tiny_dit_folders, dit_nets, kind, net, preprocessor):
+    folder = tiny_dit_folders[kind]
+    plain = run(picture, hole, folder, steps=2)
+    unit = f"{dit_nets[net]}:{{}},preprocessor={preprocessor}"
+    # weight 0 leaves the unit out: the model alone, bit for bit (SD3's control pipeline would start from noise)
+    assert np.array_equal(run(picture, hole, folder, steps=2, control=[unit.format(0)]), plain)
+    half, full = (run(picture, hole, folder, steps=2, control=[unit.format(w)]) for w in (0.5, 1))
+    assert not np.array_equal(half, plain) and not np.array_equal(full, half)
+    assert np.array_equal(full[~hole], picture[~hole]) and np.array_equal(half[~hole], picture[~hole])
+    assert np.array_equal(run(picture, hole, folder, steps=2, control=[unit.format(1)]), full)
+
+
+def test_sd3_and_flux_controlnet_generate_several_units_and_refusals(picture, hole, tiny_dit_folders, dit_nets, tmp_path,
+                                                                      photo):
+    edges = write_png(tmp_path / "photo.png", photo)
+    for kind, net in (("sd3-txt2img", "sd3"), ("flux-txt2img", "flux")):
+        params = dict(model=str(tiny_dit_folders[kind]), steps=2, seed=2, prompt="a cat", size=64)
+        plain = canvaslab.generate(**params).image
+        steered = canvaslab.generate(**params, control=[f"{dit_nets[net]},image={edges},preprocessor=canny"]).image
+        assert not np.array_equal(steered, plain)
+    folder = tiny_dit_folders["flux-txt2img"]
+    one = run(picture, hole, folder, steps=2, control=[f"{dit_nets['flux']},preprocessor=canny"])
+    both = run(picture, hole, folder, steps=2, control=[f"{dit_nets['flux']},preprocessor=canny",
+                                                        f"{dit_nets['flux-2']}:0.7,preprocessor=blur,end=0.5"])
+    assert not np.array_equal(both, one) and np.array_equal(both[~hole], picture[~hole])
+    sd3 = tiny_dit_folders["sd3-txt2img"]
+    assert "inpainting ControlNets only" in one_line(lambda: run(picture, hole, sd3, control=[
+        f"{dit_nets['sd3']},preprocessor=canny"]))
+    assert "not generate" in one_line(lambda: canvaslab.generate(
+        model=str(sd3), steps=1, size=64, control=[f"{dit_nets['sd3-inpaint']},image={edges}"]))
+    assert "balanced only" in one_line(lambda: run(picture, hole, folder, control=[
+        f"{dit_nets['flux']},preprocessor=canny,mode=prompt"]))
+    assert "SD3ControlNetModel, which does not fit" in one_line(lambda: run(picture, hole, folder, control=[
+        str(dit_nets["sd3"])]))
 
 
 def test_generate_with_a_control_image(tiny_folders, nets, tmp_path, photo):

@@ -100,3 +100,42 @@ def save_ip_adapter(unet: UNet2DConditionModel, folder: Path, *, name: str = "ip
     if with_encoder:
         build_image_encoder().save_pretrained(folder / "image_encoder")
     return folder / name
+
+
+# -- transformer families (SD3, FLUX.1) ---------------------------------------------------------
+#
+# Their ControlNets copy the first transformer blocks (`from_transformer`, as the released ones start); the
+# output projections after each block and the control image's input embedding are zero-initialised, so they
+# are re-seeded like the UNet ControlNets' zero convolutions.
+
+DIT_ZERO_LAYERS = ("controlnet_blocks", "controlnet_single_blocks", "pos_embed_input", "controlnet_x_embedder")
+
+
+def build_dit_controlnet(transformer: torch.nn.Module, *, inpaint: bool = False, seed: int = SEED) -> torch.nn.Module:
+    """An SD3 ControlNet (`inpaint`: the inpainting kind, whose input is the masked image's latents + the mask,
+    one extra channel) or a FLUX.1 ControlNet of the tiny `transformer`."""
+    from diffusers import FluxControlNetModel, SD3ControlNetModel
+
+    torch.manual_seed(seed)
+    if type(transformer).__name__ == "SD3Transformer2DModel":
+        # the first blocks only, as the released ones (the last transformer block is context-pre-only)
+        net = SD3ControlNetModel.from_transformer(transformer, num_layers=transformer.config.num_layers - 1,
+                                                  num_extra_conditioning_channels=1 if inpaint else 0)
+    else:
+        if inpaint:
+            raise ValueError("FLUX.1 inpainting ControlNets need their own pipeline; build a plain one")
+        config = transformer.config
+        net = FluxControlNetModel.from_transformer(
+            transformer, num_layers=config.num_layers, num_single_layers=config.num_single_layers,
+            attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.startswith(DIT_ZERO_LAYERS):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return net.eval()
+
+
+def save_dit_controlnet(transformer: torch.nn.Module, folder: Path, *, inpaint: bool = False, seed: int = SEED) -> Path:
+    build_dit_controlnet(transformer, inpaint=inpaint, seed=seed).save_pretrained(folder)
+    return folder

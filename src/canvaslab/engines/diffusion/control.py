@@ -149,6 +149,16 @@ def clear_controlnet_cache() -> None:
 # -- the pipeline ------------------------------------------------------------------------------
 
 
+def without_silent_units(generation: Generation) -> Generation:
+    """`generation` without its units of weight 0. Such a unit adds nothing; leaving it out (its ControlNet
+    not even loaded) makes weight 0 the run without it bit for bit, also where the control pipeline differs
+    from the plain one (SD3's inpainting ControlNet pipeline starts from noise, FLUX.1's encodes differently)."""
+    import dataclasses
+
+    units = tuple(unit for unit in generation.control if unit.weight != 0)
+    return generation if len(units) == len(generation.control) else dataclasses.replace(generation, control=units)
+
+
 def check_units(units: Sequence[ControlUnit], family: Any, task: str, label: str) -> None:
     """What a request's units ask, checked before anything loads: the family runs ControlNets for the task,
     modes it has, preprocessors and their settings."""
@@ -187,6 +197,7 @@ def control_pipeline(pipe: Any, info: Any, task: str, generation: Generation, *,
     if all(union) and len(nets) > 1:
         raise InputError("one ControlNet Union model runs several control types at once; give every unit the same "
                          "Union model")
+    _check_kinds(nets, units, family, task)
     class_name = family.control_pipeline_class_name(info, task, union=all(union), label=label)
     key = (class_name, tuple(id(net) for net in nets))
     derived: OrderedDict = pipe.__dict__.setdefault("_canvaslab_control", OrderedDict())
@@ -219,6 +230,24 @@ def _distinct_nets(units: Sequence[ControlUnit], family: Any, generation: Genera
         nets.append(net)
         index.append(len(nets) - 1)
     return nets, index
+
+
+def _check_kinds(nets: Sequence[Any], units: Sequence[ControlUnit], family: Any, task: str) -> None:
+    """ControlNets the family's pipeline for `task` cannot feed, refused before anything runs."""
+    if any(getattr(net.config, "num_mode", None) for net in nets):  # FLUX.1 Union (InstantX): its own mode table
+        raise InputError(f"{family.label} ControlNet Union models are not driven by canvaslab yet; use a single-type "
+                         f"{family.label} ControlNet (canny, depth, ...)")
+    if family.control_inpaint != "mask":
+        return
+    # SD3: an inpainting ControlNet reads the masked image's latents plus the mask (one extra channel)
+    inpainting = [bool(getattr(net.config, "extra_conditioning_channels", 0)) for net in nets]
+    if task == "inpaint" and not all(inpainting):
+        raise InputError(f"{family.label} inpaints with inpainting ControlNets only (e.g. alimama-creative/"
+                         f"SD3-Controlnet-Inpainting, preprocessor inpaint), and {units[inpainting.index(False)].model} "
+                         "is not one: use it with generate")
+    if task != "inpaint" and any(inpainting):
+        raise InputError(f"{units[inpainting.index(True)].model} is an inpainting ControlNet: it runs with inpaint and "
+                         "outpaint, not generate")
 
 
 def _check_fits(net: Any, denoiser: Any, spec: str, family: Any) -> None:
@@ -262,6 +291,8 @@ def control_arguments(pipe: Any, info: Any, task: str, generation: Generation, i
             raise InputError("the units of one ControlNet Union model share one weight (diffusers scales the model, "
                              "not each control type): give them the same weight")
         arguments["controlnet_conditioning_scale"] = units[0].weight
+    if not union and not one and "control_mode" in call:
+        arguments["control_mode"] = [-1] * len(units)  # FLUX.1 Multi-ControlNet zips the nets with a mode each
     if "guess_mode" in call and units[0].mode == "control":
         arguments["guess_mode"] = True
     if family.control_inpaint == "mask" and task == "inpaint":
@@ -317,16 +348,23 @@ def control_map(unit: ControlUnit, image: np.ndarray, mask: np.ndarray | None, f
 
 
 @contextlib.contextmanager
-def control_modes(pipe: Any, units: Sequence[ControlUnit]) -> Iterator[None]:
+def control_modes(pipe: Any, units: Sequence[ControlUnit], seed: int) -> Iterator[None]:
     """While running: units in mode `prompt` have their ControlNet's residuals scaled down from the middle
-    block outwards (hooks on those ControlNets, removed afterwards)."""
+    block outwards (hooks on those ControlNets, removed afterwards); torch's global generator seeded from
+    `seed` and restored after, since SD3's ControlNet pipelines encode the control image by sampling the
+    VAE's latent distribution without the call's generator (the same seed would give another image)."""
+    import torch
+
     nets = pipe.controlnet.nets if hasattr(pipe.controlnet, "nets") else [pipe.controlnet]
     hooks = []
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
-        for net, unit in zip(nets, units):
-            if unit.mode == "prompt":
-                hooks.append(net.register_forward_hook(_soft_injection))
-        yield
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for net, unit in zip(nets, units):
+                if unit.mode == "prompt":
+                    hooks.append(net.register_forward_hook(_soft_injection))
+            yield
     finally:
         for hook in hooks:
             hook.remove()

@@ -17,6 +17,7 @@ import numpy as np
 
 from canvaslab.engines.base import Generation
 from canvaslab.engines.base import EngineOptions
+from canvaslab.engines.diffusion.control import without_silent_units
 from canvaslab.engines.diffusion.engine import conditioning_arguments, model_info, prepared_pipeline, run_pipeline
 from canvaslab.errors import InputError
 
@@ -29,6 +30,7 @@ def generate_image(
     options: EngineOptions | None = None,
 ) -> np.ndarray:
     """A `height` x `width` x 3 uint8 image painted from `generation.prompt`."""
+    generation = without_silent_units(generation)
     pipe = prepared_pipeline(generation, "txt2img", config=config, default_model=GENERATE_MODEL,
                              quantize=getattr(options, "quantize", None))
     info = model_info(generation, config, GENERATE_MODEL)

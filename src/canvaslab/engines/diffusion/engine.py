@@ -24,6 +24,7 @@ from canvaslab.core.notices import notice
 from canvaslab.core.progress import listening, report_progress
 from canvaslab.errors import CanvaslabError, EngineError, InputError
 from canvaslab.engines.base import Engine, EngineOptions, Generation
+from canvaslab.engines.diffusion.control import without_silent_units
 from canvaslab.engines.diffusion.schedulers import make_scheduler, sampler_arguments, scheduler_spec
 from canvaslab.engines.diffusion.tiling import with_tiling
 
@@ -110,6 +111,7 @@ class DiffusionEngine(Engine):
         from PIL import Image
 
         config = source_config(options)
+        generation = without_silent_units(generation)
         pipe = prepared_pipeline(generation, "inpaint", config=config, default_model=DEFAULT_MODEL,
                                  quantize=getattr(options, "quantize", None))
         info = model_info(generation, config, DEFAULT_MODEL)
@@ -190,7 +192,7 @@ def run_pipeline(pipe: Any, info: Any, generation: Generation, task: str, argume
     }
     if arguments.get("strength", 1.0) < 1.0 and "strength" not in call:
         notice(f"{type(pipe).__name__} has no denoising strength: --strength is ignored (it runs at 1)")
-    with conditioned(pipe, generation):
+    with conditioned(pipe, generation, seed):
         result = with_tiling(pipe, generation.tiling, seed=seed)(**{k: v for k, v in arguments.items() if k in call})
     if np.isnan(result.images[0]).any():
         # Cast to uint8, NaN turns black without a word: say what happened instead.
@@ -234,13 +236,13 @@ def conditioning_arguments(pipe: Any, info: Any, task: str, generation: Generati
     return arguments
 
 
-def conditioned(pipe: Any, generation: Generation) -> Any:
+def conditioned(pipe: Any, generation: Generation, seed: int) -> Any:
     """While the pipeline runs: the control modes that hook into ControlNets (nothing without units)."""
     if not generation.control:
         return contextlib.nullcontext()
     from canvaslab.engines.diffusion.control import control_modes
 
-    return control_modes(pipe, generation.control)
+    return control_modes(pipe, generation.control, seed)
 
 
 def step_callback(pipe: Any, steps: int, then: Any = None) -> dict[str, Any]:

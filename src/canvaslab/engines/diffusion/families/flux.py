@@ -43,6 +43,13 @@ class Flux(TransformerFamily):
         ("txt2img", "inpaint"): "FluxInpaintPipeline",  # latent blending
         ("inpaint", "inpaint"): "FluxFillPipeline",
     }
+    # ControlNets (InstantX / XLabs / Shakker-Labs FLUX.1 ControlNets) on dev/schnell; Fill has none in diffusers.
+    # Inpaint blends latents like FluxInpaintPipeline; the inpaint preprocessor blacks out the hole.
+    control_pipelines = {
+        ("txt2img", "txt2img"): "FluxControlNetPipeline",
+        ("txt2img", "inpaint"): "FluxControlNetInpaintPipeline",
+    }
+    controlnet_classes = ("FluxControlNetModel",)
     aliases = (
         ModelAlias("flux-dev", "black-forest-labs/FLUX.1-dev", "flux", "txt2img", 1024,
                    "FLUX.1 dev, text to image (guidance-distilled); inpaints by latent blending"),

@@ -30,6 +30,8 @@ class FluxKontext(Flux):
         ("edit", "txt2img"): "FluxKontextPipeline",
         ("edit", "inpaint"): "FluxKontextInpaintPipeline",
     }
+    control_pipelines = {}  # FLUX.1's ControlNet pipelines do not take Kontext's reference image
+    controlnet_classes = ()
     aliases = (
         ModelAlias("flux-kontext", "black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext", "edit", 1024,
                    "FLUX.1 Kontext dev: edit an image from an instruction (also masked)"),

@@ -32,6 +32,16 @@ class SD3(TransformerFamily):
         ("txt2img", "txt2img"): "StableDiffusion3Pipeline",
         ("txt2img", "inpaint"): "StableDiffusion3InpaintPipeline",  # latent blending
     }
+    # ControlNets: generate with any SD3 ControlNet; inpaint only with an inpainting one (alimama-creative's
+    # SD3-Controlnet-Inpainting: the masked image's latents + the mask as its input), which the pipeline feeds
+    # from control_image + control_mask; it starts from noise (no denoising strength), the composite keeps
+    # the unmasked pixels
+    control_pipelines = {
+        ("txt2img", "txt2img"): "StableDiffusion3ControlNetPipeline",
+        ("txt2img", "inpaint"): "StableDiffusion3ControlNetInpaintingPipeline",
+    }
+    controlnet_classes = ("SD3ControlNetModel",)
+    control_inpaint = "mask"
     aliases = (
         ModelAlias("sd3-medium", "stabilityai/stable-diffusion-3-medium-diffusers", "sd3", "txt2img", 1024,
                    "Stable Diffusion 3 medium; inpaints by latent blending"),
