@@ -11,7 +11,8 @@ Conventions (every number is computed on uint8 RGB, 0..255, the reference as gro
   sigma=1.5, use_sample_covariance=False, data_range=255)`. `ssim` is its mean map without the 5-px
   border (as scikit-image reports it); `ssim_hole` is the channel-mean map averaged over hole pixels.
 - L1: mean absolute difference on a 0..1 scale.
-- detail: gradient energy (mean squared Sobel magnitude of the grey image) of the result over the
+- detail: gradient energy (mean squared 3x3 Sobel magnitude of the grey image, ITU-R 601 luma
+  0.299 R + 0.587 G + 0.114 B, reflected borders) of the result over the
   hole, divided by the reference's: 1 is as much texture as the real photo, blur scores low.
 - seam: mean |G(result) - G(reference)| over pixels within 3 px of the hole boundary (inside and
   out; the image border is not a boundary), divided by the reference's mean G there; 0 is ideal.
@@ -54,21 +55,33 @@ def _blur(x: np.ndarray) -> np.ndarray:
 def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-pixel, per-channel SSIM of two HxWxC images (0..255), float32."""
     # Centring keeps E[x^2] - E[x]^2 accurate in float32 (variance does not change with a shift).
-    x = a.astype(np.float32) - 127.5
-    y = b.astype(np.float32) - 127.5
-    mu_x, mu_y = _blur(x), _blur(y)
-    mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
-    var_x = _blur(x * x) - mu_xx
-    var_y = _blur(y * y) - mu_yy
-    cov = _blur(x * y) - mu_xy
-    # The means are shifted too: add the shift back where SSIM uses them directly.
-    m_x, m_y = mu_x + 127.5, mu_y + 127.5
-    luminance = (2 * m_x * m_y + _C1) / (m_x * m_x + m_y * m_y + _C1)
-    return luminance * (2 * cov + _C2) / (var_x + var_y + _C2)
+    x = np.subtract(a, 127.5, dtype=np.float32)
+    y = np.subtract(b, 127.5, dtype=np.float32)
+    mu_x, mu_y, xx, yy, xy = (_blur(v) for v in (x, y, x * x, y * y, x * y))
+    # in place from here: fresh 512x512x3 temporaries cost as much as the arithmetic
+    cov = np.subtract(xy, mu_x * mu_y, out=xy)  # E[xy] - E[x]E[y]
+    variances = np.add(xx, yy, out=xx)
+    variances -= mu_x * mu_x
+    variances -= mu_y * mu_y
+    mu_x += 127.5  # the means are shifted too: add the shift back where SSIM uses them directly
+    mu_y += 127.5
+    numerator = mu_x * mu_y
+    numerator *= 2
+    numerator += _C1
+    np.multiply(mu_x, mu_x, out=mu_x)
+    mu_x += mu_y * mu_y
+    mu_x += _C1  # the luminance term's denominator
+    cov *= 2
+    cov += _C2
+    variances += _C2
+    numerator *= cov
+    mu_x *= variances
+    numerator /= mu_x
+    return numerator
 
 
 def sobel_magnitude(rgb: np.ndarray) -> np.ndarray:
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    grey = cv2.cvtColor(rgb.astype(np.float32), cv2.COLOR_RGB2GRAY)  # 0.299 R + 0.587 G + 0.114 B, unrounded
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
     # not cv2.magnitude: its SIMD path depends on the buffers' alignment, so one image measured twice
