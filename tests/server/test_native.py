@@ -275,6 +275,9 @@ CONTRACT = {
     # the sd-webui-controlnet extension's routes (issue 12)
     *(("GET", f"/controlnet/{name}") for name in ("version", "model_list", "module_list")),
     *(("POST", f"/controlnet/{name}") for name in ("detect", "txt2img", "img2img")),
+    # masks (issue 14): native, and the sd-webui-segment-anything extension's routes
+    ("POST", "/api/v1/mask"), ("GET", "/api/v1/mask/models"),
+    ("GET", "/sam/heartbeat"), ("GET", "/sam/sam-model"), ("POST", "/sam/sam-predict"), ("POST", "/sam/dino-predict"),
 }
 
 
