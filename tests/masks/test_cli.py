@@ -146,3 +146,20 @@ def test_bad_input_is_one_line_and_nonzero(mask_models, tmp_path, args, message)
     assert result.exit_code in (2, 3), result.output
     assert message in result.output and "Traceback" not in result.output
     assert result.output.strip().count("\n") == 0, result.output
+
+
+def test_every_request_field_has_a_flag_and_the_help_is_torch_free():
+    import subprocess
+    import sys
+
+    import typer
+
+    from canvaslab.tasks.requests import MaskRequest
+
+    make = typer.main.get_command(app).commands["mask"].commands["make"]
+    assert not set(MaskRequest.model_fields) - {p.name for p in make.params}
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom canvaslab.cli.main import app\n"
+            "for args in (['mask', '--help'], ['mask', 'make', '--help'], ['mask', 'ops', '--help']):\n"
+            "    assert CliRunner().invoke(app, args).exit_code == 0\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'scipy') if m in sys.modules))\n")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -163,10 +163,23 @@ def test_one_mask_at_a_time_and_a_bounded_queue(make_server):
         assert client.post("/api/v1/mask", json=body).status_code == 200  # free again
 
 
-webuiapi = pytest.importorskip("webuiapi", reason="the A1111 client tests need webuiapi (the dev extra)")
+def test_the_mask_routes_need_the_token(make_server):
+    server = make_server(token="a-strong-token-0123456789")
+    body = {"image": b64(png_bytes(picture())), "auto": "damage"}
+    with server.client() as client:
+        for path in ("/api/v1/mask", "/sam/sam-predict"):
+            assert client.post(path, json=body).status_code == 401
+        assert client.get("/sam/heartbeat").status_code == 401
+        good = client.post("/api/v1/mask", json=body, headers={"Authorization": "Bearer a-strong-token-0123456789"})
+    assert good.status_code == 200
 
 
-def test_webuiapi_segment_anything_points(live):
+@pytest.fixture
+def webuiapi():
+    return pytest.importorskip("webuiapi", reason="the A1111 client tests need webuiapi (the dev extra)")
+
+
+def test_webuiapi_segment_anything_points(live, webuiapi):
     api = webuiapi.WebUIApi(host="127.0.0.1", port=live.settings.port)
     sam = webuiapi.SegmentAnythingInterface(api)
     assert sam.heartbeat() == {"msg": "Success!"} and sam.get_sam_models() == ["tiny-sam"]
@@ -181,7 +194,7 @@ def test_webuiapi_segment_anything_points(live):
     assert "3 masks" in result.message
 
 
-def test_webuiapi_segment_anything_with_grounding_dino(live):
+def test_webuiapi_segment_anything_with_grounding_dino(live, webuiapi):
     api = webuiapi.WebUIApi(host="127.0.0.1", port=live.settings.port)
     sam = webuiapi.SegmentAnythingInterface(api)
     image = Image.fromarray(picture(96, 64, seed=6))
@@ -192,3 +205,4 @@ def test_webuiapi_segment_anything_with_grounding_dino(live):
     chosen = sam.sam_predict(image, dino_enabled=True, dino_text_prompt="the spoon", dino_box_threshold=0.0,
                              dino_preview_checkbox=True, dino_preview_boxes_selection=[0])
     assert "1 box(es)" in chosen.message
+
