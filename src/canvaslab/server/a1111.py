@@ -707,7 +707,9 @@ def controlnet_version() -> dict[str, Any]:
 @controlnet_router.get("/model_list", summary="The ControlNets (and IP-Adapters) the server offers")
 def controlnet_model_list(request: Request) -> dict[str, Any]:
     catalogue = request.app.state.catalogue
-    return {"model_list": [*catalogue.controlnets, *catalogue.ip_adapters]}
+    # model_list is the extension's (ControlNets and IP-Adapters alike); the browser UI tells them apart
+    return {"model_list": [*catalogue.controlnets, *catalogue.ip_adapters],
+            "canvaslab": {"controlnets": list(catalogue.controlnets), "ip_adapters": list(catalogue.ip_adapters)}}
 
 
 @controlnet_router.get("/module_list", summary="Preprocessors (the extension's names; learned ones are not here)")

@@ -1,6 +1,7 @@
 // canvaslab browser UI: a mask editor plus a thin client of the native API (/api/v1).
 // Plain ES module, no build step and no CDN: users reach this page through SSH tunnels on GPU servers.
 
+import { installControl } from "./control.js";
 import { installSelect } from "./select.js";
 
 const $ = (id) => document.getElementById(id);
@@ -94,7 +95,7 @@ function fieldControl(field) {
     negative_prompt: "negative", steps: "steps", sampling_steps: "steps", guidance_scale: "guidance",
     image_guidance_scale: "image-guidance", strength: "strength", seed: "seed", engine: "engine", model: "model",
     scheduler: "scheduler", width: "width", height: "height", questions: "questions", image: "image-file",
-    mask: "mask-file", expand: "extend-frac", left: "extend-px", right: "extend-px", top: "extend-px", bottom: "extend-px",
+    mask: "mask-file", control: "control-model", expand: "extend-frac", left: "extend-px", right: "extend-px", top: "extend-px", bottom: "extend-px",
   };
   return ids[String(field).split(".")[0]] ? $(ids[String(field).split(".")[0]]) : null;
 }
@@ -449,6 +450,7 @@ class MaskEditor {
 
 const keys = { space: false };
 let editor;
+let control = null; // the Control panel (control.js)
 
 // --- images in: file picker, drop, paste -----------------------------------------------------------
 
@@ -654,6 +656,7 @@ function buildRequest() {
     if (task === "inpaint" || task === "outpaint") body.strength = numberField("strength");
   }
   ({ inpaint: addInpaint, outpaint: addOutpaint, edit: addEdit, generate: addGenerate, understand: addUnderstand })[task](body);
+  if (kind === "diffusion") control?.addTo(body, task);
   return body;
 }
 
@@ -1091,6 +1094,11 @@ function main() {
   installSelect(editor, {
     api, showError, clearError, isTyping, maskColor: MASK_COLOR, isActive: () => state.task === "inpaint",
   });
+  control = installControl({
+    api, showError, clearError, readAsDataURL, inputImage: () => state.image?.url ?? null,
+    mask: () => (editor.coverage() > 0 ? editor.toDataURL() : null),
+  });
+  control.load().then(applyVisibility);
   bindImageInputs();
   bindControls();
   setTask("inpaint");
