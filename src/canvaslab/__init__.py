@@ -9,6 +9,7 @@
     answers = canvaslab.understand("photo.jpg", questions=["What is in the picture?"])  # Show-o
     tile = canvaslab.texture_seamless("wood.jpg", axes="both")  # tiles without a seam
     canvaslab.seam_report(tile.image).seamless                    # True when no seam shows
+    spoon = canvaslab.make_mask("photo.jpg", points=[(320, 240)]).mask  # Segment Anything; also text=, auto=
 
 Names are imported on first use so that `import canvaslab` stays fast.
 """
@@ -28,6 +29,8 @@ _LAZY = {
     "understand": "canvaslab.tasks.understand",
     "texture_seamless": "canvaslab.tasks.texture",
     "seam_report": "canvaslab.core.seams",
+    "make_mask": "canvaslab.tasks.mask",
+    "MaskRequest": "canvaslab.tasks.requests",
     "Result": "canvaslab.tasks.result",
     "InpaintRequest": "canvaslab.tasks.requests",
     "OutpaintRequest": "canvaslab.tasks.requests",

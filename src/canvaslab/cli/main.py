@@ -8,6 +8,8 @@ import typer
 
 from canvaslab import __version__
 from canvaslab.cli import console, control, create, data, doctor, models, paint, serve, texture, tools, train, understand, video
+from canvaslab.cli import eval as evaluate
+from canvaslab.cli import mask as masking
 
 app = typer.Typer(
     name="canvaslab",
@@ -46,6 +48,8 @@ app.add_typer(models.app, name="models", rich_help_panel="Tools")
 app.add_typer(train.app, name="train", rich_help_panel="Training")
 app.add_typer(data.app, name="data", rich_help_panel="Training")
 app.add_typer(texture.app, name="texture", rich_help_panel="Tools")
+app.add_typer(masking.app, name="mask", rich_help_panel="Tools")
+app.add_typer(evaluate.app, name="eval", rich_help_panel="Tools")
 app.add_typer(video.app, name="video", rich_help_panel="Tasks")
 app.add_typer(control.app, name="control", rich_help_panel="Tools")
 

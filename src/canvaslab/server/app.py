@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from canvaslab import __version__
 from canvaslab.errors import CanvaslabError
-from canvaslab.server import a1111, native, video
+from canvaslab.server import a1111, masks, native, video
 from canvaslab.server.inputs import Catalogue, ClientError
 from canvaslab.server.jobs import JobQueue, http_status_of
 from canvaslab.server.security import GuardMiddleware, redact_access_log
@@ -47,7 +47,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.settings, app.state.queue, app.state.catalogue = settings, queue, Catalogue(settings)
     app.include_router(native.router)
     app.include_router(a1111.router)
+    app.include_router(a1111.controlnet_router)
     app.include_router(video.router)
+    app.include_router(masks.router)
     _add_ui(app)
     _add_error_handlers(app)
     _add_component_schemas(app)
