@@ -1,4 +1,4 @@
-"""IP-Adapter image prompts (engines/diffusion/ip_adapter.py) on the tiny SD 1.x and SDXL models.
+"""IP-Adapter image prompts (engines/diffusion/ip_adapter.py) on the tiny SD 1.x, SDXL and FLUX.1 models.
 
 The adapter is a tiny random one in the original file layout with a tiny CLIP vision encoder in
 `image_encoder/` beside it (tiny_control.py), loaded through canvaslab's loader. Checked: weight 0 is
@@ -90,6 +90,33 @@ def test_several_images_adapters_and_controlnets_together(picture, hole, tiny_fo
     assert np.array_equal(run(picture, hole, folder, ip_adapter=[f"{adapters['sd']},image={references[0]}"]), one)
 
 
+def test_flux_adapter_in_xlabs_layout(picture, hole, tiny_dit_folders, references, tmp_path):
+    from . import tiny_dit
+
+    transformer = tiny_dit.build_transformer("flux-txt2img")
+    adapter = tiny_control.save_flux_ip_adapter(transformer, tmp_path / "flux-ip")
+    net = tiny_control.save_dit_controlnet(transformer, tmp_path / "flux-cn")
+    folder = tiny_dit_folders["flux-txt2img"]
+    plain = run(picture, hole, folder, steps=2)
+    spec = f"{adapter}:{{}},image={references[0]}"
+    assert np.array_equal(run(picture, hole, folder, steps=2, ip_adapter=[spec.format(0)]), plain)
+    steered = run(picture, hole, folder, steps=2, ip_adapter=[spec.format(1)])
+    assert not np.array_equal(steered, plain) and np.array_equal(steered[~hole], picture[~hole])
+    params = dict(model=str(folder), steps=2, seed=1, prompt="a cat", size=64)
+    assert not np.array_equal(canvaslab.generate(**params, ip_adapter=[spec.format(1)]).image,
+                              canvaslab.generate(**params).image)
+    # the ControlNet inpaint pipeline shares the transformer and takes no reference image: the adapter loaded
+    # above is unloaded for it, so the result is the ControlNet's alone
+    controlled = run(picture, hole, folder, steps=2, control=[f"{net},preprocessor=canny"])
+    from canvaslab.engines.diffusion import models
+
+    models.clear_pipeline_cache()
+    assert np.array_equal(run(picture, hole, folder, steps=2, control=[f"{net},preprocessor=canny"]), controlled)
+    assert "takes no IP-Adapter" in one_line(lambda: run(picture, hole, folder, steps=1, ip_adapter=[spec.format(1)],
+                                                         control=[f"{net},preprocessor=canny"]), InputError)
+    assert np.array_equal(run(picture, hole, folder, steps=2), plain)
+
+
 def test_generate_records_the_references(tiny_folders, adapters, references, tmp_path):
     from typer.testing import CliRunner
 
@@ -130,7 +157,10 @@ def test_what_is_missing_is_one_sentence(picture, hole, tiny_folders, adapters, 
     assert "does not fit" in one_line(lambda: run(picture, hole, folder, ip_adapter=[
         f"{adapters['sdxl']},image={references[0]}"]), InputError)
     assert np.array_equal(run(picture, hole, folder), plain)  # the failed load left nothing behind
-    assert "Stable Diffusion 1.x/2.x/XL" in one_line(lambda: canvaslab.inpaint(
+    assert "Stable Diffusion 1.x/2.x/XL and FLUX.1" in one_line(lambda: canvaslab.inpaint(
+        picture, hole, model=str(tiny_dit_folders["sd3-txt2img"]), steps=1,
+        ip_adapter=[f"{adapters['sd']},image={references[0]}"]), InputError)
+    assert "does not fit" in one_line(lambda: canvaslab.inpaint(
         picture, hole, model=str(tiny_dit_folders["flux-txt2img"]), steps=1,
         ip_adapter=[f"{adapters['sd']},image={references[0]}"]), InputError)
     assert "ip_adapter.0.images" in one_line(lambda: canvaslab.inpaint(picture, hole, model=str(folder),

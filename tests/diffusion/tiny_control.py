@@ -139,3 +139,36 @@ def build_dit_controlnet(transformer: torch.nn.Module, *, inpaint: bool = False,
 def save_dit_controlnet(transformer: torch.nn.Module, folder: Path, *, inpaint: bool = False, seed: int = SEED) -> Path:
     build_dit_controlnet(transformer, inpaint=inpaint, seed=seed).save_pretrained(folder)
     return folder
+
+
+def flux_ip_adapter_state_dict(transformer: torch.nn.Module, *, seed: int = SEED) -> dict[str, torch.Tensor]:
+    """XLabs' FLUX.1 IP-Adapter layout for the tiny `transformer`: ip_adapter_proj_model.* (the CLIP image
+    embedding to 4 tokens of the text width + a LayerNorm) and, per double block, key/value projections
+    with biases under double_blocks.<k>.processor.ip_adapter_double_stream_{k,v}_proj."""
+    generator = torch.Generator().manual_seed(seed)
+    text = transformer.config.joint_attention_dim
+    hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+
+    def random(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator) * 0.2
+
+    tensors = {
+        "ip_adapter_proj_model.proj.weight": random(text * IP_TOKENS, IMAGE_EMBED),
+        "ip_adapter_proj_model.proj.bias": random(text * IP_TOKENS),
+        "ip_adapter_proj_model.norm.weight": torch.ones(text),
+        "ip_adapter_proj_model.norm.bias": torch.zeros(text),
+    }
+    for block in range(transformer.config.num_layers):
+        for kv in ("k", "v"):
+            prefix = f"double_blocks.{block}.processor.ip_adapter_double_stream_{kv}_proj"
+            tensors[f"{prefix}.weight"] = random(hidden, text)
+            tensors[f"{prefix}.bias"] = random(hidden)
+    return tensors
+
+
+def save_flux_ip_adapter(transformer: torch.nn.Module, folder: Path, *, name: str = "ip_adapter_flux.safetensors") -> Path:
+    """`folder/name` in XLabs' layout + the tiny CLIP vision encoder in `folder/image_encoder/`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(flux_ip_adapter_state_dict(transformer), folder / name)
+    build_image_encoder().save_pretrained(folder / "image_encoder")
+    return folder / name

@@ -10,8 +10,10 @@ encoder is one sentence naming the folder to fill.
 Like LoRAs (lora.py), adapters live in the UNet every pipeline of the cached model shares, so
 `apply_ip_adapters` runs on every call: it loads what is asked, unloads what is not (the UNet's own
 attention comes back, so a run without adapters, or with weight 0, is the model alone bit for bit), and
-gives the calling pipeline the encoder. Stable Diffusion 1.x/2.x/XL only: FLUX.1's and SD3's adapters
-take other encoders and loaders, not built here.
+gives the calling pipeline the encoder. Stable Diffusion 1.x/2.x/XL, and FLUX.1 dev/schnell with XLabs'
+layout (`ip_adapter_proj_model.*` + `double_blocks.<k>.processor.ip_adapter_double_stream_{k,v}_proj.*`, a
+CLIP ViT-L encoder) on the pipelines that take reference images (not Fill, not the ControlNet inpaint
+pipeline). SD3's adapter (a SigLIP encoder and its own resampler) is not built here.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from canvaslab.errors import InputError, ModelNotAvailableError
 _LOADED = "_canvaslab_ip_adapters"  # on the UNet: the key of what is loaded
 _lock = threading.Lock()
 _encoders: dict[tuple, Any] = {}  # (folder, mtime, dtype, device) -> CLIP vision encoder (the last one only)
-IP_FAMILIES = ("sd1", "sd2", "sdxl")
+IP_FAMILIES = ("sd1", "sd2", "sdxl", "flux")
+FAMILY_WORDS = "Stable Diffusion 1.x/2.x/XL and FLUX.1 dev/schnell"
 
 
 def adapter_file(spec: str, *, cache_dir: str | None = None) -> Path:
@@ -79,8 +82,13 @@ def _state_dict(path: Path) -> dict[str, dict[str, Any]]:
             nested: dict[str, dict[str, Any]] = {"image_proj": {}, "ip_adapter": {}}
             for key, tensor in flat.items():
                 group, _, name = key.partition(".")
-                if group in nested:
-                    nested[group][name] = tensor
+                if group in ("image_proj", "ip_adapter_proj_model"):  # the latter: XLabs' FLUX.1 layout
+                    nested["image_proj"][name] = tensor
+                elif group == "ip_adapter":
+                    nested["ip_adapter"][name] = tensor
+                elif group == "double_blocks":  # XLabs: double_blocks.<k>.processor.ip_adapter_double_stream_k_proj.*
+                    name = name.replace("processor.", "").replace("ip_adapter_double_stream_k_proj", "to_k_ip")
+                    nested["ip_adapter"][name.replace("ip_adapter_double_stream_v_proj", "to_v_ip")] = tensor
             return nested
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable or truncated files of either format
@@ -108,16 +116,19 @@ def apply_ip_adapters(pipe: Any, info: Any, adapters: Sequence[ImagePrompt], *, 
                       local_files_only: bool | None = None) -> None:
     """Make `pipe` run with exactly the `adapters` of non-zero weight (and their encoder), or with none."""
     active = [a for a in adapters if a.weight != 0]
-    unet = getattr(pipe, "unet", None)
-    if active and (info.family not in IP_FAMILIES or unet is None or not hasattr(pipe, "load_ip_adapter")):
-        raise InputError(f"IP-Adapters run with Stable Diffusion 1.x/2.x/XL models here; this is a {info.family} "
-                         f"model ({type(pipe).__name__}): leave out --ip-adapter")
+    unet = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)  # the denoiser the adapter goes into
+    if active and info.family not in IP_FAMILIES:
+        raise InputError(f"IP-Adapters run with {FAMILY_WORDS} models here; this is a {info.family} model "
+                         f"({type(pipe).__name__}): leave out --ip-adapter")
+    if active and (unet is None or not hasattr(pipe, "load_ip_adapter")):
+        raise InputError(f"{type(pipe).__name__} takes no IP-Adapter (FLUX.1 Fill and FLUX.1's ControlNet inpaint "
+                         "pipeline have none): leave out --ip-adapter for this run")
     if unet is None:
         return
     with _lock:
         if not active:
             if getattr(unet, _LOADED, None) is not None:
-                pipe.unload_ip_adapter()
+                _unload(pipe)
                 setattr(unet, _LOADED, None)
             return
         files = [adapter_file(a.model, cache_dir=cache_dir) for a in active]
@@ -134,19 +145,39 @@ def apply_ip_adapters(pipe: Any, info: Any, adapters: Sequence[ImagePrompt], *, 
         encoder = _encoder(folder, unet.dtype, unet.device)
         if getattr(unet, _LOADED, None) != key:
             if getattr(unet, _LOADED, None) is not None:
-                pipe.unload_ip_adapter()
+                _unload(pipe)
                 setattr(unet, _LOADED, None)
             _register_encoder(pipe, encoder)
             try:
                 pipe.load_ip_adapter([_state_dict(f) for f in files], subfolder="", weight_name=[f.name for f in files],
-                                     image_encoder_folder=None)
+                                     **_no_encoder_argument(pipe))
             except (ValueError, KeyError, RuntimeError) as exc:
-                pipe.unload_ip_adapter()
+                _unload(pipe)
                 raise InputError(f"IP-Adapter {files[0].name} does not fit this model ({one_line(exc)})") from None
             unet.to(unet.device)
             setattr(unet, _LOADED, key)
         _register_encoder(pipe, encoder)
         pipe.set_ip_adapter_scale([a.weight for a in active])
+
+
+def _unload(pipe: Any) -> None:
+    """The denoiser's own attention back. A FLUX.1 pipeline without the IP-Adapter mixin (the ControlNet inpaint
+    one) shares the transformer an adapter was loaded into by another: the mixin's unloading works on it too."""
+    if hasattr(pipe, "unload_ip_adapter"):
+        pipe.unload_ip_adapter()
+        return
+    from diffusers.loaders import FluxIPAdapterMixin
+
+    FluxIPAdapterMixin.unload_ip_adapter(pipe)
+
+
+def _no_encoder_argument(pipe: Any) -> dict[str, None]:
+    """The loader's argument that says "do not fetch an encoder" (ours is registered): its name differs by mixin."""
+    import inspect
+
+    parameters = inspect.signature(pipe.load_ip_adapter).parameters
+    name = "image_encoder_folder" if "image_encoder_folder" in parameters else "image_encoder_pretrained_model_name_or_path"
+    return {name: None}
 
 
 def _register_encoder(pipe: Any, encoder: Any) -> None:
