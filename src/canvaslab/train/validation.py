@@ -5,6 +5,11 @@ come from `validation.images/masks/prompts` or, when none are given, from the fi
 dataset (centre-cropped to their bucket; masks: the sample's own, else a fixed random one). Each row:
 input (mask shown in white for inpainting), output. Saved as `OUTPUT/validation/step_N.png` and sent
 to every tracker (TensorBoard, Weights & Biases).
+
+Cases with a ground truth are also scored with `canvaslab eval`'s weight-free metrics: inpainting
+against the sample itself (the output composited over it outside the mask, as inference does: hole
+PSNR/SSIM/L1, detail, seam), editing from the dataset against its target (PSNR/SSIM/L1). Per case and
+means in `OUTPUT/validation/step_N.json`, the means to every tracker as `validation/<metric>`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from canvaslab.core.image import atomic_write_bytes
 from canvaslab.data.masks import MaskMixture
 from canvaslab.train.components import Components
 from canvaslab.train.config import TrainConfig
@@ -26,6 +32,7 @@ class Case:
     prompt: str
     images: list[np.ndarray]  # inpaint: [image]; edit: the N conditioning images
     mask: np.ndarray | None = None
+    target: np.ndarray | None = None  # what a perfect output would be (scored when given)
 
 
 def validation_cases(config: TrainConfig, data: Any, layout: Any) -> list[Case]:
@@ -49,16 +56,16 @@ def validation_cases(config: TrainConfig, data: Any, layout: Any) -> list[Case]:
             if config.objective == "inpaint":
                 mask = example.mask if example.mask is not None else _fixed_mask(config, i, size)
             prompt = section.prompts[i % len(section.prompts)] if section.prompts else ""
-            cases.append(Case(prompt, [example.image], mask))
+            cases.append(Case(prompt, [example.image], mask, example.image if mask is not None else None))
         return cases
     for i in range(min(section.count, len(data))):
         example = fit_example(data[i], layout.size(i), np.random.default_rng(0))
         prompt = section.prompts[i % len(section.prompts)] if section.prompts else example.caption
         if config.objective == "inpaint":
             mask = example.mask if example.mask is not None else _fixed_mask(config, i, layout.size(i))
-            cases.append(Case(prompt, [example.image], mask))
+            cases.append(Case(prompt, [example.image], mask, example.image))
         else:
-            cases.append(Case(prompt, list(example.inputs)))
+            cases.append(Case(prompt, list(example.inputs), target=example.image))
     return cases
 
 
@@ -124,13 +131,14 @@ def render_validation(config: TrainConfig, components: Components, accelerator: 
     was_training = unet.training
     unet.eval()
     pipe = build_pipeline(components, unet=unet)
-    rows = []
+    rows, scores = [], []
     try:
         with torch.no_grad():
             for i, case in enumerate(cases):
                 output = run_case(pipe, case, config, config.validation.seed + i)
                 shown = case.images[0] if case.mask is None else mask_overlay(case.images[0], case.mask)
                 rows.append([*([shown] if case.mask is not None else case.images), output])
+                scores.append(score_case(case, output))
     finally:
         unet.train(was_training)
     columns = len(rows[0])
@@ -140,7 +148,38 @@ def render_validation(config: TrainConfig, components: Components, accelerator: 
     path = config.output_dir / "validation" / f"step_{step:06d}.png"
     save_image(path, grid)
     _log_image(accelerator, grid, step)
+    means = write_scores(path.with_suffix(".json"), step, [c.prompt for c in cases], scores)
+    if means and accelerator.trackers:
+        accelerator.log({f"validation/{name}": value for name, value in means.items()}, step=step)
     return path
+
+
+def score_case(case: Case, output: np.ndarray) -> dict[str, float]:
+    """The weight-free eval metrics of one validation output against its ground truth ({} without one)."""
+    from canvaslab.eval.metrics.pixels import full_metrics, hole_metrics
+
+    if case.target is None or output.shape != case.target.shape:
+        return {}
+    if case.mask is None:
+        return full_metrics(output, case.target)
+    if not case.mask.any():
+        return {}
+    composited = np.where(case.mask[..., None], output, case.target)  # outside the mask: the input, as inference
+    values = hole_metrics(composited, case.target, case.mask)
+    return {k: values[k] for k in ("psnr_hole", "ssim_hole", "l1_hole", "detail", "seam")}
+
+
+def write_scores(path: Path, step: int, prompts: list[str], scores: list[dict[str, float]]) -> dict[str, float]:
+    """step_N.json: each case's numbers and their means; returns the means."""
+    import json
+
+    names = dict.fromkeys(name for score in scores for name in score)  # cases without a ground truth have none
+    means = {name: float(np.mean([score[name] for score in scores if name in score])) for name in names}
+    if not means:
+        return {}
+    record = {"step": step, "mean": means, "cases": [{"prompt": p, **s} for p, s in zip(prompts, scores)]}
+    atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode("utf-8"))
+    return means
 
 
 def _short(text: str, limit: int = 40) -> str:
