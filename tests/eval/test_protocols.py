@@ -159,3 +159,12 @@ def test_bad_protocols_are_one_line(photos, tmp_path):
     (tmp_path / "bad" / "protocol.json").write_text("{}")
     with pytest.raises(InputError, match="not a canvaslab protocol"):
         load_manifest(tmp_path / "bad")
+    manifest = build_protocol("lama-box-256", photos, tmp_path / "good")
+    data = json.loads(manifest.path.read_text())
+    for field, value, message in (("id", "../../escape", "without '..'"), ("input", "/etc/passwd", "without '..'"),
+                                  ("id", data["cases"][1]["id"], "appears twice")):
+        broken = json.loads(json.dumps(data))
+        broken["cases"][0][field] = value
+        (tmp_path / "bad" / "protocol.json").write_text(json.dumps(broken))
+        with pytest.raises(InputError, match=message):
+            load_manifest(tmp_path / "bad")

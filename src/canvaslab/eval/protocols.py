@@ -37,7 +37,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -113,7 +113,21 @@ def load_manifest(path: str | Path) -> Manifest:
         raise InputError(f"{file} has protocol format {data.get('canvaslab_protocol')!r}; this canvaslab reads {FORMAT}")
     if manifest.task not in ("inpaint", "edit"):
         raise InputError(f"{file}: task must be inpaint or edit, not {manifest.task!r}")
+    seen: set[str] = set()
+    for case in manifest.cases:
+        # ids name the run's output and score files, paths are read: both stay inside their folders
+        for value in (case.id, case.input, case.reference, case.mask):
+            if value is not None and not _inside(value):
+                raise InputError(f"{file}: case {case.id!r} names {value!r}; ids and paths must be relative, without '..'")
+        if case.id in seen:
+            raise InputError(f"{file}: case id {case.id!r} appears twice")
+        seen.add(case.id)
     return manifest
+
+
+def _inside(relative: str) -> bool:
+    path = PurePosixPath(relative)
+    return bool(relative) and "\\" not in relative and not path.is_absolute() and ".." not in path.parts
 
 
 def write_manifest(manifest: Manifest) -> Path:
