@@ -133,6 +133,17 @@ def test_extension_routes_and_the_old_units_field(live, picture):  # type: ignor
     assert np.array_equal(np.asarray(old.image), np.asarray(new.image))
 
 
+def test_txt2img_with_a_controlnet_unit_through_webuiapi(live, picture):  # type: ignore[no-untyped-def]
+    api = client_for(live)
+    common = dict(prompt="a cup", seed=3, width=64, height=64, cfg_scale=5, alwayson_scripts={})
+    plain = np.asarray(api.txt2img(**common).image)
+    unit = webuiapi.ControlNetUnit(image=picture, module="canny", model="tiny-canny", threshold_a=80, threshold_b=160)
+    steered = api.txt2img(controlnet_units=[unit], **{**common, "alwayson_scripts": {}})
+    assert not np.array_equal(np.asarray(steered.image), plain)
+    assert steered.image.size == (64, 64)
+    assert 'ControlNet 0: "Module: canny, Model: tiny-canny' in steered.info["infotexts"][0]
+
+
 def test_refusals_name_the_unit_field(live, picture):  # type: ignore[no-untyped-def]
     with live.client() as client:
         base = {"init_images": [b64(png_bytes(np.asarray(picture)))], "steps": 1, "width": 64, "height": 64}
