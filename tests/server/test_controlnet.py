@@ -157,6 +157,11 @@ def test_refusals_name_the_unit_field(live, picture):  # type: ignore[no-untyped
         no_image = client.post("/sdapi/v1/txt2img", json={"steps": 1, "alwayson_scripts": {"ControlNet": {"args": [
             {"module": "canny", "model": "tiny-canny"}]}}})
         assert no_image.status_code == 400 and no_image.json()["field"].endswith(".image")
+        image = b64(png_bytes(np.asarray(picture)))
+        many = client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": [image] * 9})
+        assert many.status_code == 400 and many.json()["field"] == "controlnet_input_images"
+        learned = client.post("/controlnet/detect", json={"controlnet_module": "openpose", "controlnet_input_images": [image]})
+        assert learned.status_code == 422 and "torchvision" in learned.json()["error"]
 
 
 def test_native_api_control_and_ip_adapter_fields(live, picture):  # type: ignore[no-untyped-def]

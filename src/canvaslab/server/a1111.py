@@ -738,8 +738,9 @@ def detect_maps(body: dict[str, Any], max_pixels: int) -> list[str]:
     module = str(body.get("controlnet_module") or "none")
     images = body.get("controlnet_input_images") or body.get("controlnet_images") or []
     masks = body.get("controlnet_masks") or []
-    if not isinstance(images, list) or not images or len(images) > MAX_IMAGES:
-        raise ClientError(f"controlnet_input_images must be a list of 1..{MAX_IMAGES} base64 images",
+    # detection runs outside the job queue, so a request holds few images (each within the pixel limit)
+    if not isinstance(images, list) or not images or len(images) > MAX_UNITS:
+        raise ClientError(f"controlnet_input_images must be a list of 1..{MAX_UNITS} base64 images",
                           field="controlnet_input_images")
     if not isinstance(masks, list) or len(masks) > len(images):
         raise ClientError("controlnet_masks must be a list of base64 masks, at most one per image",
