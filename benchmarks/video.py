@@ -167,7 +167,7 @@ def measured_run(clip: str, masks: str, output: str) -> None:
 
 
 def speed(size: tuple[int, int], lengths: list[int]) -> list[dict]:
-    rows = []
+    rows, load = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         for seconds in lengths:
             maker = subprocess.run([sys.executable, __file__, "_write", str(seconds), f"{size[0]}x{size[1]}", scratch],
@@ -181,7 +181,7 @@ def speed(size: tuple[int, int], lengths: list[int]) -> list[dict]:
             rows.append(row)
             print(f"  {seconds} s: {row}", file=sys.stderr)
     print(f"\n{size[0]}x{size[1]} at 25 fps, default settings (propagate, window 24, context 12, flow at 512 px):\n")
-    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+    print(f"load average: {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores\n")
     print("| clip | frames | wall s | CPU s | frames/s (wall) | key frames | peak memory (MB) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
