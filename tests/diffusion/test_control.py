@@ -243,6 +243,10 @@ def test_sd3_and_flux_controlnet_inpaint(picture, hole, tiny_dit_folders, dit_ne
     assert not np.array_equal(half, plain) and not np.array_equal(full, half)
     assert np.array_equal(full[~hole], picture[~hole]) and np.array_equal(half[~hole], picture[~hole])
     assert np.array_equal(run(picture, hole, folder, steps=2, control=[unit.format(1)]), full)
+    # outpaint goes through the same inpaint pipeline, the control image following each step's canvas
+    params = dict(model=str(folder), sampling_steps=2, seed=1, prompt="a cat", right=32)
+    extended = canvaslab.outpaint(picture, control=[unit.format(1)], **params).image
+    assert extended.shape == (64, 112, 3) and not np.array_equal(extended, canvaslab.outpaint(picture, **params).image)
 
 
 def test_sd3_and_flux_controlnet_generate_several_units_and_refusals(picture, hole, tiny_dit_folders, dit_nets, tmp_path,
