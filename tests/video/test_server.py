@@ -117,10 +117,46 @@ def test_mp4_with_a_mask_video_and_a_range(live, uploads, tmp_path):
         assert 10 * np.log10(255**2 / max((diff**2).mean(), 1e-9)) > 33  # within H.264's error at crf 18
 
 
+def _post_frames(client, frames, mask_part, fields=None, **files):
+    parts = [("frame", (f"{i:03d}.png", data)) for i, data in enumerate(frames)] + [("mask", ("mask.png", mask_part))]
+    parts += [(name, (name, data)) for name, data in files.items()]
+    return client.post(ROUTE, files=parts, data={"request": json.dumps(fields or {})})
+
+
+def test_frames_sent_as_images(live, uploads, clip, tmp_path):
+    frames = [_png(frame) for frame in clip.frames]
+    with live.client() as client:
+        submitted = _post_frames(client, frames, uploads["mask"], {"seed": 2, "fps": 12, "format": "mkv"})
+        assert submitted.status_code == 202, submitted.text
+        job = wait_done(client, submitted.json()["id"])
+        assert job["status"] == "done", job["error"]
+        assert job["progress"] == {"step": 12, "total": 12}
+        _, video = _download(client, job, tmp_path, "out.mkv")
+    assert (len(video["frames"]), video["fps"], video["size"]) == (12, Fraction(12), (96, 64))
+    union = uploads["union"]
+    for out, original in zip(video["frames"], clip.frames):  # the frames as sent, bit for bit outside the mask
+        assert np.array_equal(out[~union], original[~union])
+        assert not np.array_equal(out[union], original[union])
+
+
+def test_bad_frame_parts(live, uploads, clip):
+    frames = [_png(frame) for frame in clip.frames[:4]]
+    with live.client() as client:
+        other_size = _post_frames(client, [*frames, _png(clip.frames[4][:32])], uploads["mask"])
+        assert other_size.status_code == 400 and other_size.json()["field"] == "frame"
+        assert "frame part 4 is 96x32, not 96x64" in other_size.json()["error"]
+        junk = _post_frames(client, [*frames, b"GIF89a no"], uploads["mask"])
+        assert junk.status_code == 400 and "frame part 4 is not an image" in junk.json()["error"]
+        both = _post_frames(client, frames, uploads["mask"], clip=uploads["clip"])
+        assert both.status_code == 400 and "not both" in both.json()["error"]
+        twice = _post_frames(client, frames, uploads["mask"], mask=uploads["mask"])
+        assert twice.status_code == 400 and twice.json()["field"] == "mask"
+
+
 @pytest.mark.parametrize("fields, extra, status, field, message", [
     ({"format": "avi"}, {}, 422, "format", "format must be one of"),
     ({"crf": 80}, {}, 422, "crf", "crf must be a whole number"),
-    ({"fps": 30}, {}, 400, "fps", "keeps its own frame rate"),
+    ({"fps": 30}, {}, 400, "fps", "keeps its own frame rate"),  # fps is for frames sent as images
     ({"tiling": "x"}, {}, 422, None, "--tiling does not apply to video"),
     ({"sneaky": 1}, {}, 422, "sneaky", None),
     ({"frames": "/etc"}, {}, 400, "frames", "clients cannot set"),

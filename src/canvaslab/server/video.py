@@ -1,8 +1,9 @@
 """POST /api/v1/video/inpaint: remove an object from a clip as a job (progress in frames, cancel, result file).
 
-Multipart only (a clip is binary and large): a file part `clip` (a video file), a file part `mask` (one
-image for every frame, or a mask video) and a text part `request` (the `VideoInpaintRequest` fields as
-JSON, plus the output's `format` (mp4, webm, mkv, gif) and `crf`). The job is followed like any other
+Multipart only (a clip is binary and large): a file part `clip` (a video file) or, for a folder of frames,
+one file part `frame` per frame in order (PNG, JPEG, WebP, BMP or TIFF; `fps` in the request, 25 by
+default); a file part `mask` (one image for every frame, or a mask video); and a text part `request`
+(the `VideoInpaintRequest` fields as JSON, plus the output's `format` (mp4, webm, mkv, gif) and `crf`). The job is followed like any other
 (/api/v1/jobs/{id}, its events: `progress` counts finished frames); its result's one file is the video.
 
 Everything a clip can make the server do is bounded before it is queued: the upload by --max-upload-mb,
@@ -15,6 +16,7 @@ the end of the range the header gave (and at MAX_FRAMES); a running job stops at
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import uuid
@@ -41,7 +43,9 @@ from canvaslab.tasks.requests import describe_validation_error
 router = APIRouter(prefix="/api/v1/video")
 
 TASK = "video-inpaint"
-PARTS = ("request", "clip", "mask")
+PARTS = ("request", "clip", "mask", "frame")
+MAX_FRAME_PARTS = 2000  # frames sent one image a part (a longer clip travels as a video file)
+FRAME_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}  # Pillow format -> file
 FORMATS = ("mp4", "webm", "mkv", "gif")
 FRAME_BUDGET = 128  # frames x pixels of one job, in frames at the pixel limit (2048x2048: 128 frames; 480p: ~1300)
 WINDOW_BUDGET = 48  # frames held in memory at once (window + 2 x context), in frames at the pixel limit
@@ -52,24 +56,29 @@ MAX_SECONDS = 600.0  # of media by the clip's header (its longest stream: the au
 @dataclass
 class PreparedVideo:
     request: Any  # VideoInpaintRequest
-    clip: bytes
+    clip: bytes | None
+    frames: list[tuple[str, bytes]]  # (suffix, image file) per frame, when no clip
     mask: bytes
     mask_is_video: bool
     format: str
     crf: int
 
 
-async def _read_parts(request: Request, max_part: int) -> tuple[Any, bytes | None, bytes | None]:
+async def _read_parts(request: Request, max_part: int) -> tuple[Any, bytes | None, bytes | None, list[bytes]]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ClientError("send multipart/form-data: a file part 'clip', a file part 'mask' and a text part 'request' "
-                          "(JSON)", status=415)
+        raise ClientError("send multipart/form-data: a file part 'clip' (or 'frame' parts), a file part 'mask' and a "
+                          "text part 'request' (JSON)", status=415)
     try:
-        form = await request.form(max_part_size=max_part, max_files=len(PARTS), max_fields=len(PARTS))
+        form = await request.form(max_part_size=max_part, max_files=MAX_FRAME_PARTS + 2, max_fields=len(PARTS))
     except Exception as exc:  # noqa: BLE001 - the multipart parser's errors are all "malformed form"
         raise ClientError(f"the multipart form could not be read: {exc}") from None
     unknown = sorted(set(form.keys()) - set(PARTS))
     if unknown:
-        raise ClientError(f"unknown form part {unknown[0]!r}: send 'request' (JSON), 'clip' and 'mask'", field=unknown[0])
+        raise ClientError(f"unknown form part {unknown[0]!r}: send 'request' (JSON), 'clip' or 'frame' parts, and "
+                          "'mask'", field=unknown[0])
+    for name in ("request", "clip", "mask"):
+        if len(form.getlist(name)) > 1:
+            raise ClientError(f"the form holds {len(form.getlist(name))} parts '{name}': send one", field=name)
     fields: Any = {}
     text = form.get("request")
     if text is not None:
@@ -82,23 +91,29 @@ async def _read_parts(request: Request, max_part: int) -> tuple[Any, bytes | Non
     files: dict[str, bytes | None] = {}
     for name in ("clip", "mask"):
         part = form.get(name)
-        files[name] = None if part is None else (part.encode() if isinstance(part, str) else await part.read())
-    return fields, files["clip"], files["mask"]
+        files[name] = None if part is None else await _bytes(part)
+    frames = [await _bytes(part) for part in form.getlist("frame")]
+    return fields, files["clip"], files["mask"], frames
+
+
+async def _bytes(part: Any) -> bytes:
+    return part.encode() if isinstance(part, str) else await part.read()
 
 
 @router.post(
     "/inpaint", status_code=202, tags=["tasks"], summary="Queue a video inpaint job",
-    description="Multipart: file parts 'clip' (video) and 'mask' (image or mask video), text part 'request' (the "
-    "fields of `canvaslab video inpaint --help` as JSON, plus 'format': mp4|webm|mkv|gif and 'crf'). Answers 202 "
-    "with the job id; the job's progress counts frames, its result holds the video.",
+    description="Multipart: a file part 'clip' (video) or one file part 'frame' per frame (images, in order), a file "
+    "part 'mask' (image or mask video), a text part 'request' (the fields of `canvaslab video inpaint --help` as "
+    "JSON, plus 'format': mp4|webm|mkv|gif and 'crf'). Answers 202 with the job id; the job's progress counts "
+    "frames, its result holds the video.",
     responses={202: {"description": "queued"}, 400: {"description": "bad input or over a limit"},
                413: {"description": "too large"}, 415: {"description": "not multipart"},
                422: {"description": "invalid field"}, 429: {"description": "queue full"}},
 )
 async def submit_video(request: Request) -> JSONResponse:
     state = request.app.state
-    fields, clip, mask = await _read_parts(request, state.settings.max_upload_bytes)
-    prepared = await run_in_threadpool(prepare_video, fields, clip, mask, state.settings, state.catalogue)
+    fields, clip, mask, frames = await _read_parts(request, state.settings.max_upload_bytes)
+    prepared = await run_in_threadpool(prepare_video, fields, clip, mask, state.settings, state.catalogue, frames)
     try:
         job = state.queue.submit(TASK, video_work(prepared, state.settings))
     except QueueFull as exc:
@@ -107,7 +122,7 @@ async def submit_video(request: Request) -> JSONResponse:
 
 
 def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings: ServerSettings,
-                  catalogue: Catalogue) -> PreparedVideo:
+                  catalogue: Catalogue, frames: list[bytes] | None = None) -> PreparedVideo:
     """Everything checked before queueing (4xx now rather than a failed job later)."""
     from canvaslab.video.requests import VideoInpaintRequest
 
@@ -121,8 +136,8 @@ def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings:
         raise ClientError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}", status=422, field="format")
     if not isinstance(crf, int) or isinstance(crf, bool) or not 0 <= crf <= 51:
         raise ClientError(f"crf must be a whole number from 0 to 51, got {crf!r}", status=422, field="crf")
-    if fields.get("fps") is not None:
-        raise ClientError("fps is for a folder of frames; an uploaded clip keeps its own frame rate", field="fps")
+    if fields.get("fps") is not None and not frames:
+        raise ClientError("fps is for frames sent as 'frame' parts; an uploaded clip keeps its own frame rate", field="fps")
     fields = with_defaults("inpaint", refuse_paths(fields, catalogue), settings, catalogue)
     try:
         video_request = VideoInpaintRequest.model_validate(fields)
@@ -132,37 +147,81 @@ def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings:
     check_model(video_request, catalogue)
     check_engine_options("inpaint", video_request)
     # 2. the uploads, probed without decoding a frame: sizes, lengths, the frames x pixels budget
-    if not clip:
-        raise ClientError("video inpaint needs a clip: send the video file as the part 'clip'", field="clip")
+    if clip and frames:
+        raise ClientError("send the clip as one video file ('clip') or as images ('frame' parts), not both", field="frame")
+    if not clip and not frames:
+        raise ClientError("video inpaint needs a clip: send the video file as the part 'clip', or its frames as "
+                          "'frame' parts", field="clip")
     if not mask:
         raise ClientError("video inpaint needs a mask: send one image, or a mask video, as the part 'mask'", field="mask")
+    images = _frame_images(frames or [], settings)
     try:
         with tempfile.TemporaryDirectory(prefix="canvaslab-video-") as scratch:
-            frames, size, mask_is_video = _probe(Path(scratch), clip, mask, video_request, settings)
+            count, size, mask_is_video = _probe(Path(scratch), clip, images, mask, video_request, settings)
     except ClientError:
         raise
     except CanvaslabError as exc:
         raise ClientError(str(exc), status=http_status_of(exc)) from None
     width, height = size
-    if frames * width * height > FRAME_BUDGET * settings.max_pixels or frames > MAX_FRAMES:
-        raise ClientError(f"{frames:,} frames of {width}x{height} are over what one job may process here ({FRAME_BUDGET} "
+    if count * width * height > FRAME_BUDGET * settings.max_pixels or count > MAX_FRAMES:
+        raise ClientError(f"{count:,} frames of {width}x{height} are over what one job may process here ({FRAME_BUDGET} "
                           f"frames at the pixel limit of {settings.max_pixels:,}, at most {MAX_FRAMES:,} frames): send a "
                           "shorter clip or range (start, end)", field="end" if video_request.end else "clip")
-    held = min(frames, video_request.window + 2 * video_request.context)
+    held = min(count, video_request.window + 2 * video_request.context)
     if held * width * height > WINDOW_BUDGET * settings.max_pixels:
         raise ClientError(f"window + 2 x context = {held} frames of {width}x{height} held at once is over the server's "
                           f"limit of {WINDOW_BUDGET} frames at the pixel limit: use a smaller window or context",
                           field="window")
     # 3. what the engine works at on a key frame, as for an image (the whole frame a hole but one pixel: the most)
     _check_frame_work(video_request, size, settings)
-    return PreparedVideo(video_request, clip, mask, mask_is_video, fmt, crf)
+    return PreparedVideo(video_request, clip or None, images, mask, mask_is_video, fmt, crf)
 
 
-def _probe(scratch: Path, clip: bytes, mask: bytes, request: Any, settings: ServerSettings) -> tuple[int, tuple[int, int], bool]:
+def _frame_images(frames: list[bytes], settings: ServerSettings) -> list[tuple[str, bytes]]:
+    """Each 'frame' part checked by its header (an image of a format we read, within the pixel limit, the
+    first one's size), with the suffix it is stored under."""
+    from PIL import Image, UnidentifiedImageError
+
+    images, first = [], None
+    for index, data in enumerate(frames):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                kind, size = image.format, image.size
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            raise ClientError(f"frame part {index} is not an image Pillow reads", field="frame") from None
+        if kind not in FRAME_SUFFIXES:
+            raise ClientError(f"frame part {index} is {kind}: send {', '.join(FRAME_SUFFIXES)} images", field="frame")
+        if size[0] * size[1] > settings.max_pixels:
+            raise ClientError(f"frame part {index} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, over the "
+                              f"limit of {settings.max_pixels:,}", field="frame")
+        first = first or size
+        if size != first:
+            raise ClientError(f"frame part {index} is {size[0]}x{size[1]}, not {first[0]}x{first[1]} like the first: "
+                              "every frame must have one size", field="frame")
+        images.append((FRAME_SUFFIXES[kind], data))
+    return images
+
+
+def _write_frames(folder: Path, images: list[tuple[str, bytes]]) -> Path:
+    folder.mkdir()
+    for index, (suffix, data) in enumerate(images):
+        (folder / f"{index:06d}{suffix}").write_bytes(data)
+    return folder
+
+
+def _probe(scratch: Path, clip: bytes | None, images: list[tuple[str, bytes]], mask: bytes, request: Any,
+           settings: ServerSettings) -> tuple[int, tuple[int, int], bool]:
     """(frames to process, frame size, whether the mask is a video), from the containers' headers."""
-    from canvaslab.video.inpainting import frame_range
-    from canvaslab.video.io import Masks, VideoFile
+    from canvaslab.video.io import Clip, FrameFolder, VideoFile
 
+    source: Clip
+    if clip is None:
+        folder = _write_frames(scratch / "frames", images)
+        try:
+            source = FrameFolder(folder, fps=request.fps, max_pixels=settings.max_pixels)
+        except InputError as exc:
+            raise ClientError(f"frames: {str(exc).replace(str(folder), 'the frames')}", field="frame") from None
+        return _probe_mask(scratch, source, mask, request, settings)
     clip_path = scratch / "clip"
     clip_path.write_bytes(clip)
     try:
@@ -172,6 +231,13 @@ def _probe(scratch: Path, clip: bytes, mask: bytes, request: Any, settings: Serv
     if source.seconds is not None and source.seconds > MAX_SECONDS:
         raise ClientError(f"the clip runs {source.seconds:,.1f} s by its header, over the server's limit of {MAX_SECONDS:g} s: "
                           "send a shorter clip", field="clip")
+    return _probe_mask(scratch, source, mask, request, settings)
+
+
+def _probe_mask(scratch: Path, source: Any, mask: bytes, request: Any, settings: ServerSettings) -> tuple[int, tuple[int, int], bool]:
+    from canvaslab.video.inpainting import frame_range
+    from canvaslab.video.io import Masks
+
     start, end = frame_range(source, request)
     mask_path = scratch / "mask"
     mask_path.write_bytes(mask)
@@ -217,8 +283,11 @@ def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
         scratch = settings.output / f".video-{uuid.uuid4().hex}"
         scratch.mkdir(parents=True)
         try:
-            clip = scratch / "clip"
-            clip.write_bytes(prepared.clip)
+            if prepared.clip is not None:
+                clip = scratch / "clip"
+                clip.write_bytes(prepared.clip)
+            else:
+                clip = _write_frames(scratch / "frames", prepared.frames)
             mask = scratch / ("mask.mp4" if prepared.mask_is_video else "mask")
             mask.write_bytes(prepared.mask)
             try:
@@ -226,7 +295,8 @@ def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
                                  crf=prepared.crf, metadata=settings.metadata, max_pixels=settings.max_pixels,
                                  max_frames=MAX_FRAMES)
             except CanvaslabError as exc:  # the client sees its parts by name, never the server's folders
-                message = str(exc).replace(str(clip), "the clip").replace(str(mask), "the mask")
+                clip_name = "the clip" if prepared.clip is not None else "the frames"
+                message = str(exc).replace(str(clip), clip_name).replace(str(mask), "the mask")
                 raise type(exc)(message.replace(str(scratch), "the job's folder")) from None
             yield result
         finally:
