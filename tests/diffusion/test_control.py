@@ -271,6 +271,10 @@ def test_sd3_and_flux_controlnet_generate_several_units_and_refusals(picture, ho
         f"{dit_nets['flux']},preprocessor=canny,mode=prompt"]))
     assert "SD3ControlNetModel, which does not fit" in one_line(lambda: run(picture, hole, folder, control=[
         str(dit_nets["sd3"])]))
+    single = tmp_path / "flux-canny.safetensors"
+    single.write_bytes(b"not read")
+    assert "diffusers folder" in one_line(lambda: run(picture, hole, folder, control=[str(single)]),
+                                          ModelNotAvailableError)
 
 
 def test_generate_with_a_control_image(tiny_folders, nets, tmp_path, photo):

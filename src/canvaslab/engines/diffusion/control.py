@@ -111,6 +111,10 @@ def load_controlnet(spec: str, *, allowed: Sequence[str], dtype: Any, device: An
     import diffusers
 
     source = controlnet_source(spec, cache_dir=cache_dir, local_files_only=local_files_only)
+    if source.is_file() and "ControlNetModel" not in allowed:  # diffusers reads single files of SD/SDXL ones only
+        raise ModelNotAvailableError(f"ControlNet {spec} is a single file, which loads for Stable Diffusion and SDXL "
+                                     "ControlNets only; give this model's ControlNet as a diffusers folder "
+                                     "(config.json + diffusion_pytorch_model.safetensors)")
     class_name = controlnet_class_name(source)
     if class_name not in allowed:
         raise InputError(f"ControlNet {spec} is a {class_name}, which does not fit this model (it takes "
