@@ -153,6 +153,19 @@ def test_bad_frame_parts(live, uploads, clip):
         assert twice.status_code == 400 and twice.json()["field"] == "mask"
 
 
+def test_notices_name_the_parts_not_the_servers_folders(live, uploads):
+    with live.client() as client:
+        small_mask = _png(np.asarray(Image.fromarray(uploads["union"].astype(np.uint8) * 255).resize((48, 32))))
+        answer = _post(client, uploads, {"seed": 1, "start": 0, "end": 3}, mask=small_mask)
+        assert answer.status_code == 202, answer.text
+        job = wait_done(client, answer.json()["id"])
+    assert job["status"] == "done", job["error"]
+    notices = live.app.state.queue.get(job["id"]).notices  # what the job keeps (the server's log has the paths)
+    resized = [n for n in notices if "resized" in n]
+    assert resized and all(str(live.settings.output) not in n for n in resized), notices
+    assert resized[0].startswith("mask the mask is 48x32"), resized
+
+
 @pytest.mark.parametrize("fields, extra, status, field, message", [
     ({"format": "avi"}, {}, 422, "format", "format must be one of"),
     ({"crf": 80}, {}, 422, "crf", "crf must be a whole number"),

@@ -290,14 +290,19 @@ def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
                 clip = _write_frames(scratch / "frames", prepared.frames)
             mask = scratch / ("mask.mp4" if prepared.mask_is_video else "mask")
             mask.write_bytes(prepared.mask)
+
+            def hide(text: str) -> str:
+                """The client sees its parts by name, never the server's folders (errors and notices)."""
+                text = text.replace(str(clip), "the clip" if prepared.clip is not None else "the frames")
+                return text.replace(str(mask), "the mask").replace(str(scratch), "the job's folder")
+
             try:
                 result = inpaint(clip, mask, scratch / f"video.{prepared.format}", request=prepared.request,
                                  crf=prepared.crf, metadata=settings.metadata, max_pixels=settings.max_pixels,
                                  max_frames=MAX_FRAMES)
-            except CanvaslabError as exc:  # the client sees its parts by name, never the server's folders
-                clip_name = "the clip" if prepared.clip is not None else "the frames"
-                message = str(exc).replace(str(clip), clip_name).replace(str(mask), "the mask")
-                raise type(exc)(message.replace(str(scratch), "the job's folder")) from None
+            except CanvaslabError as exc:
+                raise type(exc)(hide(str(exc))) from None
+            result.notices = [hide(text) for text in result.notices]
             yield result
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
