@@ -278,6 +278,8 @@ CONTRACT = {
     # masks (issue 14): native, and the sd-webui-segment-anything extension's routes
     ("POST", "/api/v1/mask"), ("GET", "/api/v1/mask/models"),
     ("GET", "/sam/heartbeat"), ("GET", "/sam/sam-model"), ("POST", "/sam/sam-predict"), ("POST", "/sam/dino-predict"),
+    # video inpainting (issue 16): a queued job with frame progress
+    ("POST", "/api/v1/video/inpaint"),
 }
 
 
