@@ -99,9 +99,11 @@ def test_track_then_inpaint_with_the_saved_masks(tmp_path):
     run = invoke("--json", "video", "track", frames, "--mask", tmp_path / "first.png", "-o", tmp_path / "masks")
     assert run.exit_code == 0, run.stderr
     assert json.loads(run.stdout)["keys"] == [0] and json.loads(run.stdout)["drifting"] == []
-    run = invoke("-q", "video", "inpaint", frames, "--mask", tmp_path / "masks", "-o", tmp_path / "out", "--seed", 1)
+    run = invoke("video", "inpaint", frames, "--mask", tmp_path / "masks", "-o", tmp_path / "out", "--seed", 1)
     assert run.exit_code == 0, run.stderr
     assert len(read_frames(tmp_path / "out")) == 8
+    # the progress bar counts frames (with elapsed time and ETA) on stderr; stdout is the output alone
+    assert "filling" in run.stderr and "8/8" in run.stderr and run.stdout.strip() == str(tmp_path / "out")
 
 
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
