@@ -322,9 +322,27 @@ def one_line(call, kind=CanvaslabError):
     return str(caught.value)
 
 
+def test_depth_preprocessor_from_the_local_cache(picture, hole, tiny_folders, nets, tmp_path):
+    cache = tmp_path / "hf-cache"
+    tiny.install_in_hub_cache(tiny_control.save_depth_model(tmp_path / "depth"), preprocessors.DEPTH_MODEL, cache)
+    made = preprocessors.run("depth", picture, cache_dir=str(cache))
+    assert made.shape == picture.shape and made.dtype == np.uint8 and (made.min(), made.max()) == (0, 255)
+    assert np.array_equal(made[..., 0], made[..., 2])  # grey, as depth ControlNets take it
+    assert np.array_equal(preprocessors.run("depth", picture, cache_dir=str(cache)), made)
+    assert preprocessors.preprocessor("depth_anything_v2").name == "depth"
+    message = one_line(lambda: preprocessors.run("depth", picture, cache_dir=str(tmp_path / "empty")),
+                       ModelNotAvailableError)
+    assert f"hf download {preprocessors.DEPTH_MODEL}" in message
+    assert "preprocessor depth" in one_line(lambda: preprocessors.preprocessor("depth_midas"))
+    folder = tiny_folders["sd-txt2img"]
+    edges = run(picture, hole, folder, control=[f"{nets['sd']},preprocessor=canny"])
+    steered = run(picture, hole, folder, control=[f"{nets['sd']},preprocessor=depth"], cache_dir=str(cache))
+    assert not np.array_equal(steered, edges) and np.array_equal(steered[~hole], picture[~hole])
+
+
 def test_refusals_are_one_line(picture, hole, tiny_folders, nets, tmp_path):
     folder = tiny_folders["sd-txt2img"]
-    assert "torchvision" in one_line(lambda: run(picture, hole, folder, control=[f"{nets['sd']},preprocessor=depth"]))
+    assert "torchvision" in one_line(lambda: run(picture, hole, folder, control=[f"{nets['sd']},preprocessor=normal"]))
     assert "threshold_b" in one_line(lambda: run(picture, hole, folder, control=[f"{nets['sd']},preprocessor=blur,threshold_b=3"]))
     assert "below" in one_line(lambda: run(picture, hole, folder, control=[f"{nets['sd']},start=0.8,end=0.2"]))
     assert "does not exist" in one_line(lambda: run(picture, hole, folder, control=[str(tmp_path / "nothing")]),

@@ -172,3 +172,26 @@ def save_flux_ip_adapter(transformer: torch.nn.Module, folder: Path, *, name: st
     save_file(flux_ip_adapter_state_dict(transformer), folder / name)
     build_image_encoder().save_pretrained(folder / "image_encoder")
     return folder / name
+
+
+# -- learned preprocessors -------------------------------------------------------------------------
+
+
+def save_depth_model(folder: Path) -> Path:
+    """A tiny random Depth Anything (DINOv2 backbone, DPT head) with its image processor's config, in the layout
+    of depth-anything/Depth-Anything-V2-Small-hf (preprocessors.py reads that from the Hugging Face cache)."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
+
+    torch.manual_seed(SEED)
+    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+                            patch_size=14, image_size=56, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 8, 8, 8],
+                                 fusion_hidden_size=8, head_hidden_size=8, patch_size=14,
+                                 depth_estimation_type="relative")
+    DepthAnythingForDepthEstimation(config).eval().save_pretrained(folder)
+    # the real processor's settings, at a tiny size (the real one resizes to 518, a multiple of the 14 px patch)
+    DPTImageProcessorPil(do_resize=True, size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                         resample=3, do_normalize=True, image_mean=[0.485, 0.456, 0.406],
+                         image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return folder

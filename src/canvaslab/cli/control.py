@@ -18,7 +18,7 @@ app = typer.Typer(help="ControlNet tools: preview a preprocessor's map (see docs
 def preview(
     image: Annotated[Path, typer.Argument(help="input image", show_default=False)],
     preprocessor: Annotated[str, typer.Option("--preprocessor", "-p", help="none, canny, scribble, lineart, invert, tile, "
-                                              "blur, inpaint, shuffle (or an A1111 module name)")] = "canny",
+                                              "blur, inpaint, shuffle, depth (or an A1111 module name)")] = "canny",
     threshold_a: Annotated[Optional[float], typer.Option("--threshold-a", help="the preprocessor's first setting "
                                                          "(canny: low threshold, scribble: stroke width, tile: "
                                                          "down-sampling, blur: sigma) \\[default: its own]")] = None,

@@ -733,7 +733,8 @@ DETECT_FIELDS = {"controlnet_module", "controlnet_processor_res", "controlnet_th
 def detect_maps(body: dict[str, Any], max_pixels: int) -> list[str]:
     from canvaslab.core.image import encode_image, load_mask
     from canvaslab.engines.diffusion import preprocessors
-    from canvaslab.errors import InputError
+    from canvaslab.errors import InputError, ModelNotAvailableError
+    from canvaslab.server.jobs import http_status_of
 
     module = str(body.get("controlnet_module") or "none")
     images = body.get("controlnet_input_images") or body.get("controlnet_images") or []
@@ -763,6 +764,8 @@ def detect_maps(body: dict[str, Any], max_pixels: int) -> list[str]:
             made.append(base64.b64encode(encode_image(out, format="png")).decode())
     except InputError as exc:
         raise ClientError(str(exc), status=422, field="controlnet_module") from None
+    except ModelNotAvailableError as exc:  # a learned preprocessor whose model the server does not have
+        raise ClientError(str(exc), status=http_status_of(exc), field="controlnet_module") from None
     return made
 
 

@@ -154,7 +154,7 @@ class ControlSpec(BaseModel):
     weight: float = Field(1.0, ge=0, le=2, description="how strongly it steers (0: not at all)")
     image: str | None = Field(None, description="control image file; none: the task's input image")
     preprocessor: str = Field("none", description="what the image becomes first: none, canny, scribble, lineart, "
-                              "invert, tile, blur, inpaint, shuffle")
+                              "invert, tile, blur, inpaint, shuffle, depth")
     start: float = Field(0.0, ge=0, le=1, description="fraction of the steps where it starts acting")
     end: float = Field(1.0, ge=0, le=1, description="fraction of the steps where it stops acting")
     mode: ControlMode = Field(ControlMode.balanced, description="balanced, prompt (my prompt is more important) or "
@@ -437,7 +437,7 @@ class TaskRequest(BaseModel):
     control: list[ControlSpec] = Field(
         default_factory=list, description="ControlNet unit, repeatable: MODEL[:WEIGHT] then ,key=value settings: "
         "image=FILE (default: the input image), preprocessor=none|canny|scribble|lineart|invert|tile|blur|inpaint|"
-        "shuffle, start=F, end=F, mode=balanced|prompt|control, resize=crop|resize|fill, threshold_a=N, threshold_b=N "
+        "shuffle|depth, start=F, end=F, mode=balanced|prompt|control, resize=crop|resize|fill, threshold_a=N, threshold_b=N "
         "(docs/control.md)", json_schema_extra=_panel("Control", metavar="SPEC"),
     )
     ip_adapter: list[IPAdapterSpec] = Field(

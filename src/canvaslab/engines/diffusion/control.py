@@ -275,7 +275,8 @@ def control_arguments(pipe: Any, info: Any, task: str, generation: Generation, i
     family = family_of(info.family)
     units = generation.control
     union = type(_controlnet_of(pipe)).__name__ == "ControlNetUnionModel"
-    maps = [control_map(unit, image, mask, family, union=union, seed=seed) for unit in units]
+    maps = [control_map(unit, image, mask, family, union=union, seed=seed, cache_dir=generation.cache_dir)
+            for unit in units]
     key = "control_image" if "control_image" in call else "image"
     one = len(units) == 1 and not union
     arguments: dict[str, Any] = {
@@ -324,7 +325,7 @@ def union_type(unit: ControlUnit) -> int:
 
 
 def control_map(unit: ControlUnit, image: np.ndarray, mask: np.ndarray | None, family: Any, *, union: bool,
-                seed: int) -> Any:
+                seed: int, cache_dir: str | None = None) -> Any:
     """What the ControlNet of `unit` gets: a PIL image, or for SD 1.x/2.x inpaint ControlNets a tensor in
     [0, 1] whose masked pixels are -1 (what they were trained on: 'no information here')."""
     from PIL import Image
@@ -347,7 +348,7 @@ def control_map(unit: ControlUnit, image: np.ndarray, mask: np.ndarray | None, f
     if unit.preprocessor == "inpaint" and family.control_inpaint == "mask":
         return Image.fromarray(source)  # the pipeline masks it itself, from control_mask
     made = preprocessors.run(unit.preprocessor, source, mask=mask, threshold_a=unit.threshold_a,
-                             threshold_b=unit.threshold_b, seed=seed)
+                             threshold_b=unit.threshold_b, seed=seed, cache_dir=cache_dir)
     return Image.fromarray(made)
 
 

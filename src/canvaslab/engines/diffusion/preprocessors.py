@@ -6,20 +6,26 @@ numpy: every map is HxWx3 uint8, white structure on black where the ControlNet e
 settings take A1111's two generic names, `threshold_a` and `threshold_b`, with the meaning each
 preprocessor gives them (the table in `PREPROCESSORS`), so A1111 clients' units map one to one.
 
-Learned preprocessors (depth, normals, pose, anime line art, ...) need detector weights, which
-controlnet-aux ships the code for; it cannot be installed here (it requires torchvision, which does not
-import beside canvaslab's torch), so they are refused in one line that says how to give the map instead.
+One learned preprocessor is built on transformers, which runs beside our torch: `depth` (Depth Anything V2
+Small, read from the local Hugging Face cache, never downloaded; missing is one sentence naming the
+`hf download` to run). The other learned ones (normals, pose, anime line art, ...) need detector code that
+controlnet-aux ships; it cannot be installed here (it requires torchvision, which does not import beside
+canvaslab's torch), so they are refused in one line that says how to give the map instead.
 `inpaint` is special: its map depends on the mask and on the ControlNet (control.py builds it); here it
 is shown as the image with the masked pixels black, what a preview draws.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from canvaslab.errors import InputError
+from canvaslab.errors import InputError, ModelNotAvailableError
+
+DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"  # 25M parameters: fine on a CPU
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Preprocessor:
     b: Setting | None = None  # threshold_b
     union_type: str | None = None  # the ControlNet Union control type its map is
     a1111: tuple[str, ...] = ()  # sd-webui-controlnet's module names for it
+    model: str | None = None  # a learned one's hub id (local Hugging Face cache only)
 
 
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
@@ -63,12 +70,13 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
                  a1111=("inpaint_only", "inpaint", "inpaint_global_harmonious")),
     Preprocessor("shuffle", "the image's content shuffled by a smooth random warp (seeded), keeping colours "
                  "and style, not layout", a1111=("shuffle",)),
+    Preprocessor("depth", "relative depth by Depth Anything V2 (near = white), from the local Hugging Face cache",
+                 union_type="depth", a1111=("depth_anything_v2", "depth_anything"), model=DEPTH_MODEL),
 )}
 
 # Learned detectors: named so a request for one gets the one-line reason instead of "unknown".
 LEARNED: dict[str, str] = {
-    "depth": "depth", "depth_midas": "depth", "depth_zoe": "depth", "depth_leres": "depth",
-    "depth_anything": "depth", "depth_anything_v2": "depth", "normal": "normal", "normal_bae": "normal",
+    "depth_midas": "depth", "depth_zoe": "depth", "depth_leres": "depth", "normal": "normal", "normal_bae": "normal",
     "openpose": "pose", "openpose_full": "pose", "dw_openpose_full": "pose", "lineart_anime": "line art",
     "lineart_realistic": "line art", "lineart_coarse": "line art", "softedge_hed": "soft edges", "hed": "soft edges",
     "softedge_pidinet": "soft edges", "mlsd": "straight lines", "seg_ofade20k": "segmentation",
@@ -85,10 +93,11 @@ def preprocessor(name: str) -> Preprocessor:
     if key in PREPROCESSORS:
         return PREPROCESSORS[key]
     if key in LEARNED:
+        instead = " (or use preprocessor depth: Depth Anything V2)" if LEARNED[key] == "depth" else ""
         raise InputError(
             f"preprocessor {name!r} needs a learned {LEARNED[key]} detector, which canvaslab cannot run (controlnet-aux "
             "requires torchvision, which does not import beside canvaslab's torch): make the map with another tool "
-            "and pass it as the control image with preprocessor none"
+            f"and pass it as the control image with preprocessor none{instead}"
         )
     raise InputError(f"unknown preprocessor {name!r}: choose one of {', '.join(PREPROCESSORS)}")
 
@@ -112,10 +121,11 @@ def _value(setting: Setting | None, given: float | None) -> float:
 
 
 def run(name: str, image: np.ndarray, *, mask: np.ndarray | None = None, threshold_a: float | None = None,
-        threshold_b: float | None = None, seed: int = 0) -> np.ndarray:
+        threshold_b: float | None = None, seed: int = 0, cache_dir: str | None = None) -> np.ndarray:
     """The control map of `image` (HxWx3 uint8) made by preprocessor `name`, HxWx3 uint8 of the same size.
 
-    `mask` (HxW bool, True = fill) is what `inpaint` marks; `seed` drives `shuffle`.
+    `mask` (HxW bool, True = fill) is what `inpaint` marks; `seed` drives `shuffle`; `cache_dir` is the
+    Hugging Face cache a learned one's model is read from [default: HF_HOME's].
     """
     pre = preprocessor(name)
     check_settings(pre.name, threshold_a, threshold_b)
@@ -135,6 +145,8 @@ def run(name: str, image: np.ndarray, *, mask: np.ndarray | None = None, thresho
         return _blurred(image, _value(pre.a, threshold_a))
     if pre.name == "shuffle":
         return _shuffled(image, seed)
+    if pre.name == "depth":
+        return _depth(image, cache_dir)
     if mask is None:
         raise InputError("preprocessor inpaint marks the masked pixels: it needs a mask")
     return np.where(mask[..., None], np.uint8(0), image)
@@ -212,3 +224,52 @@ def _shuffled(image: np.ndarray, seed: int) -> np.ndarray:
         coarse = rng.uniform(0, extent - 1, size=(size[1], size[0])).astype(np.float32)
         fields.append(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, extent - 1))
     return cv2.remap(image, fields[0], fields[1], interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+# -- learned: depth ----------------------------------------------------------------------------------
+
+_depth_lock = threading.Lock()
+_depth_models: dict[tuple, Any] = {}  # (folder) -> (model, processor): the last one only
+
+
+def _depth_model(cache_dir: str | None) -> tuple[Any, Any]:
+    """Depth Anything V2 Small and its image processor from the local Hugging Face cache (never downloaded)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(DEPTH_MODEL, cache_dir=cache_dir, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise ModelNotAvailableError(
+            f"preprocessor depth needs {DEPTH_MODEL} in the Hugging Face cache: on a connected machine run "
+            f"`hf download {DEPTH_MODEL}` (then copy HF_HOME here), or give a depth map as the control image"
+        ) from None
+    with _depth_lock:
+        if folder not in _depth_models:
+            from transformers import AutoModelForDepthEstimation, DPTImageProcessorPil
+
+            try:
+                model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True).eval()
+                # the PIL processor: the default one needs torchvision
+                processor = DPTImageProcessorPil.from_pretrained(folder, local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise ModelNotAvailableError(f"{DEPTH_MODEL} in the cache could not be loaded ({' '.join(str(exc).split())[:160]}); "
+                                             f"run `hf download {DEPTH_MODEL}` again") from None
+            _depth_models.clear()
+            _depth_models[folder] = (model, processor)
+        return _depth_models[folder]
+
+
+def _depth(image: np.ndarray, cache_dir: str | None) -> np.ndarray:
+    """Relative (inverse) depth, near = white, stretched to 0..255 as sd-webui-controlnet's depth maps are."""
+    import torch
+    from PIL import Image
+
+    model, processor = _depth_model(cache_dir)
+    inputs = processor(images=Image.fromarray(image), return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**inputs).predicted_depth[:, None]  # 1x1xhxw at the model's patch grid
+    depth = torch.nn.functional.interpolate(predicted, size=image.shape[:2], mode="bicubic", align_corners=False)[0, 0]
+    low, high = float(depth.min()), float(depth.max())
+    scaled = (depth - low) / (high - low) if high > low else torch.zeros_like(depth)
+    return _as_rgb((scaled.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
