@@ -3,6 +3,7 @@ keeps the clip's frames, rate, size and audio; every way a client could make it 
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import threading
@@ -246,3 +247,16 @@ def test_a_job_over_the_time_limit_stops_at_a_frame(make_server, uploads):
         job = wait_done(client, answer.json()["id"])
     assert job["status"] == "failed" and "longer than the server's limit" in job["error"]
     assert not list(server.settings.output.glob(".video-*"))  # the job's scratch folder is gone
+
+
+def test_queued_jobs_hold_their_uploads_on_disk_and_cancelling_removes_them(make_server, uploads):
+    server = make_server()
+    with server.client() as client:
+        running = _post(client, uploads, {"method": "per-frame", "seed": 1}).json()["id"]
+        queued = _post(client, uploads, {"seed": 1}).json()["id"]
+        assert 1 <= len(list(server.settings.output.glob(".video-*"))) <= 2
+        assert client.post(f"/api/v1/jobs/{queued}/cancel").status_code == 200
+        assert wait_done(client, queued)["status"] == "cancelled"
+        assert wait_done(client, running)["status"] == "done"
+    gc.collect()
+    assert not list(server.settings.output.glob(".video-*"))  # the job that never ran left nothing either

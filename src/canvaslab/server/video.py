@@ -20,6 +20,7 @@ import io
 import shutil
 import tempfile
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,10 @@ async def submit_video(request: Request) -> JSONResponse:
     state = request.app.state
     fields, clip, mask, frames = await _read_parts(request, state.settings.max_upload_bytes)
     prepared = await run_in_threadpool(prepare_video, fields, clip, mask, state.settings, state.catalogue, frames)
+    work = await run_in_threadpool(video_work, prepared, state.settings)
+    del prepared, clip, mask, frames  # the uploads are on disk now
     try:
-        job = state.queue.submit(TASK, video_work(prepared, state.settings))
+        job = state.queue.submit(TASK, work)
     except QueueFull as exc:
         raise ClientError(str(exc), status=429) from None
     return _submitted(request, job)
@@ -274,32 +277,37 @@ def _check_frame_work(request: Any, size: tuple[int, int], settings: ServerSetti
 
 
 def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
-    """The job: the clip and mask written to a scratch folder under the output, the video made there and
-    handed to the queue, which copies it into the job's folder; the scratch folder goes in any case."""
+    """The job. The uploads go to a scratch folder under the output now, so a queued job holds a folder on
+    disk rather than its clip in memory; the video is made there and handed to the queue, which copies
+    it into the job's folder. The folder goes when the job ends, and when a job that never ran (cancelled
+    while queued, or refused by a full queue) is dropped."""
+    scratch = settings.output / f".video-{uuid.uuid4().hex}"
+    scratch.mkdir(parents=True)
+    try:
+        if prepared.clip is not None:
+            clip, clip_name = scratch / "clip", "the clip"
+            clip.write_bytes(prepared.clip)
+        else:
+            clip, clip_name = _write_frames(scratch / "frames", prepared.frames), "the frames"
+        mask = scratch / ("mask.mp4" if prepared.mask_is_video else "mask")
+        mask.write_bytes(prepared.mask)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    request, output, crf = prepared.request, scratch / f"video.{prepared.format}", prepared.crf
+
+    def hide(text: str) -> str:
+        """The client sees its parts by name, never the server's folders (errors and notices)."""
+        text = text.replace(str(clip), clip_name).replace(str(mask), "the mask")
+        return text.replace(str(scratch), "the job's folder")
 
     def work():  # type: ignore[no-untyped-def]
         from canvaslab.video.inpainting import inpaint
 
-        scratch = settings.output / f".video-{uuid.uuid4().hex}"
-        scratch.mkdir(parents=True)
         try:
-            if prepared.clip is not None:
-                clip = scratch / "clip"
-                clip.write_bytes(prepared.clip)
-            else:
-                clip = _write_frames(scratch / "frames", prepared.frames)
-            mask = scratch / ("mask.mp4" if prepared.mask_is_video else "mask")
-            mask.write_bytes(prepared.mask)
-
-            def hide(text: str) -> str:
-                """The client sees its parts by name, never the server's folders (errors and notices)."""
-                text = text.replace(str(clip), "the clip" if prepared.clip is not None else "the frames")
-                return text.replace(str(mask), "the mask").replace(str(scratch), "the job's folder")
-
             try:
-                result = inpaint(clip, mask, scratch / f"video.{prepared.format}", request=prepared.request,
-                                 crf=prepared.crf, metadata=settings.metadata, max_pixels=settings.max_pixels,
-                                 max_frames=MAX_FRAMES)
+                result = inpaint(clip, mask, output, request=request, crf=crf, metadata=settings.metadata,
+                                 max_pixels=settings.max_pixels, max_frames=MAX_FRAMES)
             except CanvaslabError as exc:
                 raise type(exc)(hide(str(exc))) from None
             result.notices = [hide(text) for text in result.notices]
@@ -307,4 +315,5 @@ def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    weakref.finalize(work, shutil.rmtree, scratch, True)
     return work
