@@ -3,15 +3,17 @@
 Multipart only (a clip is binary and large): a file part `clip` (a video file) or, for a folder of frames,
 one file part `frame` per frame in order (PNG, JPEG, WebP, BMP or TIFF; `fps` in the request, 25 by
 default); a file part `mask` (one image for every frame, or a mask video); and a text part `request`
-(the `VideoInpaintRequest` fields as JSON, plus the output's `format` (mp4, webm, mkv, gif) and `crf`). The job is followed like any other
-(/api/v1/jobs/{id}, its events: `progress` counts finished frames); its result's one file is the video.
+(the `VideoInpaintRequest` fields as JSON, plus the output's `format` (mp4, webm, mkv, gif) and `crf`).
+The job is followed like any other (/api/v1/jobs/{id}, its events: `progress` counts finished frames);
+its result's one file is the video.
 
 Everything a clip can make the server do is bounded before it is queued: the upload by --max-upload-mb,
 each frame by --max-pixels, the frames x pixels of the processed range by FRAME_BUDGET x --max-pixels,
 the frames held at once (window + 2 x context) by WINDOW_BUDGET x --max-pixels, the clip's length
 (its longest stream, audio included) by MAX_SECONDS, and every size the key frames' engine works at as
-for an image inpaint (`budget.check_work`). A clip's header can lie about its frame count: decoding stops at
-the end of the range the header gave (and at MAX_FRAMES); a running job stops at its next frame once --max-job-seconds is spent.
+for an image inpaint (`budget.check_work`). A clip's header can lie about its frame count: decoding
+stops at the end of the range the header gave (and at MAX_FRAMES). A running job stops at its next
+frame once --max-job-seconds is spent; a queued one holds its uploads on disk, not in memory.
 """
 
 from __future__ import annotations
