@@ -179,3 +179,8 @@ def test_native_api_control_and_ip_adapter_fields(live, picture):  # type: ignor
         encoder = client.post("/api/v1/inpaint", json={**fields, "ip_adapter": [
             {"model": "ip-adapter_tiny", "images": [image], "encoder": "/tmp"}]})
         assert encoder.status_code == 400 and encoder.json()["field"] == "ip_adapter.0.encoder"
+        many = client.post("/api/v1/inpaint", json={**fields, "control": fields["control"] * 9})
+        assert many.status_code == 400 and many.json()["field"] == "control"
+        references = client.post("/api/v1/inpaint", json={**fields, "ip_adapter": [
+            {"model": "ip-adapter_tiny", "images": [image] * 17}]})
+        assert references.status_code == 400 and references.json()["field"] == "ip_adapter.0.images"

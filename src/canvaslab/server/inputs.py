@@ -307,10 +307,18 @@ def refuse_paths(fields: dict[str, Any], catalogue: Catalogue) -> dict[str, Any]
     return fields
 
 
+MAX_CONDITIONING = 8  # control units, and IP-Adapters, per request
+MAX_REFERENCES = 16  # reference images per IP-Adapter (IPAdapterSpec's bound)
+
+
 def conditioning_uploads(fields: dict[str, Any], catalogue: Catalogue, max_pixels: int) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Control units and IP-Adapters as clients send them: models by the server's names, images as base64 (never
     paths). The images become uploads named in the request (`control-0.png`, ...), written out when the job runs."""
     fields, uploads = dict(fields), {}
+    # counted before any image is decoded (the field-size checks run on what is left afterwards)
+    for name, most in (("control", MAX_CONDITIONING), ("ip_adapter", MAX_CONDITIONING)):
+        if isinstance(fields.get(name), list) and len(fields[name]) > most:
+            raise ClientError(f"{name} has {len(fields[name])} entries; the server takes at most {most}", field=name)
     if isinstance(fields.get("control"), list):
         units = []
         for index, unit in enumerate(fields["control"]):
@@ -341,6 +349,9 @@ def conditioning_uploads(fields: dict[str, Any], catalogue: Catalogue, max_pixel
             if "encoder" in item:
                 raise ClientError("the IP-Adapter's image encoder is the server's: leave out encoder", field=f"{where}.encoder")
             images = item.pop("images", item.pop("image", []))
+            if isinstance(images, list) and len(images) > MAX_REFERENCES:
+                raise ClientError(f"{where}.images has {len(images)} images; the server takes at most {MAX_REFERENCES}",
+                                  field=f"{where}.images")
             names = []
             for number, value in enumerate(images if isinstance(images, list) else [images]):
                 data = decode_base64_image(value, f"{where}.images")
