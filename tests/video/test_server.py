@@ -94,6 +94,8 @@ def test_a_job_with_progress_whose_video_downloads(live, uploads, tmp_path):
         assert steps and steps == sorted(steps) and ("progress", {"step": 12, "total": 12}) in events
         assert job["progress"] == {"step": 12, "total": 12}
         assert job["result"]["recipe"]["task"] == "video-inpaint" and job["result"]["recipe"]["request"]["seed"] == 4
+        assert "output" not in job["result"]["recipe"]  # no PNG quality for a video
+        assert job["result"]["recipe"]["inputs"]["clip"]["path"] is None  # private by default: no server paths
         media, video = _download(client, job, tmp_path, "out.mkv")
     assert media == "video/x-matroska"
     assert (len(video["frames"]), video["fps"], video["size"]) == (12, Fraction(24), (96, 64))

@@ -311,12 +311,14 @@ class JobQueue:
                 job.recipe = recipe_to_write(result.recipe, self.metadata)
                 job.version += 1
             return
-        name = f"{job.task}-{index}-{result.seed}{getattr(result, 'suffix', '.png')}"  # a video job's: its container
+        suffix = getattr(result, "suffix", ".png")  # a video job's: its container
+        name = f"{job.task}-{index}-{result.seed}{suffix}"
         path = result.save(self.output / job.id / name, format="png", metadata=self.metadata)
         with self._lock:
             job.images.append(SavedImage(name, path, result.seed))
             if job.recipe is None:
-                job.recipe = recipe_to_write({**result.recipe, "output": {"quality": 95}}, self.metadata)
+                saved = {"output": {"quality": 95}} if suffix == ".png" else {}  # a video keeps its encoding's
+                job.recipe = recipe_to_write({**result.recipe, **saved}, self.metadata)
                 job.parameters = result.parameters if self.metadata != "none" else None
             job.notices += notices
             job.version += 1
