@@ -10,7 +10,8 @@ the weights, and no real file is downloaded here. Quality is not measured (rando
 Each engine runs its whole forward path as the `lama` / `migan` engines do (pre-processing, network,
 post-processing: `lama_forward` / `migan_forward`) on skimage's astronaut at `--size` px with a box
 hole of 25 % of the area; torch and numba are held to one thread. Times are the median of
-`--repeats` runs after one warm-up run each.
+`--repeats` runs after one warm-up run each, as wall-clock and as CPU seconds of the process: with one
+thread the CPU time is the work itself, the steadier figure when other processes share the cores.
 
 Named baseline, measured in the same run: PatchMatch (our default engine, `patchmatch_inpaint(threads=1)`)
 on the same picture and hole; every ratio is "this method's time / PatchMatch's". Also timed: the
@@ -70,14 +71,23 @@ def random_weights(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval()
 
 
-def timed(run, repeats: int) -> tuple[float, np.ndarray]:
-    out = run()  # warm-up: numba's cache load, torch's first-call allocations
-    seconds = []
+def timed(run, repeats: int) -> tuple[float, float]:
+    """Median wall-clock and CPU seconds of `repeats` runs after a warm-up run."""
+    run()  # warm-up: numba's cache load, torch's first-call allocations
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = run()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), out
+        start, start_cpu = time.perf_counter(), time.process_time()
+        run()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def timed_once(run) -> tuple[float, float]:
+    start, start_cpu = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        run()
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def reference_forwards():
@@ -103,37 +113,33 @@ def main(argv: list[str] | None = None) -> int:
     migan_net = MiganNetwork(args.size, torch.device("cpu"), "state-dict", predict=migan)
     params = {name: sum(p.numel() for p in net.parameters()) / 1e6 for name, net in (("lama", lama), ("migan", migan))}
 
-    rows: list[tuple[str, float, str]] = []
-    base, _ = timed(lambda: patchmatch_inpaint(rgb, hole, seed=0, threads=1), args.repeats)
+    rows: list[tuple[str, tuple[float, float], str]] = []
+    base = timed(lambda: patchmatch_inpaint(rgb, hole, seed=0, threads=1), args.repeats)
     rows.append(("patchmatch (baseline)", base, f"median of {args.repeats}"))
-    seconds, _ = timed(lambda: migan_forward(migan_net, rgb, hole), args.repeats)
-    rows.append((f"migan 512 ({params['migan']:.1f} M parameters)", seconds, f"median of {args.repeats}"))
-    seconds, _ = timed(lambda: lama_forward(lama_net, rgb, hole), args.repeats)
-    rows.append((f"big-lama ({params['lama']:.1f} M parameters)", seconds, f"median of {args.repeats}"))
+    rows.append((f"migan 512 ({params['migan']:.1f} M parameters)", timed(lambda: migan_forward(migan_net, rgb, hole),
+                                                                       args.repeats), f"median of {args.repeats}"))
+    rows.append((f"big-lama ({params['lama']:.1f} M parameters)", timed(lambda: lama_forward(lama_net, rgb, hole),
+                                                                      args.repeats), f"median of {args.repeats}"))
 
     if not args.no_reference:
         parity = reference_forwards()
         x_migan = torch.rand(1, 4, args.size, args.size, generator=torch.Generator().manual_seed(2)).double() * 2 - 1
         w_migan = parity._sd64(migan)
-        start = time.perf_counter()
-        with torch.no_grad():
-            parity.reference_migan(w_migan, args.size, x_migan)
-        rows.append(("migan, reference equations (float64)", time.perf_counter() - start, "one run"))
+        rows.append(("migan, reference equations (float64)",
+                     timed_once(lambda: parity.reference_migan(w_migan, args.size, x_migan)), "one run"))
         w_lama = parity._sd64(lama)
         x_lama = torch.rand(1, 4, args.size, args.size, generator=torch.Generator().manual_seed(3)).double()
-        start = time.perf_counter()
-        with torch.no_grad():
-            parity.reference_lama(w_lama, lama.config, x_lama)
-        rows.append(("big-lama, reference equations (float64)", time.perf_counter() - start, "one run"))
+        rows.append(("big-lama, reference equations (float64)",
+                     timed_once(lambda: parity.reference_lama(w_lama, lama.config, x_lama)), "one run"))
 
     print(f"astronaut {args.size}x{args.size}, box hole {int(hole.sum())} px; one thread (torch "
           f"{torch.get_num_threads()}, numba {os.environ['NUMBA_NUM_THREADS']}); RANDOM weights (speed only); "
           f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
-    print("| method | s/img | x PatchMatch | timing |")
-    print("|---|---:|---:|---|")
-    for name, seconds, how in rows:
-        print(f"| {name} | {seconds:.3f} | {seconds / base:.2f} | {how} |")
+    print("| method | wall s/img | CPU s/img | x PatchMatch (CPU) | timing |")
+    print("|---|---:|---:|---:|---|")
+    for name, (wall, cpu), how in rows:
+        print(f"| {name} | {wall:.3f} | {cpu:.3f} | {cpu / base[1]:.2f} | {how} |")
     return 0
 
 
