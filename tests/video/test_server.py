@@ -262,3 +262,23 @@ def test_queued_jobs_hold_their_uploads_on_disk_and_cancelling_removes_them(make
         assert wait_done(client, running)["status"] == "done"
     gc.collect()
     assert not list(server.settings.output.glob(".video-*"))  # the job that never ran left nothing either
+
+
+def test_a_starting_server_removes_scratch_folders_of_servers_that_died(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from canvaslab.server.app import create_app
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    output = tmp_path / "out"
+    left = output / f".video-{dead.stdout.strip()}-{'a' * 32}"  # a server killed mid-job left its frames
+    (left / "work").mkdir(parents=True)
+    (left / "work" / "000001.png").write_bytes(b"x")
+    live = output / f".video-{os.getpid()}-{'b' * 32}"  # a running server sharing the folder: its job goes on
+    live.mkdir()
+    other = output / ".video-notes"  # not a scratch folder of ours
+    other.mkdir()
+    create_app(ServerSettings(output=output)).state.queue.stop()
+    assert not left.exists() and live.is_dir() and other.is_dir()

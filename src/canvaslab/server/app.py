@@ -30,6 +30,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """The application for `settings`; its job queue starts now and stops with the app's lifespan."""
     settings = settings or ServerSettings()
     settings.output.mkdir(parents=True, exist_ok=True)
+    for stale in video.remove_stale_scratch(settings.output):
+        log.info("removed %s, left by a server that stopped mid-job", stale.name)
     queue = JobQueue(settings.output, size=settings.queue_size, workers=settings.workers, history=settings.history,
                      max_seconds=settings.max_job_seconds, metadata=settings.metadata)
     redact_access_log()

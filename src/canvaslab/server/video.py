@@ -19,6 +19,7 @@ frame once --max-job-seconds is spent; a queued one holds its uploads on disk, n
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tempfile
 import uuid
@@ -278,12 +279,38 @@ def _check_frame_work(request: Any, size: tuple[int, int], settings: ServerSetti
     check_work("inpaint", request.frame_request(), frame, hole, settings)  # type: ignore[arg-type]
 
 
+SCRATCH_PREFIX = ".video-"  # + the server's pid + a job's uuid: a job's uploads and frames while it runs
+
+
+def remove_stale_scratch(output: Path) -> list[Path]:
+    """Remove the scratch folders that servers killed mid-job left in `output` (their pid no longer runs),
+    keeping those of a live server sharing the folder. Called when a server starts; returns what went."""
+    removed = []
+    for folder in output.glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name[len(SCRATCH_PREFIX):].partition("-")[0]
+        if not folder.is_dir() or folder.is_symlink() or not pid.isdigit() or _running(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or no answer): not ours to judge
+    return True
+
+
 def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
     """The job. The uploads go to a scratch folder under the output now, so a queued job holds a folder on
     disk rather than its clip in memory; the video is made there and handed to the queue, which copies
     it into the job's folder. The folder goes when the job ends, and when a job that never ran (cancelled
     while queued, or refused by a full queue) is dropped."""
-    scratch = settings.output / f".video-{uuid.uuid4().hex}"
+    scratch = settings.output / f"{SCRATCH_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
     scratch.mkdir(parents=True)
     try:
         if prepared.clip is not None:
