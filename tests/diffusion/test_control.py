@@ -228,6 +228,7 @@ def dit_nets(tmp_path_factory):
         "sd3-inpaint": tiny_control.save_dit_controlnet(sd3, root / "cn-sd3-inpaint", inpaint=True),
         "flux": tiny_control.save_dit_controlnet(flux, root / "cn-flux"),
         "flux-2": tiny_control.save_dit_controlnet(flux, root / "cn-flux-2", seed=7),
+        "flux-union": tiny_control.save_dit_controlnet(flux, root / "cn-flux-union", union=True),
     }
 
 
@@ -275,6 +276,22 @@ def test_sd3_and_flux_controlnet_generate_several_units_and_refusals(picture, ho
     single.write_bytes(b"not read")
     assert "diffusers folder" in one_line(lambda: run(picture, hole, folder, control=[str(single)]),
                                           ModelNotAvailableError)
+
+
+def test_flux_controlnet_union_modes(picture, hole, tiny_dit_folders, dit_nets):
+    folder, union = tiny_dit_folders["flux-txt2img"], dit_nets["flux-union"]
+    canny = run(picture, hole, folder, steps=2, control=[f"{union},preprocessor=canny"])
+    blur = run(picture, hole, folder, steps=2, control=[f"{union},preprocessor=blur"])
+    assert not np.array_equal(canny, blur) and np.array_equal(canny[~hole], picture[~hole])
+    # several units of the one Union model: each with its mode, weight and steps (Multi-ControlNet over it)
+    both = [f"{union},preprocessor=canny", f"{union}:0.5,preprocessor=blur,end=0.5"]
+    combined = run(picture, hole, folder, steps=2, control=both)
+    assert not np.array_equal(combined, canny) and np.array_equal(combined[~hole], picture[~hole])
+    assert np.array_equal(run(picture, hole, folder, steps=2, control=both), combined)
+    assert np.array_equal(run(picture, hole, folder, steps=2, control=[both[0], f"{union}:0,preprocessor=blur"]), canny)
+    assert "does not say" in one_line(lambda: run(picture, hole, folder, steps=1, control=[str(union)]))
+    assert "cannot run together" in one_line(lambda: run(picture, hole, folder, steps=1, control=[
+        f"{union},preprocessor=canny", f"{dit_nets['flux']},preprocessor=canny"]))
 
 
 def test_generate_with_a_control_image(tiny_folders, nets, tmp_path, photo):

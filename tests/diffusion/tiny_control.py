@@ -111,9 +111,11 @@ def save_ip_adapter(unet: UNet2DConditionModel, folder: Path, *, name: str = "ip
 DIT_ZERO_LAYERS = ("controlnet_blocks", "controlnet_single_blocks", "pos_embed_input", "controlnet_x_embedder")
 
 
-def build_dit_controlnet(transformer: torch.nn.Module, *, inpaint: bool = False, seed: int = SEED) -> torch.nn.Module:
+def build_dit_controlnet(transformer: torch.nn.Module, *, inpaint: bool = False, union: bool = False,
+                         seed: int = SEED) -> torch.nn.Module:
     """An SD3 ControlNet (`inpaint`: the inpainting kind, whose input is the masked image's latents + the mask,
-    one extra channel) or a FLUX.1 ControlNet of the tiny `transformer`."""
+    one extra channel) or a FLUX.1 ControlNet of the tiny `transformer` (`union`: with InstantX Union's 10
+    control modes)."""
     from diffusers import FluxControlNetModel, SD3ControlNetModel
 
     torch.manual_seed(seed)
@@ -128,6 +130,11 @@ def build_dit_controlnet(transformer: torch.nn.Module, *, inpaint: bool = False,
         net = FluxControlNetModel.from_transformer(
             transformer, num_layers=config.num_layers, num_single_layers=config.num_single_layers,
             attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads)
+        if union:  # from_transformer makes single-type ones; the mode embedding is new (seeded below)
+            torch.manual_seed(seed)
+            modal = FluxControlNetModel.from_config(net.config, num_mode=10)
+            modal.load_state_dict(net.state_dict(), strict=False)
+            net = modal
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in net.named_parameters():
@@ -136,8 +143,9 @@ def build_dit_controlnet(transformer: torch.nn.Module, *, inpaint: bool = False,
     return net.eval()
 
 
-def save_dit_controlnet(transformer: torch.nn.Module, folder: Path, *, inpaint: bool = False, seed: int = SEED) -> Path:
-    build_dit_controlnet(transformer, inpaint=inpaint, seed=seed).save_pretrained(folder)
+def save_dit_controlnet(transformer: torch.nn.Module, folder: Path, *, inpaint: bool = False, union: bool = False,
+                        seed: int = SEED) -> Path:
+    build_dit_controlnet(transformer, inpaint=inpaint, union=union, seed=seed).save_pretrained(folder)
     return folder
 
 

@@ -42,6 +42,8 @@ PROMPT_MODE_DECAY = 0.825  # per layer from the middle block outwards, as sd-web
 # ControlNet Union (xinsir): the control type index of each kind of map
 UNION_TYPES = {"openpose": 0, "depth": 1, "scribble": 2, "hed": 2, "softedge": 2, "canny": 3, "lineart": 3, "mlsd": 3,
                "normal": 4, "segment": 5, "tile": 6, "inpaint": 7}
+# FLUX.1 ControlNet Union (InstantX, Shakker-Labs Pro): the control mode of each of our preprocessors' maps
+FLUX_UNION_MODES = {"canny": 0, "tile": 1, "depth": 2, "blur": 3}
 MAX_CACHED_CONTROLNETS = 4
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
             "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors")
@@ -195,7 +197,7 @@ def control_pipeline(pipe: Any, info: Any, task: str, generation: Generation, *,
     check_units(units, family, task, label)
     denoiser = getattr(pipe, family.denoiser)
     nets, _ = _distinct_nets(units, family, generation, denoiser)
-    union = [type(net).__name__ == "ControlNetUnionModel" for net in nets]
+    union = [is_union(net) for net in nets]
     if any(union) and not all(union):
         raise InputError("ControlNet Union models and plain ControlNets cannot run together; use one kind per run")
     if all(union) and len(nets) > 1:
@@ -203,11 +205,13 @@ def control_pipeline(pipe: Any, info: Any, task: str, generation: Generation, *,
                          "Union model")
     _check_kinds(nets, units, family, task)
     class_name = family.control_pipeline_class_name(info, task, union=all(union), label=label)
-    key = (class_name, tuple(id(net) for net in nets))
+    # a FLUX.1 Union model runs several units as diffusers' Multi-ControlNet of that one model
+    several = len(nets) > 1 or (len(units) > 1 and _flux_union(nets[0]))
+    key = (class_name, tuple(id(net) for net in nets), several)
     derived: OrderedDict = pipe.__dict__.setdefault("_canvaslab_control", OrderedDict())
     if key not in derived:
         own = getattr(pipe, "_canvaslab_own_scheduler", pipe.scheduler)
-        control = pipeline_class(class_name).from_pipe(pipe, controlnet=nets[0] if len(nets) == 1 else list(nets))
+        control = pipeline_class(class_name).from_pipe(pipe, controlnet=list(nets) if several else nets[0])
         control._canvaslab_own_scheduler = own  # the model's scheduler, whatever `pipe` was switched to
         control.set_progress_bar_config(disable=True)
         derived[key] = control
@@ -228,7 +232,7 @@ def _distinct_nets(units: Sequence[ControlUnit], family: Any, generation: Genera
                               device=denoiser.device, cache_dir=generation.cache_dir,
                               local_files_only=generation.local_files_only)
         _check_fits(net, denoiser, unit.model, family)
-        if type(net).__name__ == "ControlNetUnionModel" and any(n is net for n in nets):
+        if is_union(net) and any(n is net for n in nets):
             index.append(next(i for i, n in enumerate(nets) if n is net))
             continue
         nets.append(net)
@@ -238,9 +242,6 @@ def _distinct_nets(units: Sequence[ControlUnit], family: Any, generation: Genera
 
 def _check_kinds(nets: Sequence[Any], units: Sequence[ControlUnit], family: Any, task: str) -> None:
     """ControlNets the family's pipeline for `task` cannot feed, refused before anything runs."""
-    if any(getattr(net.config, "num_mode", None) for net in nets):  # FLUX.1 Union (InstantX): its own mode table
-        raise InputError(f"{family.label} ControlNet Union models are not driven by canvaslab yet; use a single-type "
-                         f"{family.label} ControlNet (canny, depth, ...)")
     if family.control_inpaint != "mask":
         return
     # SD3: an inpainting ControlNet reads the masked image's latents plus the mask (one extra channel)
@@ -274,7 +275,9 @@ def control_arguments(pipe: Any, info: Any, task: str, generation: Generation, i
 
     family = family_of(info.family)
     units = generation.control
-    union = type(_controlnet_of(pipe)).__name__ == "ControlNetUnionModel"
+    union = is_union(_controlnet_of(pipe))
+    if union and _flux_union(_controlnet_of(pipe)):
+        return _flux_union_arguments(units, image, mask, family, seed, generation.cache_dir)
     maps = [control_map(unit, image, mask, family, union=union, seed=seed, cache_dir=generation.cache_dir)
             for unit in units]
     key = "control_image" if "control_image" in call else "image"
@@ -308,6 +311,35 @@ def control_arguments(pipe: Any, info: Any, task: str, generation: Generation, i
 
         arguments["control_mask"] = Image.fromarray(mask.astype(np.uint8) * 255)
     return arguments
+
+
+def is_union(net: Any) -> bool:
+    """A ControlNet Union model: one network for several kinds of map (SDXL's ControlNetUnionModel, or a FLUX.1
+    ControlNet with control modes)."""
+    return type(net).__name__ == "ControlNetUnionModel" or _flux_union(net)
+
+
+def _flux_union(net: Any) -> bool:
+    return bool(getattr(getattr(net, "config", None), "num_mode", None))  # a Multi-ControlNet wrapper has no config
+
+
+def _flux_union_arguments(units: Sequence[ControlUnit], image: np.ndarray, mask: np.ndarray | None, family: Any,
+                          seed: int, cache_dir: str | None) -> dict[str, Any]:
+    """A FLUX.1 Union model's arguments: each unit's map with its control mode, weight and steps (one unit: the
+    single-ControlNet form; several: the Multi-ControlNet form over the one model)."""
+    modes = []
+    for unit in units:
+        if unit.preprocessor not in FLUX_UNION_MODES:
+            raise InputError(f"a FLUX.1 ControlNet Union model needs to know what unit {unit.model}'s image is, and "
+                             f"preprocessor {unit.preprocessor!r} does not say: use {', '.join(FLUX_UNION_MODES)}")
+        modes.append(FLUX_UNION_MODES[unit.preprocessor])
+    maps = [control_map(unit, image, mask, family, union=True, seed=seed, cache_dir=cache_dir) for unit in units]
+    if len(units) == 1:
+        unit = units[0]
+        return {"control_image": maps[0], "control_mode": modes[0], "controlnet_conditioning_scale": unit.weight,
+                "control_guidance_start": unit.start, "control_guidance_end": unit.end}
+    return {"control_image": maps, "control_mode": modes, "controlnet_conditioning_scale": [u.weight for u in units],
+            "control_guidance_start": [u.start for u in units], "control_guidance_end": [u.end for u in units]}
 
 
 def _controlnet_of(pipe: Any) -> Any:

@@ -49,6 +49,7 @@ class Flux(TransformerFamily):
         ("txt2img", "txt2img"): "FluxControlNetPipeline",
         ("txt2img", "inpaint"): "FluxControlNetInpaintPipeline",
     }
+    union_pipelines = control_pipelines  # FLUX.1 Union models (control modes) run in the same pipelines
     controlnet_classes = ("FluxControlNetModel",)
     aliases = (
         ModelAlias("flux-dev", "black-forest-labs/FLUX.1-dev", "flux", "txt2img", 1024,

@@ -31,6 +31,7 @@ class FluxKontext(Flux):
         ("edit", "inpaint"): "FluxKontextInpaintPipeline",
     }
     control_pipelines = {}  # FLUX.1's ControlNet pipelines do not take Kontext's reference image
+    union_pipelines = {}
     controlnet_classes = ()
     aliases = (
         ModelAlias("flux-kontext", "black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext", "edit", 1024,
