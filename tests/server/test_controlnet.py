@@ -5,6 +5,7 @@ it (alwayson_scripts units, the old controlnet_units field, /controlnet/* routes
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -184,3 +185,23 @@ def test_native_api_control_and_ip_adapter_fields(live, picture):  # type: ignor
         references = client.post("/api/v1/inpaint", json={**fields, "ip_adapter": [
             {"model": "ip-adapter_tiny", "images": [image] * 17}]})
         assert references.status_code == 400 and references.json()["field"] == "ip_adapter.0.images"
+
+
+def test_a_controlnet_that_fails_when_the_job_runs_is_named_without_its_folder(make_server, models, picture, tmp_path):  # type: ignore[no-untyped-def]
+    broken = tmp_path / "server-secret-folder" / "broken-canny"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}")  # a folder without weights: found out only when the job loads it
+    live = make_server(engine="diffusion", models=[str(models["sd"])], control_models=[str(broken)])
+    image = b64(png_bytes(np.asarray(picture)))
+    _, fill = box_mask()
+    mask = b64(png_bytes(fill.astype(np.uint8) * 255))
+    with live.client() as client:
+        job = client.post("/api/v1/inpaint", json={"image": image, "mask": mask, "steps": 1,
+                                                   "control": [{"model": "broken-canny"}]}).json()
+        done = wait_done(client, job["id"])
+        assert done["status"] == "failed" and "broken-canny" in done["error"]
+        synchronous = client.post("/sdapi/v1/img2img", json={"init_images": [image], "mask": mask, "steps": 1,
+                                                             "controlnet_units": [{"module": "canny", "model": "broken-canny"}]})
+        assert 400 <= synchronous.status_code < 500 and "broken-canny" in synchronous.json()["error"]
+        for text in (json.dumps(done), synchronous.text):
+            assert "server-secret-folder" not in text and str(tmp_path) not in text, text

@@ -34,10 +34,11 @@ from canvaslab import __version__
 from canvaslab.core.metadata import parse_parameters, read_metadata
 from canvaslab.errors import InputError
 from canvaslab.server.inputs import (
-    CREATIVE_ENGINES, ClientError, check_field_sizes, decode_base64_image, display_name, open_upload, parse_json, prepare,
+    CREATIVE_ENGINES, ClientError, check_field_sizes, decode_base64_image, display_name, hide_paths, open_upload, parse_json, prepare,
     task_work,
 )
 from canvaslab.server.jobs import Job, QueueFull, Status
+from canvaslab.server.masks import run_at_once
 from canvaslab.server.settings import is_loopback
 
 router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 subset"])
@@ -763,9 +764,9 @@ def detect_maps(body: dict[str, Any], max_pixels: int) -> list[str]:
             out = preprocessors.run(name, loaded.rgb, mask=mask, threshold_a=a, threshold_b=b)
             made.append(base64.b64encode(encode_image(out, format="png")).decode())
     except InputError as exc:
-        raise ClientError(str(exc), status=422, field="controlnet_module") from None
+        raise ClientError(hide_paths(str(exc)), status=422, field="controlnet_module") from None
     except ModelNotAvailableError as exc:  # a learned preprocessor whose model the server does not have
-        raise ClientError(str(exc), status=http_status_of(exc), field="controlnet_module") from None
+        raise ClientError(hide_paths(str(exc)), status=http_status_of(exc), field="controlnet_module") from None
     return made
 
 
@@ -775,7 +776,9 @@ async def controlnet_detect(request: Request) -> dict[str, Any]:
     body = await read_body(request, DETECT_FIELDS - DETECT_IMAGES)
     # maps are made at the image's own size (pixel perfect): the extension's processor_res is not read
     ignored = ignored_fields(body, DETECT_FIELDS - {"controlnet_processor_res"})
-    maps = await run_in_threadpool(detect_maps, body, request.app.state.settings.max_pixels)
+    # outside the job queue, like the mask routes: one at a time with them, a bounded wait (503 beyond it)
+    maps = await run_at_once(request, functools.partial(detect_maps, body, request.app.state.settings.max_pixels),
+                             "masks or control maps")
     return {"images": maps, "info": "Success", "canvaslab": {"ignored_fields": ignored}}
 
 

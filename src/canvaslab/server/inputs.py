@@ -168,6 +168,30 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
 
 
+# An absolute path in a message (not a URL's, not inside a word): a library's error about a configured model
+# names its folder, the Hugging Face cache, or a job's upload folder.
+_SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"`,;:()\[\]{}<>/]+/)+([^\s'\"`,;:()\[\]{}<>/]*)")
+
+
+def hide_paths(text: str) -> str:
+    """`text` with every absolute path replaced by its last part: a configured model's folder becomes the name
+    clients know it by (`display_name`), and no server folder reaches a client."""
+    return _SERVER_PATH.sub(lambda match: match.group(1) or "a folder of the server", text)
+
+
+def without_paths(exc: CanvaslabError) -> CanvaslabError:
+    """The same error (its type: its HTTP status) with its sentence's server paths hidden."""
+    try:
+        return type(exc)(hide_paths(str(exc)))
+    except TypeError:  # a subclass with another constructor
+        return CanvaslabError(hide_paths(str(exc)))
+
+
+def client_error(exc: CanvaslabError, field: str | None = None) -> ClientError:
+    """A library's refusal as the client sees it: its status, its sentence without server paths."""
+    return ClientError(hide_paths(str(exc)), status=http_status_of(exc), field=field)
+
+
 # -- models ------------------------------------------------------------------------------------
 
 
@@ -478,7 +502,7 @@ def prepare(
     except ClientError:
         raise
     except CanvaslabError as exc:  # a plan the task itself would refuse (an outpaint of nothing, a missing model)
-        raise ClientError(str(exc), status=http_status_of(exc)) from None
+        raise client_error(exc) from None
     return Prepared(task, request, image, mask, dropped, uploads)
 
 
@@ -495,6 +519,7 @@ def task_work(prepared: Prepared, max_pixels: int, count: int = 1) -> Work:
     """The job's work: `count` results of the task (seeds seed, seed+1, ...), one at a time, each skippable."""
 
     def work():  # type: ignore[no-untyped-def]
+        from canvaslab.core.progress import Cancelled
         from canvaslab.tasks.common import open_image, resolve_seed, step_seed
         from canvaslab.tasks.render import run_task
         from canvaslab.tasks.understand import understand
@@ -502,7 +527,13 @@ def task_work(prepared: Prepared, max_pixels: int, count: int = 1) -> Work:
         # Decoded here, in the worker: the queue holds only the uploaded bytes.
         image = None if prepared.image is None else open_image(prepared.image, max_pixels)
         if prepared.task == "understand":
-            yield understand(image, request=prepared.request, max_pixels=max_pixels)  # type: ignore[arg-type]
+            try:
+                answers = understand(image, request=prepared.request, max_pixels=max_pixels)  # type: ignore[arg-type]
+            except Cancelled:
+                raise
+            except CanvaslabError as exc:
+                raise without_paths(exc) from None
+            yield answers
             return
         base = resolve_seed(prepared.request.seed)  # type: ignore[attr-defined]
         with tempfile.TemporaryDirectory(prefix="canvaslab-uploads-") as folder:
@@ -512,7 +543,12 @@ def task_work(prepared: Prepared, max_pixels: int, count: int = 1) -> Work:
 
             def make(index: int):  # type: ignore[no-untyped-def]
                 request = ready.model_copy(update={"seed": step_seed(base, index)})
-                return run_task(prepared.task, image, prepared.mask, request, max_pixels)  # type: ignore[arg-type]
+                try:
+                    return run_task(prepared.task, image, prepared.mask, request, max_pixels)  # type: ignore[arg-type]
+                except Cancelled:
+                    raise
+                except CanvaslabError as exc:  # a configured model's folder, the uploads' folder: not the client's
+                    raise without_paths(exc) from None
 
             yield from each_result(count, make)
 

@@ -4,8 +4,10 @@ calls) and the /sam/* routes of the sd-webui-segment-anything extension that `we
 
 A mask answers at once (no job queue): after the first click on a picture, SAM reuses its embedding,
 which the server keeps for EMBEDDING_TTL seconds after its last use (masks.sam.EmbeddingCache), so the
-next clicks cost only the prompt decoder. Mask work runs one request at a time in a worker thread; a
-request that waits longer than the server's request timeout, or finds MAX_WAITING others waiting, gets 503.
+next clicks cost only the prompt decoder. Mask work runs one request at a time in a worker thread (with
+/controlnet/detect's maps, the other work answered outside the job queue); a request that waits longer than
+the server's request timeout, or finds MAX_WAITING others waiting, gets 503. Errors name configured models by
+the names clients know, never by their folders.
 
 Every field is bounded before any work: the image by the server's pixel limit, points, boxes and phrases
 by count, phrases by length; clients name mask models only by the names the server offers (--mask-model,
@@ -28,9 +30,9 @@ from PIL import Image, ImageDraw
 from pydantic import ValidationError
 
 from canvaslab.core.image import LoadedImage
-from canvaslab.errors import InputError
+from canvaslab.errors import CanvaslabError
 from canvaslab.server.inputs import (
-    ClientError, check_field_sizes, decode_base64_image, display_name, open_upload, parse_json,
+    ClientError, check_field_sizes, client_error, decode_base64_image, display_name, open_upload, parse_json,
 )
 from canvaslab.tasks.requests import MaskRequest, describe_validation_error
 
@@ -79,7 +81,10 @@ class MaskModels:
 
         with self._lock:
             if value not in self._kinds:
-                self._kinds[value] = resolve(value).kind
+                try:
+                    self._kinds[value] = resolve(value).kind
+                except CanvaslabError as exc:  # a configured model's error names its folder: clients see its name
+                    raise client_error(exc) from None
             return self._kinds[value]
 
     def pick(self, name: str | None, want: str, field: str) -> str:
@@ -188,11 +193,12 @@ def _request(fields: dict[str, Any]) -> MaskRequest:
                           field=".".join(str(p) for p in err["loc"]) or None) from None
 
 
-async def _run(request: Request, job: Any) -> Any:
-    """`job()` in a worker thread, one mask at a time; 503 when the wait exceeds the request timeout."""
+async def run_at_once(request: Request, job: Any, what: str = "masks") -> Any:
+    """`job()` in a worker thread, one at a time with the other work answered outside the job queue (masks,
+    ControlNet maps); 503 when the wait exceeds the request timeout, or at once when MAX_WAITING wait already."""
     settings, _, _, lock = _state(request)
     admitted = request.app.state.mask_waiting
-    busy = ClientError("the server is busy making other masks: try again in a moment", status=503)
+    busy = ClientError(f"the server is busy making other {what}: try again in a moment", status=503)
     if not admitted.acquire(blocking=False):
         raise busy
 
@@ -201,8 +207,8 @@ async def _run(request: Request, job: Any) -> Any:
             raise busy
         try:
             return job()
-        except InputError as exc:
-            raise ClientError(str(exc)) from None
+        except CanvaslabError as exc:  # bad input (400), a model that cannot be loaded (404, ...): no server paths
+            raise client_error(exc) from None
         finally:
             lock.release()
 
@@ -275,7 +281,7 @@ async def make(request: Request) -> dict[str, Any]:
 
         return make_mask(image, mask_request, cache=cache, max_pixels=settings.max_pixels)
 
-    made = await _run(request, work)
+    made = await run_at_once(request, work)
     return {
         "mask": _png(made.grey(), "L"), "size": list(made.size), "coverage": round(made.coverage, 6),
         "scores": [round(s, 4) for s in made.scores], "boxes": made.boxes, "embedding_cached": made.cached,
@@ -386,7 +392,7 @@ async def sam_predict(request: Request) -> dict[str, Any]:
         boxes = {"boxes": [box.xyxy for box in found], "multimask": True, "model": sam}
         return make_mask(image, _request(boxes), cache=cache, max_pixels=settings.max_pixels), f"{len(found)} box(es)"
 
-    made, how = await _run(request, work)
+    made, how = await run_at_once(request, work)
     if made is None:
         return {"msg": how, "blended_images": [], "masks": [], "masked_images": []}
     pictures = [_overlay(image.rgb, mask) for mask in made.candidates]
@@ -418,7 +424,7 @@ async def dino_predict(request: Request) -> dict[str, Any]:
 
         return load_detector(resolve(detector, want="text"), resolve_device("auto")).boxes(image.rgb, phrases, threshold)
 
-    found = await _run(request, work)
+    found = await run_at_once(request, work)
     picture = Image.fromarray(image.rgb)
     draw = ImageDraw.Draw(picture)
     for index, box in enumerate(found):

@@ -1,0 +1,76 @@
+"""An outside review of the routes of issues 12 (ControlNet / IP-Adapter), 14 (masks) and 16 (video): server
+folders never reach a client, work outside the job queue is bounded, numbers a request carries are bounded
+before any work. Each test failed before the fix its commit carries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import b64
+
+
+@pytest.fixture
+def broken_models(tmp_path):  # type: ignore[no-untyped-def]
+    """A diffusers folder and a SAM folder the server is given but cannot load, under a folder clients must not see."""
+    secret = tmp_path / "server-secret-folder"
+    sd = secret / "my-sd"
+    sd.mkdir(parents=True)
+    (sd / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionInpaintPipeline"}))
+    sam = secret / "my-sam"
+    sam.mkdir()
+    (sam / "config.json").write_text(json.dumps({"model_type": "sam"}))
+    return secret, sd, sam
+
+
+def _refused_without_folder(response, name: str, secret) -> None:  # type: ignore[no-untyped-def]
+    assert 400 <= response.status_code < 500, response.text
+    text = response.text
+    assert str(secret) not in text and "server-secret-folder" not in text and "/tmp" not in text, text
+    assert name in response.json()["error"]
+
+
+def test_a_model_the_server_cannot_load_is_named_without_its_folder(make_server, broken_models, photo_png, mask_png):
+    secret, sd, sam = broken_models
+    live = make_server(engine="diffusion", models=[str(sd)], mask_models=[str(sam)])
+    image, mask = b64(photo_png), b64(mask_png)
+    with live.client() as client:
+        native = client.post("/api/v1/inpaint", json={"image": image, "mask": mask, "steps": 1})
+        _refused_without_folder(native, "my-sd", secret)
+        a1111 = client.post("/sdapi/v1/img2img", json={"init_images": [image], "mask": mask, "steps": 1})
+        _refused_without_folder(a1111, "my-sd", secret)
+        clicked = client.post("/api/v1/mask", json={"image": image, "points": [[5, 5]]})
+        _refused_without_folder(clicked, "my-sam", secret)
+        extension = client.post("/sam/sam-predict", json={"input_image": image, "sam_positive_points": [[5, 5]],
+                                                          "sam_model_name": "my-sam"})
+        _refused_without_folder(extension, "my-sam", secret)
+
+
+def test_controlnet_detect_waits_its_turn_like_the_mask_routes(make_server, photo_png):
+    """/controlnet/detect runs preprocessors (a learned depth model too) outside the job queue: without a bound, 40
+    clients each sending 8 images at the pixel limit ran 40 at once on the server's threads."""
+    import time
+
+    from canvaslab.server.masks import MAX_WAITING
+
+    server = make_server(request_timeout=1.0)
+    body = {"controlnet_module": "canny", "controlnet_input_images": [b64(photo_png)]}
+    with server.client() as client:
+        assert client.post("/controlnet/detect", json=body).status_code == 200
+        state = server.app.state
+        assert state.mask_lock.acquire(blocking=False)  # a mask (or a map) is being made
+        try:
+            started = time.monotonic()
+            waited = client.post("/controlnet/detect", json=body)
+            assert waited.status_code == 503 and time.monotonic() - started >= 0.9, waited.text  # waited, gave up
+            for _ in range(MAX_WAITING + 1):
+                assert state.mask_waiting.acquire(blocking=False)
+            started = time.monotonic()
+            full = client.post("/controlnet/detect", json=body)
+            assert full.status_code == 503 and time.monotonic() - started < 0.5  # refused at once
+        finally:
+            for _ in range(MAX_WAITING + 1):
+                state.mask_waiting.release()
+            state.mask_lock.release()
+        assert client.post("/controlnet/detect", json=body).status_code == 200  # free again
