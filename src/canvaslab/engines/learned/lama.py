@@ -207,8 +207,10 @@ class LamaGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(b, input_nc, h, w) -> (b, output_nc, h, w); h and w multiples of `config.multiple`."""
         # Channels-last memory: PyTorch's CPU convolutions run ~15-20 % faster on it at 512 px (the layout
-        # carries through the layers, FFTs included); the result comes back in the usual layout.
-        return self.model(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        # carries through the layers, FFTs included); the result comes back in the usual layout. The plain
+        # .contiguous() first: a tensor with a batch stride of 0 (a numpy image through [None]) passes as
+        # channels-last without being laid out as such.
+        return self.model(x.contiguous().contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 def inpaint_tensor(generator: LamaGenerator, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
