@@ -282,3 +282,34 @@ def test_a_starting_server_removes_scratch_folders_of_servers_that_died(tmp_path
     other.mkdir()
     create_app(ServerSettings(output=output)).state.queue.stop()
     assert not left.exists() and live.is_dir() and other.is_dir()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height over a few bytes of data: a decompression bomb's opening."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1) * 4))
+            + chunk(b"IEND", b""))
+
+
+def test_decompression_bombs_are_refused_by_their_headers(live, uploads, clip):
+    """A mask (image or GIF) or a frame whose header claims billions of pixels is a 400 naming its part, not a
+    500 from Pillow's bomb check; nothing is decoded."""
+    gif = io.BytesIO()
+    Image.new("L", (8, 8)).save(gif, "GIF", save_all=True, append_images=[Image.new("L", (8, 8), 255)])
+    huge_gif = bytearray(gif.getvalue())
+    huge_gif[6:10] = (65535).to_bytes(2, "little") * 2  # the logical screen: 65535 x 65535
+    frames = [_png(frame) for frame in clip.frames[:2]]
+    with live.client() as client:
+        for mask in (_png_header(100_000, 100_000), bytes(huge_gif), _png_header(3000, 3000)):
+            answer = _post(client, uploads, mask=mask)
+            assert answer.status_code == 400 and answer.json()["field"] == "mask", answer.text
+            assert "pixel" in answer.json()["error"] and "\n" not in answer.json()["error"]
+        bomb = _post_frames(client, [*frames, _png_header(100_000, 100_000)], uploads["mask"])
+        assert bomb.status_code == 400 and bomb.json()["field"] == "frame", bomb.text
+        assert "frame part 2 claims far more pixels" in bomb.json()["error"]

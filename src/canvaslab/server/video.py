@@ -193,7 +193,10 @@ def _frame_images(frames: list[bytes], settings: ServerSettings) -> list[tuple[s
         try:
             with Image.open(io.BytesIO(data)) as image:
                 kind, size = image.format, image.size
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        except Image.DecompressionBombError:
+            raise ClientError(f"frame part {index} claims far more pixels in its header than the limit of "
+                              f"{settings.max_pixels:,}", field="frame") from None
+        except (UnidentifiedImageError, OSError):
             raise ClientError(f"frame part {index} is not an image Pillow reads", field="frame") from None
         if kind not in FRAME_SUFFIXES:
             raise ClientError(f"frame part {index} is {kind}: send {', '.join(FRAME_SUFFIXES)} images", field="frame")
@@ -247,7 +250,7 @@ def _probe_mask(scratch: Path, source: Any, mask: bytes, request: Any, settings:
     start, end = frame_range(source, request)
     mask_path = scratch / "mask"
     mask_path.write_bytes(mask)
-    mask_is_video = _is_video(mask_path)
+    mask_is_video = _is_video(mask_path, settings.max_pixels)
     if mask_is_video:
         mask_path = mask_path.rename(scratch / "mask.mp4")  # any suffix of VIDEO_SUFFIXES: PyAV reads the content
     try:
@@ -258,13 +261,21 @@ def _probe_mask(scratch: Path, source: Any, mask: bytes, request: Any, settings:
     return end - start, source.size, mask_is_video
 
 
-def _is_video(path: Path) -> bool:
-    """An image Pillow reads (one frame) is a mask image; anything else is taken for a mask video."""
+def _is_video(path: Path, max_pixels: int) -> bool:
+    """An image Pillow reads (one frame) is a mask image; anything else is taken for a mask video. An image
+    whose header claims more than the pixel limit is refused here, before its frames are counted."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ClientError(f"mask: the mask is {width}x{height} = {width * height:,} pixels, over the limit of "
+                                  f"{max_pixels:,}", field="mask")
             return getattr(image, "n_frames", 1) > 1
+    except Image.DecompressionBombError:
+        raise ClientError(f"mask: the mask claims far more pixels in its header than the limit of {max_pixels:,}",
+                          field="mask") from None
     except (UnidentifiedImageError, OSError):
         return True
 
