@@ -3,6 +3,7 @@ plain scikit-image loop computing the same numbers, in the same run.
 
     python benchmarks/eval.py [--cases 1000] [--work DIR]
     python benchmarks/eval.py --photos DIR     # only write the shipped photos (for docs/eval.md's table)
+    python benchmarks/eval.py --screenshot report.html docs/eval-report.png   # a report page as a PNG
 
 Cases: LaMa's thick-512 protocol (`canvaslab eval protocol lama-thick-512`) drawn from the ten photos and
 textures that ship with scikit-image (astronaut, chelsea, coffee, rocket, stereo_motorcycle's left view,
@@ -23,8 +24,9 @@ Measured, one after the other on the same files:
    ours), numpy L1 and outside change, scipy.ndimage's Sobel and binary dilation/erosion for detail
    and seam, on the same definitions (grey = ITU-R 601 luma, as OpenCV's).
 
-Printed: seconds and cases/s for each, the ratio plain / canvaslab, and the largest difference between
-the two sets of numbers per metric (the loop is the reference implementation).
+Printed: wall seconds, cases/s and CPU seconds (all threads) for each, the ratio plain / canvaslab
+(wall), the load average (the machine's cores are shared), and the largest difference between the two
+sets of numbers per metric (the loop is the reference implementation).
 """
 
 from __future__ import annotations
@@ -68,6 +70,24 @@ def write_photos(folder: Path) -> Path:
     return folder
 
 
+def screenshot(page: Path, png: Path) -> None:
+    """The whole page in headless chromium (Debian's, through Playwright), 1360 px wide, scaled to 1020
+    and reduced to 256 colours to keep the PNG small."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1360, "height": 900})
+        tab.goto(page.resolve().as_uri())
+        shot = tab.screenshot(full_page=True)
+        browser.close()
+    import io
+
+    image = Image.open(io.BytesIO(shot)).convert("RGB")
+    image = image.resize((1020, round(image.height * 1020 / image.width)), Image.Resampling.LANCZOS)
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(png, optimize=True)
+
+
 def smooth_fill(given: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """Known pixels kept, the hole filled by a normalised Gaussian convolution of the known ones."""
     known = (~hole).astype(np.float32)
@@ -102,7 +122,7 @@ def prepare(work: Path, cases: int) -> tuple[Path, Path]:
     return protocol, predictions
 
 
-def run_canvaslab(protocol: Path, predictions: Path, work: Path, cases: int, *, threads: int) -> tuple[float, dict]:
+def run_canvaslab(protocol: Path, predictions: Path, work: Path, cases: int, *, threads: int) -> tuple[float, float, dict]:
     from canvaslab.eval.metrics.pixels import PixelMetrics
     from canvaslab.eval.protocols import load_manifest
     from canvaslab.eval.run import RunSpec, run_eval
@@ -115,14 +135,14 @@ def run_canvaslab(protocol: Path, predictions: Path, work: Path, cases: int, *, 
     cv2.setNumThreads(threads)
     PixelMetrics.threads = threads
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = run_eval(RunSpec(manifest, output, ["pixels"], predictions=predictions))
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         cv2.setNumThreads(before)
         PixelMetrics.threads = 2
     assert result.record is not None and not result.failed, result.failed[:3]
-    return seconds, {case["id"]: case for case in result.record["cases"]}
+    return seconds, cpu, {case["id"]: case for case in result.record["cases"]}
 
 
 def plain_metrics(out: np.ndarray, ref: np.ndarray, hole: np.ndarray) -> dict[str, float]:
@@ -153,20 +173,20 @@ def plain_metrics(out: np.ndarray, ref: np.ndarray, hole: np.ndarray) -> dict[st
     }
 
 
-def run_plain(protocol: Path, predictions: Path, cases: int) -> tuple[float, dict]:
+def run_plain(protocol: Path, predictions: Path, cases: int) -> tuple[float, float, dict]:
     from skimage import io
 
     from canvaslab.eval.protocols import load_manifest
 
     manifest = load_manifest(protocol)
     rows = {}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for case in manifest.cases[:cases]:
         ref = io.imread(manifest.file(case.reference))
         hole = io.imread(manifest.file(case.mask)) > 127
         out = io.imread(predictions / f"{case.id}.png")
         rows[case.id] = plain_metrics(out, ref, hole)
-    return time.perf_counter() - started, rows
+    return time.perf_counter() - started, time.process_time() - cpu, rows
 
 
 def main() -> None:
@@ -174,21 +194,27 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=1000, help="cases scored (10 photos x ceil(cases / 10) masks)")
     parser.add_argument("--work", type=Path, help="keep the protocol and the outputs here (default: a temporary folder)")
     parser.add_argument("--photos", type=Path, help="only write the shipped photos into this folder and exit")
+    parser.add_argument("--screenshot", type=Path, nargs=2, metavar=("HTML", "PNG"), help="only screenshot a report and exit")
     args = parser.parse_args()
     if args.photos:
         print(write_photos(args.photos))
         return
+    if args.screenshot:
+        screenshot(*args.screenshot)
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="canvaslab-eval-bench-"))
     protocol, predictions = prepare(work, args.cases)
+    load = f"{os.getloadavg()[0]:.1f}"
     print(f"{args.cases} cases of {PROTOCOL} (512x512) from {len(PHOTOS)} shipped photos; {os.cpu_count()} CPUs; "
           f"work folder {work}")
-    ours, values = run_canvaslab(protocol, predictions, work, args.cases, threads=2)
-    single, _ = run_canvaslab(protocol, predictions, work, args.cases, threads=1)
-    plain, reference = run_plain(protocol, predictions, args.cases)
-    print(f"{'':44s} {'seconds':>8s} {'cases/s':>8s} {'plain / this':>13s}")
-    for name, seconds in (("canvaslab eval run --predictions (2 threads)", ours), ("canvaslab, metrics in 1 thread", single),
-                          ("plain scikit-image loop", plain)):
-        print(f"{name:44s} {seconds:8.1f} {args.cases / seconds:8.1f} {plain / seconds:12.1f}x")
+    ours, ours_cpu, values = run_canvaslab(protocol, predictions, work, args.cases, threads=2)
+    single, single_cpu, _ = run_canvaslab(protocol, predictions, work, args.cases, threads=1)
+    plain, plain_cpu, reference = run_plain(protocol, predictions, args.cases)
+    print(f"{'':44s} {'seconds':>8s} {'cases/s':>8s} {'CPU s':>7s} {'plain / this':>13s}")
+    for name, seconds, cpu in (("canvaslab eval run --predictions (2 threads)", ours, ours_cpu),
+                               ("canvaslab, metrics in 1 thread", single, single_cpu), ("plain scikit-image loop", plain, plain_cpu)):
+        print(f"{name:44s} {seconds:8.1f} {args.cases / seconds:8.1f} {cpu:7.1f} {plain / seconds:12.1f}x")
+    print(f"load average before/after: {load} / {os.getloadavg()[0]:.1f} (the cores are shared: wall time grows with it, CPU time less)")
     print("largest |canvaslab - plain| per metric over the cases:")
     for column in COLUMNS:
         gap = max(abs(values[cid][column] - reference[cid][column]) for cid in reference)

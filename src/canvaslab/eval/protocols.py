@@ -288,7 +288,8 @@ def _edits(data: Path, *, captions: Path | None, per_image: int, **_: Any) -> It
 
 PROTOCOLS: dict[str, ProtocolSpec] = {
     **{f"lama-{name}": ProtocolSpec(f"lama-{name}", "inpaint",
-                                    f"LaMa's random_{name.replace('-', '_')} masks (box: its rectangles alone), square crops",
+                                    (f"the rectangles of LaMa's random_thick_{name[-3:]} alone, square crops" if name.startswith("box")
+                                     else f"LaMa's random_{name.replace('-', '_')} masks, square crops"),
                                     _lama(name))
        for name in lama_masks.CONFIGS},
     **{f"band-{side}": ProtocolSpec(f"band-{side}", "inpaint", f"outpainting: a band along the {side} side", _band(side))
