@@ -3,6 +3,8 @@ real files' layouts and loaded through the same functions as the real weights.""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -23,7 +25,9 @@ def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
     """The Fréchet distance as pytorch-fid writes it: scipy's matrix square root."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # a few features of many dimensions: singular
+        root = scipy.linalg.sqrtm(cov_a @ cov_b).real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
 
 

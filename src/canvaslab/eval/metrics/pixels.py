@@ -42,6 +42,7 @@ SSIM_RADIUS = 5  # scikit-image: int(truncate * sigma + 0.5) with truncate 3.5 -
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
 SEAM_WIDTH = 3
+WORKSPACE_LIMIT = 1 << 21  # float32 values per buffer kept between calls (9 buffers: 72 MB)
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -57,7 +58,8 @@ def _workspace(shape: tuple[int, ...], count: int) -> list[np.ndarray]:
     cached = getattr(_work, "buffers", None)
     if cached is None or cached[0] != shape or len(cached[1]) < count:
         cached = (shape, [np.empty(shape, np.float32) for _ in range(count)])
-        _work.buffers = cached
+        # kept for the next call only up to about 1 Mpx RGB: a thread does not hold on to gigabytes
+        _work.buffers = cached if math.prod(shape) <= WORKSPACE_LIMIT else None
     return cached[1]
 
 
