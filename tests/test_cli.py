@@ -246,3 +246,55 @@ def test_metadata_private_and_none(tmp_path, pair):
     assert cli("inpaint", moved / image.name, "--mask", mask, "--engine", "telea", "--metadata", "none",
                "-o", bare).returncode == 0
     assert read_metadata(bare).parameters is None and read_metadata(bare).recipe is None
+
+
+def _in_process(*args):
+    from typer.testing import CliRunner
+
+    from canvaslab.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("command", [
+    ["inpaint", "{image}", "--mask", "{mask}", "--engine", "telea", "-o", "{image}"],
+    ["inpaint", "{image}", "--mask", "{mask}", "--engine", "telea", "-o", "{mask}"],
+    ["mask", "{image}", "--auto", "damage", "-o", "{image}"],
+    ["mask", "{image}", "--auto", "damage", "-o", "{other}", "--preview", "{image}"],
+    ["mask", "ops", "{mask}", "--grow", "2", "-o", "{mask}"],
+    ["mask", "ops", "{other}", "--resize-to", "{image}", "-o", "{image}"],
+    ["control", "preview", "{image}", "-p", "canny", "-o", "{image}"],
+    ["control", "preview", "{image}", "-p", "inpaint", "--mask", "{mask}", "-o", "{mask}"],
+])
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, pair, command):
+    """A new user's `-o photo.png` for `photo.png` replaced the photo with its mask or its result."""
+    image, mask = pair
+    other = write_png(tmp_path / "other.png", np.zeros((100, 150), np.uint8))
+    before = {p: p.read_bytes() for p in (image, mask, other)}
+    run = _in_process(*[a.format(image=image, mask=mask, other=other) for a in command])
+    assert run.exit_code == 2, run.output
+    assert "is also an input" in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_folder_run_into_its_own_folder_is_refused(tmp_path, photo, box_mask):
+    """`--out` equal to `--images` made every image look finished (0 done, all 'already there'), and an --out
+    inside --images would read the results as inputs on the next run."""
+    images = tmp_path / "photos"
+    write_png(images / "a.png", photo)
+    write_png(tmp_path / "m.png", box_mask)
+    for out in (images, images / "clean"):
+        for command in (["mask", "--images", images, "--auto", "damage", "--out", out],
+                        ["inpaint", "--images", images, "--masks", tmp_path / "m.png", "--engine", "telea", "--out", out]):
+            run = _in_process(*command)
+            assert run.exit_code == 2, run.output
+            assert "inside --images" in run.stderr or "is --images" in run.stderr, run.stderr
+            assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert sorted(p.name for p in images.rglob("*")) == ["a.png"]
+
+
+def test_mask_folder_with_o_instead_of_out_says_so(tmp_path, photo):
+    images = tmp_path / "photos"
+    write_png(images / "a.png", photo)
+    run = _in_process("mask", "--images", images, "--auto", "damage", "-o", tmp_path / "m.png")
+    assert run.exit_code == 2 and "--out DIR" in run.stderr, run.stderr

@@ -39,9 +39,11 @@ def preview(
       canvaslab control preview photo.jpg -p inpaint --mask mask.png -o marked.png
     """
     with console.friendly_errors():
+        from canvaslab.tasks.batch import refuse_input_as_output
         from canvaslab.tasks.conditioning import control_preview
 
+        target = output or Path(f"{image.stem}-{preprocessor.split()[0]}.png")
+        refuse_input_as_output(target, image, mask)
         made = control_preview(image, preprocessor, mask=mask, threshold_a=threshold_a, threshold_b=threshold_b,
                                size=size, seed=seed)
-        target = output or Path(f"{image.stem}-{preprocessor.split()[0]}.png")
         print(save_image(target, made))

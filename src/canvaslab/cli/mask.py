@@ -81,7 +81,13 @@ def _run_make(values: dict[str, Any], **cli: Any) -> None:
         request = build_request(MaskRequest, values)
         if cli["images"] is not None and cli["out"] is not None:
             return _run_folder(request, cli)
-        from canvaslab.tasks.mask import make_mask
+        from canvaslab.tasks.batch import refuse_input_as_output
+        from canvaslab.tasks.mask import FOLDER_RULES, make_mask
+
+        folder_rule = request.auto is not None and request.auto.value in FOLDER_RULES
+        if cli["images"] is not None and cli["image"] is None and not folder_rule:
+            raise InputError("with --images DIR, give --out DIR for the masks (one per image); -o FILE is for one "
+                             "image, or for the one mask of --auto watermark")
 
         image, images = cli["image"], cli["images"]
         if image is not None and images is not None:
@@ -95,6 +101,8 @@ def _run_make(values: dict[str, Any], **cli: Any) -> None:
         result = make_mask(image, request, images=images, max_pixels=cli["max_pixels"])
         stem = image.stem if image is not None else Path(images).name
         output = cli["output"] or Path(f"{stem}-mask.png")
+        refuse_input_as_output(output, image)
+        refuse_input_as_output(cli["preview"], image, output, flag="--preview")
         result.recipe = _for_metadata(result.recipe, cli["metadata"])
         path = result.save(output, recipe=result.recipe is not None)
         if cli["preview"] is not None and image is not None:
@@ -134,7 +142,7 @@ def _report(result: Any, path: Path, preview: Path | None) -> None:
 
 def _run_folder(request: MaskRequest, cli: dict[str, Any]) -> None:
     from canvaslab.cli.paint import _report_batch
-    from canvaslab.tasks.batch import Pairing, find_images, launcher_shard, parse_shard
+    from canvaslab.tasks.batch import Pairing, check_out_folder, find_images, launcher_shard, parse_shard
     from canvaslab.tasks.mask import mask_folder
 
     if cli["image"] is not None:
@@ -145,8 +153,12 @@ def _run_folder(request: MaskRequest, cli: dict[str, Any]) -> None:
         raise InputError("--preview is for one image")
     if cli["out"].exists() and not cli["out"].is_dir():
         raise InputError(f"--out {cli['out']} is a file; give a folder (it is created if missing)")
+    check_out_folder(cli["images"], cli["out"])
     index, count = parse_shard(cli["shard"]) if cli["shard"] else launcher_shard()
-    total = len(find_images(cli["images"])[index::count])
+    found = find_images(cli["images"])
+    if not found:
+        raise InputError(f"no images (png/jpg/jpeg/webp) found under {cli['images']}")
+    total = len(found[index::count])
     try:
         with _progress(total) as advance:
             report = mask_folder(cli["images"], cli["out"], request, shard_of=(index, count),
@@ -203,6 +215,9 @@ def ops(
             raise InputError(f"{len(masks)} masks: say how to combine them (--union, --intersect or --subtract)")
         if chosen and len(masks) < 2:
             raise InputError(f"{chosen[0]} needs at least two masks")
+        from canvaslab.tasks.batch import refuse_input_as_output
+
+        refuse_input_as_output(output, *masks, resize_to)
         size = load_image(resize_to, max_pixels=max_pixels).size if resize_to is not None else None
         loaded = [load_mask(path, mode=mask_mode, size=size, threshold=threshold, max_pixels=max_pixels) for path in masks]
         combine = {"--union": union_masks, "--intersect": intersect_masks, "--subtract": subtract_masks}

@@ -13,6 +13,7 @@ from rich.table import Table
 from canvaslab.cli import console
 from canvaslab.cli.options import command
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, load_image, save_image
+from canvaslab.tasks.batch import refuse_input_as_output
 from canvaslab.errors import InputError
 from canvaslab.tasks.batch import BatchItem, launcher_shard, pair_folder, parse_shard, run_batch, shard
 from canvaslab.tasks.render import OutputSpec, render
@@ -133,6 +134,7 @@ def _run_single(task: str, request: Any, cli: dict[str, Any], spec_args: dict[st
             raise InputError(f"--{batch_only} is for folders (--images DIR); for one image {advice}")
     output = cli["output"] or Path(f"{image.stem}-{task}{SUFFIXES[spec_args['format'] or 'png']}")
     check_format(output, spec_args["format"])
+    refuse_input_as_output(output, image, cli.get("mask"))
     spec = OutputSpec(grid=cli["grid"], **spec_args)
     saved = render(task, image, cli.get("mask"), request, output, spec)
     report_saved(f"{task} {image}", saved, spec)

@@ -63,6 +63,38 @@ class BatchReport:
     failed: list[tuple[BatchItem, str]] = field(default_factory=list)
 
 
+def refuse_input_as_output(output: Any, *inputs: Any, flag: str = "-o") -> None:
+    """InputError when `output` names one of `inputs` (the same file or folder, by any path): writing it
+    would destroy that input. Inputs that are not paths (arrays, bytes, None) are ignored."""
+    if not isinstance(output, (str, os.PathLike)):
+        return
+    target = Path(output)
+    for source in inputs:
+        if isinstance(source, (str, os.PathLike)) and _same_path(target, Path(source)):
+            raise InputError(f"{flag} {target} is also an input: choose another output name, so the input is kept")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def check_out_folder(images_dir: Path, out_dir: Path) -> None:
+    """--out must be outside --images: the same folder makes every image look finished (its output name is
+    the image's own), and a folder inside it is read back as images on the next run."""
+    images, out = images_dir.resolve(), out_dir.resolve()
+    if out == images:
+        raise InputError(f"--out {out_dir} is --images {images_dir}: the results would replace the images; "
+                         "choose another folder")
+    if images in out.parents:
+        raise InputError(f"--out {out_dir} is inside --images {images_dir}: the next run would read the results as "
+                         "images; choose a folder outside it")
+
+
 def find_images(root: Path) -> list[Path]:
     """Image files under `root`, recursively, in a stable order; hidden files and folders ignored."""
     if not root.is_dir():
@@ -91,6 +123,7 @@ def pair_folder(
     images_dir: Path, masks: Path | None, out_dir: Path, *, suffix: str = ".png", need_masks: bool = True
 ) -> Pairing:
     """Match images to masks and decide each output path (``out_dir/<relative key><suffix>``)."""
+    check_out_folder(images_dir, out_dir)
     images = find_images(images_dir)
     if not images:
         raise InputError(f"no images (png/jpg/jpeg/webp) found under {images_dir}")
