@@ -131,3 +131,29 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     resumed = read_video(output)["frames"]
     assert len(resumed) == whole.frames == 16
     assert all(np.array_equal(a, b) for a, b in zip(resumed, read_frames(tmp_path / "whole")))
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_clip_kept(clip, tmp_path):
+    """`-o clip.mp4` for `clip.mp4` replaced the clip with its result; `track -o masks.png` made a folder named
+    like an image."""
+    source = write_video(tmp_path / "in.mp4", clip.frames[:3])
+    mask = write_png(tmp_path / "m.png", clip.masks[0].astype(np.uint8) * 255)
+    before = source.read_bytes(), mask.read_bytes()
+    for args, message in ((["inpaint", source, "--mask", mask, "-o", source], "is also an input"),
+                          (["inpaint", source, "--mask", mask, "-o", mask], "is also an input"),
+                          (["track", source, "--mask", mask, "-o", tmp_path / "masks.png"], "looks like a file name")):
+        run = invoke("video", *args)
+        assert run.exit_code == 2, run.output
+        assert message in run.stderr and len(run.stderr.splitlines()) == 1, run.stderr
+    assert (source.read_bytes(), mask.read_bytes()) == before
+    assert not (tmp_path / "masks.png").exists()
+
+
+def test_a_file_that_is_not_a_video_is_one_line_without_ffmpeg_chatter(tmp_path):
+    """FFmpeg's "moov atom not found" reached the terminal (Python logging's last resort) above the error."""
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("not a video")
+    write_png(tmp_path / "m.png", np.zeros((8, 8), np.uint8))
+    run = cli("video", "inpaint", fake, "--mask", tmp_path / "m.png", "-o", tmp_path / "o.mkv")
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [f"error: cannot read {fake} as a video: Invalid data found when processing input"]

@@ -151,7 +151,8 @@ def _frames_bar(what: str) -> Iterator[Callable[[int, int], None]]:
     try:
         yield advance
     finally:
-        bar.stop()
+        if bar.live.is_started:  # stopping a bar never shown would print an empty line above an error
+            bar.stop()
 
 
 app.command("inpaint")(command(VideoInpaintRequest, [_inpaint_inputs], _run_inpaint, exclude=NOT_FOR_VIDEO))

@@ -37,6 +37,7 @@ from canvaslab.core.mask import grow
 from canvaslab.core.notices import collect_notices, notice
 from canvaslab.core.progress import quiet_steps, report_progress
 from canvaslab.errors import InputError
+from canvaslab.tasks.batch import refuse_input_as_output
 from canvaslab.tasks.common import make_recipe, resolve_seed
 from canvaslab.tasks.requests import request_from
 from canvaslab.tasks.result import MetadataMode, recipe_to_write
@@ -117,6 +118,7 @@ def inpaint(
         if output is None:
             raise InputError("video inpaint needs an output: a video file (.mp4, .webm, .mkv, .gif) or a folder for frames")
         output = Path(output)
+        refuse_input_as_output(output, clip, mask)
         check_output(output)
         masks = Masks(mask, source, mode=request.mask_mode.value, threshold=request.threshold, max_pixels=max_pixels,
                       max_frames=max_frames)

@@ -12,6 +12,9 @@ lossless, every pixel as written), .gif (256-colour palette, no audio); or a fol
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import contextlib
 import re
 from collections.abc import Iterator, Sequence
@@ -50,12 +53,17 @@ DEFAULT_FPS = Fraction(25)
 DEFAULT_CRF = 18  # x264's "visually lossless"; VP9 takes the same scale
 
 
+@functools.cache
 def _av() -> Any:
     try:
         import av
     except ModuleNotFoundError:
         raise InputError("video needs the PyAV package, which is not installed: pip install 'canvaslab[video]'") from None
-    av.logging.set_level(av.logging.ERROR)  # FFmpeg's own warnings would otherwise go straight to the terminal
+    # FFmpeg's messages reach Python's logging as "libav.*" records; with no handler configured, logging's
+    # last resort printed them bare on stderr ("moov atom not found") above our one-line error. PyAV keeps
+    # the last error for its exception, which our message quotes. An application's own handlers still see them.
+    av.logging.set_level(av.logging.ERROR)
+    logging.getLogger("libav").addHandler(logging.NullHandler())
     return av
 
 

@@ -38,6 +38,8 @@ from canvaslab.video.requests import TrackRequest
 UNRELIABLE_PX = 1.0  # forward-backward flow error (flow-scale px) above which a pixel's motion is a guess
 DRIFT_UNRELIABLE = 0.3  # share of unreliable mask pixels that counts as drift
 DRIFT_AREA = 2.0  # area change against the key frame (either way) that counts as drift
+# Suffixes of files, not folders: `-o masks.png` is a slip for a folder of masks.
+FOLDER_LOOKALIKES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".mp4", ".mov", ".webm", ".mkv", ".avi")
 MIN_FIT_PIXELS = 8  # reliable pixels (flow scale) a motion fit needs; fewer: all the mask's pixels are used
 
 
@@ -158,6 +160,7 @@ def track(clip: Any, mask: Any, output: str | Path, request: TrackRequest | None
     """Carry the masks of key frames (`mask`: one image for the first frame, or a folder naming some
     frames) to every frame of `clip`; write them to the folder `output` (white = fill, named like the
     frames, plus track.json with each frame's drift check), ready to correct and give as a mask folder."""
+    from canvaslab.tasks.batch import refuse_input_as_output
     from canvaslab.tasks.requests import build_request
     from canvaslab.video.io import open_clip
 
@@ -172,6 +175,9 @@ def track(clip: Any, mask: Any, output: str | Path, request: TrackRequest | None
     if start >= source.count:
         raise InputError(f"--start {start} is past the clip's last frame ({source.count - 1})")
     folder = Path(output)
+    refuse_input_as_output(folder, clip, mask)
+    if not folder.exists() and folder.suffix.lower() in FOLDER_LOOKALIKES:
+        raise InputError(f"-o {folder} looks like a file name: the tracked masks go to a folder (e.g. -o masks/)")
     if folder.exists() and (not folder.is_dir() or any(folder.glob("*.png"))):
         raise InputError(f"{folder} is not an empty folder: tracked masks go to a new one, so masks you corrected are never overwritten")
     masks = Masks(mask, source, mode=request.mask_mode.value, threshold=request.threshold, max_pixels=max_pixels)
