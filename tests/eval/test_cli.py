@@ -89,6 +89,22 @@ def test_shards_write_the_record_when_the_last_one_finishes(protocol, tmp_path):
     assert second["run"] == str(run) and len(_record(run)["cases"]) == 6
 
 
+def test_launcher_ranks_shard_the_cases(protocol, telea_run, tmp_path, monkeypatch):
+    """Under accelerate launch / torchrun each process takes the cases of its RANK of WORLD_SIZE."""
+    run = tmp_path / "ranks.json"
+    predictions = telea_run.with_suffix("") / "outputs"
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    for rank, missing in (("2", 4), ("0", 2)):
+        monkeypatch.setenv("RANK", rank)
+        result = cli_json("eval", "run", "-p", protocol, "--predictions", predictions, "-o", run)
+        assert result["run"] is None and result["missing"] == missing and result["scored"] == 2
+    scored = sorted(p.stem for p in (tmp_path / "ranks" / "scores").iterdir())
+    ids = [c["id"] for c in _record(telea_run)["cases"]]
+    assert scored == sorted(ids[0::3] + ids[2::3])
+    monkeypatch.setenv("RANK", "1")
+    assert cli_json("eval", "run", "-p", protocol, "--predictions", predictions, "-o", run)["run"] == str(run)
+
+
 def test_predictions_of_another_tool(protocol, telea_run, tmp_path):
     """Outputs made elsewhere: a changed pixel outside the mask is reported, a missing one is a failure."""
     predictions = tmp_path / "theirs"
