@@ -206,3 +206,32 @@ def test_webuiapi_segment_anything_with_grounding_dino(live, webuiapi):
                              dino_preview_checkbox=True, dino_preview_boxes_selection=[0])
     assert "1 box(es)" in chosen.message
 
+
+
+def test_big_answers_are_made_off_the_event_loop(models, tmp_path):
+    """sam-predict's answer (3 masks, 3 tinted and 3 cut-out pictures as PNGs) took ~5 CPU s for a 2048x2048 picture,
+    and was made on the event loop: every other client (health checks, job events) waited that long. It is made in
+    the worker thread now; the server answers others meanwhile."""
+    import threading
+    import time
+
+    settings = ServerSettings(output=tmp_path / "out", max_pixels=2048 * 2048, mask_models=[str(models["sam"])])
+    server = start_server(settings)
+    image = b64(png_bytes(picture(1600, 1600, seed=3)))
+    answers: list = []
+    try:
+        with server.client() as client:
+            body = {"input_image": image, "sam_positive_points": [[1000, 1000]], "sam_model_name": "tiny-sam"}
+            asking = threading.Thread(target=lambda: answers.append(client.post("/sam/sam-predict", json=body)))
+            asking.start()
+            slowest = 0.0
+            while asking.is_alive():
+                started = time.monotonic()
+                assert client.get("/api/v1/health").status_code == 200
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.02)
+            asking.join()
+    finally:
+        server.stop()
+    assert answers[0].status_code == 200 and len(answers[0].json()["masks"]) == 3
+    assert slowest < 1.0, f"a health check waited {slowest:.2f} s"  # 3.5 s before (1600x1600)

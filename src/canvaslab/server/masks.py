@@ -266,7 +266,8 @@ async def make(request: Request) -> dict[str, Any]:
     if body.get("auto") == "watermark":
         raise ClientError("auto watermark compares a folder of images: run `canvaslab mask --images DIR --auto "
                           "watermark` instead", status=422, field="auto")
-    image = _image(body.pop("image", None), "image", settings.max_pixels)
+    # decoding, the work and the answer's PNGs run in worker threads: the event loop keeps serving everyone else
+    image = await run_in_threadpool(_image, body.pop("image", None), "image", settings.max_pixels)
     mask_request = _request(body)
     changes: dict[str, Any] = {}
     if mask_request.auto is None:
@@ -276,17 +277,17 @@ async def make(request: Request) -> dict[str, Any]:
             changes["model"] = models.pick(mask_request.model, "sam", "model")
     mask_request = mask_request.model_copy(update=changes)
 
-    def work() -> Any:
+    def work() -> dict[str, Any]:
         from canvaslab.tasks.mask import make_mask
 
-        return make_mask(image, mask_request, cache=cache, max_pixels=settings.max_pixels)
+        made = make_mask(image, mask_request, cache=cache, max_pixels=settings.max_pixels)
+        return {
+            "mask": _png(made.grey(), "L"), "size": list(made.size), "coverage": round(made.coverage, 6),
+            "scores": [round(s, 4) for s in made.scores], "boxes": made.boxes, "embedding_cached": made.cached,
+            "notices": made.notices, "seconds": round(made.seconds, 3),
+        }
 
-    made = await run_at_once(request, work)
-    return {
-        "mask": _png(made.grey(), "L"), "size": list(made.size), "coverage": round(made.coverage, 6),
-        "scores": [round(s, 4) for s in made.scores], "boxes": made.boxes, "embedding_cached": made.cached,
-        "notices": made.notices, "seconds": round(made.seconds, 3),
-    }
+    return await run_at_once(request, work)
 
 
 @router.get("/api/v1/mask/models", tags=["masks"], summary="Mask models the server offers, by kind")
@@ -348,7 +349,7 @@ async def sam_predict(request: Request) -> dict[str, Any]:
     settings, models, cache, _ = _state(request)
     body = await _json_object(request, SAM_PREDICT_FIELDS)
     check_field_sizes(body, unread={"input_image"})
-    image = _image(body.get("input_image"), "input_image", settings.max_pixels)
+    image = await run_in_threadpool(_image, body.get("input_image"), "input_image", settings.max_pixels)
     positive = _points(body.get("sam_positive_points"), "sam_positive_points")
     negative = _points(body.get("sam_negative_points"), "sam_negative_points")
     if len(positive) + len(negative) > MAX_POINTS:
@@ -377,32 +378,32 @@ async def sam_predict(request: Request) -> dict[str, Any]:
         raise ClientError("sam_positive_points is empty: click the object (or enable GroundingDINO with a text prompt)",
                           status=422, field="sam_positive_points")
 
-    def work() -> tuple[Any, str]:
+    def work() -> dict[str, Any]:
         from canvaslab.masks.detect import detector as load_detector
         from canvaslab.masks.models import resolve, resolve_device
         from canvaslab.tasks.mask import make_mask
 
         if not body.get("dino_enabled"):
-            return make_mask(image, _request(fields), cache=cache, max_pixels=settings.max_pixels), "points"
-        found = load_detector(resolve(detector, want="text"), resolve_device("auto")).boxes(image.rgb, phrases, threshold)
-        if selection is not None and body.get("dino_preview_checkbox"):
-            found = [box for index, box in enumerate(found) if index in set(selection)]
-        if not found:
-            return None, "GroundingDINO found no box above the threshold"
-        boxes = {"boxes": [box.xyxy for box in found], "multimask": True, "model": sam}
-        return make_mask(image, _request(boxes), cache=cache, max_pixels=settings.max_pixels), f"{len(found)} box(es)"
+            made, how = make_mask(image, _request(fields), cache=cache, max_pixels=settings.max_pixels), "points"
+        else:
+            found = load_detector(resolve(detector, want="text"), resolve_device("auto")).boxes(image.rgb, phrases, threshold)
+            if selection is not None and body.get("dino_preview_checkbox"):
+                found = [box for index, box in enumerate(found) if index in set(selection)]
+            if not found:
+                return {"msg": "GroundingDINO found no box above the threshold", "blended_images": [], "masks": [],
+                        "masked_images": []}
+            boxes = {"boxes": [box.xyxy for box in found], "multimask": True, "model": sam}
+            made, how = make_mask(image, _request(boxes), cache=cache, max_pixels=settings.max_pixels), f"{len(found)} box(es)"
+        pictures = [_overlay(image.rgb, mask) for mask in made.candidates]  # seconds for a big picture: not on the loop
+        return {
+            "msg": f"Done: {len(made.candidates)} masks from {how}, best first (scores "
+                   f"{', '.join(f'{s:.3f}' for s in made.scores)})",
+            "blended_images": [blended for blended, _ in pictures],
+            "masks": [_png(mask.astype(np.uint8) * 255, "L") for mask in made.candidates],
+            "masked_images": [masked for _, masked in pictures],
+        }
 
-    made, how = await run_at_once(request, work)
-    if made is None:
-        return {"msg": how, "blended_images": [], "masks": [], "masked_images": []}
-    pictures = [_overlay(image.rgb, mask) for mask in made.candidates]
-    return {
-        "msg": f"Done: {len(made.candidates)} masks from {how}, best first (scores "
-               f"{', '.join(f'{s:.3f}' for s in made.scores)})",
-        "blended_images": [blended for blended, _ in pictures],
-        "masks": [_png(mask.astype(np.uint8) * 255, "L") for mask in made.candidates],
-        "masked_images": [masked for _, masked in pictures],
-    }
+    return await run_at_once(request, work)
 
 
 @router.post("/sam/dino-predict", tags=["a1111"], summary="segment-anything extension: GroundingDINO boxes drawn on the image")
@@ -410,7 +411,7 @@ async def dino_predict(request: Request) -> dict[str, Any]:
     settings, models, _, _ = _state(request)
     body = await _json_object(request, DINO_PREDICT_FIELDS)
     check_field_sizes(body, unread={"input_image"})
-    image = _image(body.get("input_image"), "input_image", settings.max_pixels)
+    image = await run_in_threadpool(_image, body.get("input_image"), "input_image", settings.max_pixels)
     phrases = [p.strip() for phrase in _phrases(body.get("text_prompt") or "", "text_prompt")
                for p in phrase.split(".") if p.strip()]
     if not phrases or len(phrases) > MAX_PHRASES:
@@ -418,16 +419,16 @@ async def dino_predict(request: Request) -> dict[str, Any]:
     detector = _extension_model(models, body.get("dino_model_name"), EXTENSION_DINO, "dino", "dino_model_name")
     threshold = _threshold(body.get("box_threshold"), "box_threshold", 0.3)
 
-    def work() -> list[Any]:
+    def work() -> dict[str, Any]:
         from canvaslab.masks.detect import detector as load_detector
         from canvaslab.masks.models import resolve, resolve_device
 
-        return load_detector(resolve(detector, want="text"), resolve_device("auto")).boxes(image.rgb, phrases, threshold)
+        found = load_detector(resolve(detector, want="text"), resolve_device("auto")).boxes(image.rgb, phrases, threshold)
+        picture = Image.fromarray(image.rgb)
+        draw = ImageDraw.Draw(picture)
+        for index, box in enumerate(found):
+            draw.rectangle(box.xyxy, outline=(255, 0, 0), width=2)
+            draw.text((box.xyxy[0] + 3, box.xyxy[1] + 2), f"{index}: {box.phrase} {box.score:.2f}", fill=(255, 0, 0))
+        return {"msg": f"{len(found)} box(es)", "image_with_box": _png(np.asarray(picture), "RGB")}
 
-    found = await run_at_once(request, work)
-    picture = Image.fromarray(image.rgb)
-    draw = ImageDraw.Draw(picture)
-    for index, box in enumerate(found):
-        draw.rectangle(box.xyxy, outline=(255, 0, 0), width=2)
-        draw.text((box.xyxy[0] + 3, box.xyxy[1] + 2), f"{index}: {box.phrase} {box.score:.2f}", fill=(255, 0, 0))
-    return {"msg": f"{len(found)} box(es)", "image_with_box": _png(np.asarray(picture), "RGB")}
+    return await run_at_once(request, work)
