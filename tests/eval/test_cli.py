@@ -153,6 +153,13 @@ def test_missing_weights_fail_before_any_output_is_made(protocol, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_system_that_cannot_run_stops_at_the_first_case(protocol, tmp_path):
+    code, out, err = cli("eval", "run", "-p", protocol, "--engine", "lama", "--model", tmp_path / "missing.ckpt",
+                         "-o", tmp_path / "r.json")
+    assert code == 3 and err.count("\n") == 1 and "missing.ckpt" in err and "failed" not in err
+    assert not (tmp_path / "r.json").exists() and not list((tmp_path / "r").rglob("*.png"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--engine", "telea", "--predictions", "."], "drop --engine"),
     (["--metrics", "psnr"], "unknown metric 'psnr'"),

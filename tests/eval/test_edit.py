@@ -67,3 +67,8 @@ def test_edit_runs_use_each_cases_instruction_and_plot_the_guidance_sweep(edit_p
     assert "Edit strength trade-off" in text and ">1<" in text and ">2<" in text  # the points, by image guidance
     code, _, err = cli("eval", "run", "-p", edit_protocol, "--model", pix2pix, "--prompt", "x", "-o", tmp_path / "x.json")
     assert code == 2 and "an edit protocol gives each case its instruction" in err
+
+
+def test_an_edit_model_that_is_not_there_stops_at_the_first_case(edit_protocol, tmp_path):
+    code, _, err = cli("eval", "run", "-p", edit_protocol, "--model", tmp_path / "no-model", "-o", tmp_path / "r.json")
+    assert code == 3 and err.count("\n") == 1 and "no-model" in err and not (tmp_path / "r.json").exists()

@@ -118,12 +118,19 @@ def make_outputs(spec: RunSpec, cases: list[Case], progress: Progress) -> tuple[
 
 
 def _run_inpaints(spec: RunSpec, cases: list[Case], progress: Progress) -> tuple[dict, dict, dict]:
-    from canvaslab.tasks.batch import BatchItem, run_batch
+    from canvaslab.tasks.batch import BatchItem, process_item, run_batch
     from canvaslab.tasks.render import OutputSpec
 
     items = [BatchItem(case.id, spec.manifest.file(case.input), spec.manifest.file(case.mask), output_path(spec, case))  # type: ignore[arg-type]
              for case in cases]
     seconds: dict[str, float] = {}
+    first = next((item for item in items if not item.output.exists()), None)
+    if first is not None:
+        # 2.1 the first case alone, here: a system that cannot run at all (a missing model, a refused
+        # option) stops the run with its one-line error instead of failing every case the same way
+        started = time.perf_counter()
+        process_item(first, task="inpaint", request=spec.request.model_dump(mode="json"), spec=OutputSpec())
+        seconds[first.key] = time.perf_counter() - started  # reported below, as skipped by the batch
     clock = [time.perf_counter()]
 
     def advance(item: BatchItem, status: str) -> None:
@@ -156,6 +163,8 @@ def _run_edits(spec: RunSpec, cases: list[Case], progress: Progress) -> tuple[di
             request = spec.request.model_copy(update={"prompt": case.instruction})
             render("edit", spec.manifest.file(case.input), None, request, target, OutputSpec())
         except CanvaslabError as exc:
+            if not made and not failed:
+                raise  # the first case: a system that cannot run at all stops here, in one line
             failed[case.id] = str(exc)
             progress("generate", case.id, "failed")
             continue
