@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,16 @@ def test_check_compatible_raises_one_line_for_a_broken_pair(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.stdout.strip().endswith("pip install 'transformers<5.24' (or a peft >= 0.22 once it is released)")
     assert issubclass(DependencyError, Exception)
+
+
+def test_doctor_says_video_needs_pyav_not_an_ffmpeg_program():
+    """doctor printed "ffmpeg  not found" as if video needed it; video uses PyAV's own FFmpeg libraries."""
+    from typer.testing import CliRunner
+
+    from canvaslab.cli.main import app
+
+    result = CliRunner().invoke(app, ["doctor"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ") and line.split()}
+    assert "video" in lines["PyAV"]
+    assert shutil.which("ffmpeg") or "not needed" in lines["ffmpeg"]

@@ -163,3 +163,20 @@ def test_every_request_field_has_a_flag_and_the_help_is_torch_free():
             "    assert CliRunner().invoke(app, args).exit_code == 0\n"
             "print(sorted(m for m in ('torch', 'transformers', 'scipy') if m in sys.modules))\n")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_models_list_names_the_mask_models_and_the_depth_preprocessor(tmp_path):
+    """`canvaslab models list` listed diffusion aliases and erasers only: a user could not find what
+    `mask --model sam` or `control preview -p depth` look for, nor whether it is here."""
+    snapshot = tmp_path / "hub" / "models--facebook--sam-vit-base" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"model_type": "sam"}')
+    (tmp_path / "hub" / "models--facebook--sam-vit-base" / "refs").mkdir()
+    (tmp_path / "hub" / "models--facebook--sam-vit-base" / "refs" / "main").write_text("0123abc")
+    listed = run("--json", "models", "list", "--cache-dir", tmp_path / "hub")
+    rows = {row["alias"]: row for row in json.loads(listed.stdout) if row["kind"] in ("mask", "preprocessor")}
+    assert rows["sam"]["hub_id"] == "facebook/sam-vit-base" and rows["sam"]["cached"] is True
+    assert rows["clipseg"]["cached"] is False and rows["grounding-dino"]["family"] == "detector"
+    assert rows["depth"]["hub_id"] == "depth-anything/Depth-Anything-V2-Small-hf" and rows["depth"]["cached"] is False
+    table = run("models", "list", "--cache-dir", tmp_path / "hub").stdout
+    assert "sam-hq" in table and "grounding-dino" in table and "Mask models" in table

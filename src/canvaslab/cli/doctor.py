@@ -82,8 +82,9 @@ def print_report(data: dict[str, Any]) -> None:
     out.print("[bold]tools[/]")
     tools = data["tools"]
     _line("chromium (UI test)", tools["chromium"] or "not found")
-    _line("ffmpeg", tools["ffmpeg"] or "not found")
-    _line("PyAV", tools["av"] or "not installed")
+    _line("ffmpeg", tools["ffmpeg"] or "not found (not needed: video goes through PyAV's own FFmpeg libraries)")
+    _line("PyAV", f"{tools['av']} (video inpaint / track)" if tools["av"] else
+          "not installed (video inpaint / track need it: pip install 'canvaslab[video]')")
 
     colour = "green" if data["verdict"]["ok"] and not data["verdict"]["warnings"] else "yellow" if data["verdict"]["ok"] else "red"
     out.print(f"[bold {colour}]verdict:[/] {escape(data['verdict']['line'])}", highlight=False)

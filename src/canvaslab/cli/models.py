@@ -12,7 +12,8 @@ from canvaslab.cli import console
 from canvaslab.engines.diffusion.models import ALIASES, cached_snapshot, detect, resolve_source
 from canvaslab.errors import InputError, ModelNotAvailableError
 
-app = typer.Typer(help="Diffusion models: aliases, inspection, download.", no_args_is_help=True)
+app = typer.Typer(help="Models: diffusion aliases, eraser files, mask models and preprocessors; inspection, download.",
+                  no_args_is_help=True)
 
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Hugging Face cache folder \\[default: HF_HOME]")]
 
@@ -22,7 +23,8 @@ _SKIP_PATTERNS = ["*.ckpt", "*.bin", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb
 
 @app.command("list")
 def list_models(cache_dir: CacheOpt = None) -> None:
-    """Known aliases and eraser files (LaMa, MI-GAN), and whether each is already on this machine."""
+    """Known aliases, eraser files (LaMa, MI-GAN), mask models (SAM, CLIPSeg, detectors) and the depth
+    preprocessor's model, and whether each is already on this machine."""
     with console.friendly_errors():
         rows = []
         for alias in ALIASES.values():
@@ -30,8 +32,9 @@ def list_models(cache_dir: CacheOpt = None) -> None:
             rows.append({"alias": alias.name, "hub_id": alias.hub_id, "family": alias.family, "kind": alias.kind,
                          "resolution": alias.native_resolution, "cached": cached, "description": alias.description})
         erasers = eraser_rows()
+        others = weight_rows(str(cache_dir) if cache_dir else None)
         if console.settings.json:
-            console.emit_json(rows + erasers)
+            console.emit_json(rows + erasers + others)
             return
         table = Table("alias", "hub id", "kind", "px", "cached", "what")
         for row in rows:
@@ -44,6 +47,13 @@ def list_models(cache_dir: CacheOpt = None) -> None:
             table.add_row(row["alias"], row["file"], row["family"], str(row["resolution"]), "yes" if row["cached"] else "no",
                           row["licence"], row["description"])
         console.out.print(table)
+        table = Table("alias", "hub id", "kind", "cached", "what", title="Mask models and preprocessors (from the "
+                      "Hugging Face cache, never downloaded: `hf download HUB_ID` on a connected machine)")
+        for row in others:
+            table.add_row(row["alias"], row["hub_id"], row["family"], "yes" if row["cached"] else "no", row["description"])
+        console.out.print(table)
+        console.out.print("ControlNets and IP-Adapters have no aliases: give a hub id in the cache, a folder or a file "
+                          "(--control, --ip-adapter; see docs/control.md).", markup=False, highlight=False)
 
 
 def eraser_rows() -> list[dict[str, object]]:
@@ -54,6 +64,33 @@ def eraser_rows() -> list[dict[str, object]]:
     return [{"alias": entry.name, "hub_id": None, "family": entry.engine, "kind": "eraser", "resolution": entry.resolution,
              "cached": find_known(entry) is not None, "description": entry.description, "file": entry.filename,
              "licence": entry.licence, "folder": str(hub_checkpoints())} for entry in KNOWN_FILES]
+
+
+def weight_rows(cache_dir: str | None) -> list[dict[str, object]]:
+    """The transformers models other commands find by alias in the Hugging Face cache: `canvaslab mask`'s
+    SAM / CLIPSeg / detector aliases (masks/models.py) and the depth preprocessor's model."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from canvaslab.engines.diffusion.preprocessors import DEPTH_MODEL
+    from canvaslab.masks.models import ALIASES as MASK_ALIASES
+
+    def cached(hub_id: str) -> bool:
+        try:
+            return isinstance(try_to_load_from_cache(hub_id, "config.json", cache_dir=cache_dir), str)
+        except (ValueError, OSError):
+            return False
+
+    rows: list[dict[str, object]] = []
+    for alias, hub_id in MASK_ALIASES.items():
+        family = "sam" if alias.startswith("sam") else "clipseg" if alias == "clipseg" else "detector"
+        use = {"sam": "mask --model (clicks, boxes, detector boxes)", "clipseg": "mask --text (per-pixel scores)",
+               "detector": "mask --text --text-model (boxes for SAM)"}[family]
+        rows.append({"alias": alias, "hub_id": hub_id, "family": family, "kind": "mask", "resolution": None,
+                     "cached": cached(hub_id), "description": use})
+    rows.append({"alias": "depth", "hub_id": DEPTH_MODEL, "family": "depth", "kind": "preprocessor", "resolution": None,
+                 "cached": cached(DEPTH_MODEL), "description": "ControlNet preprocessor depth (control preview -p depth, "
+                 "--control ...,preprocessor=depth)"})
+    return rows
 
 
 @app.command("info")
