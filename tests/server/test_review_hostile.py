@@ -74,3 +74,19 @@ def test_controlnet_detect_waits_its_turn_like_the_mask_routes(make_server, phot
                 state.mask_waiting.release()
             state.mask_lock.release()
         assert client.post("/controlnet/detect", json=body).status_code == 200  # free again
+
+
+@pytest.mark.parametrize("route, body, field", [
+    ("/api/v1/mask", {"points": [[1e300, -1e300]]}, "points"),
+    ("/api/v1/mask", {"points": [[5, 5]], "negative_points": [[10 ** 39, 5]]}, "negative_points"),
+    ("/sam/sam-predict", {"sam_positive_points": [[1e300, 5]]}, "sam_positive_points"),
+    ("/sam/sam-predict", {"sam_positive_points": [[5, 5]], "sam_negative_points": [[5, -1e300]]}, "sam_negative_points"),
+])
+def test_points_outside_the_picture_are_short_refusals_naming_the_field(make_server, photo_png, route, body, field):
+    """A click at 1e300 came back as a 600-character sentence without a field (the number written out in full)."""
+    server = make_server()
+    key = "image" if route == "/api/v1/mask" else "input_image"
+    with server.client() as client:
+        answer = client.post(route, json={key: b64(photo_png), **body})
+    assert answer.status_code == 400 and answer.json().get("field") == field, answer.text
+    assert len(answer.json()["error"]) < 100 and "is outside the 64x48 image" in answer.json()["error"]

@@ -269,6 +269,8 @@ async def make(request: Request) -> dict[str, Any]:
     # decoding, the work and the answer's PNGs run in worker threads: the event loop keeps serving everyone else
     image = await run_in_threadpool(_image, body.pop("image", None), "image", settings.max_pixels)
     mask_request = _request(body)
+    _inside(mask_request.points, image.size, "points")
+    _inside(mask_request.negative_points, image.size, "negative_points")
     changes: dict[str, Any] = {}
     if mask_request.auto is None:
         if mask_request.text:
@@ -326,6 +328,14 @@ def _points(value: Any, field: str) -> list[tuple[float, float]]:
     return points
 
 
+def _inside(points: list[tuple[float, float]], size: tuple[int, int], field: str) -> None:
+    """Every point on the picture (the number shown short: a click at 1e300 is no sentence of 300 digits)."""
+    width, height = size
+    for index, (x, y) in enumerate(points):
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise ClientError(f"point {x:.6g},{y:.6g} is outside the {width}x{height} image", field=field)
+
+
 def _threshold(value: Any, field: str, default: float) -> float:
     if value is None:
         return default
@@ -354,6 +364,8 @@ async def sam_predict(request: Request) -> dict[str, Any]:
     negative = _points(body.get("sam_negative_points"), "sam_negative_points")
     if len(positive) + len(negative) > MAX_POINTS:
         raise ClientError(f"at most {MAX_POINTS} points in all", status=422, field="sam_positive_points")
+    _inside(positive, image.size, "sam_positive_points")
+    _inside(negative, image.size, "sam_negative_points")
     sam = _extension_model(models, body.get("sam_model_name"), EXTENSION_SAM, "sam", "sam_model_name")
     fields: dict[str, Any] = {"points": positive, "negative_points": negative, "multimask": True, "model": sam}
     selection = body.get("dino_preview_boxes_selection")
