@@ -313,3 +313,22 @@ def test_decompression_bombs_are_refused_by_their_headers(live, uploads, clip):
         bomb = _post_frames(client, [*frames, _png_header(100_000, 100_000)], uploads["mask"])
         assert bomb.status_code == 400 and bomb.json()["field"] == "frame", bomb.text
         assert "frame part 2 claims far more pixels" in bomb.json()["error"]
+
+
+def test_a_job_refused_by_a_full_queue_leaves_no_folder(make_server, uploads):
+    """The refused job's uploads were written to its scratch folder, which stayed until the garbage collector met
+    the finalizer (the refusal's traceback held the work): a client hammering a full queue filled the disk."""
+    server = make_server(queue_size=1)
+    gc.disable()  # what the collector would clean up some time later is not cleaned up here
+    try:
+        with server.client() as client:
+            running = _post(client, uploads, {"method": "per-frame", "seed": 1}).json()["id"]
+            queued = _post(client, uploads, {"seed": 1}).json()["id"]
+            before = set(server.settings.output.glob(".video-*"))
+            refused = _post(client, uploads, {"seed": 1})
+            assert refused.status_code == 429
+            assert set(server.settings.output.glob(".video-*")) <= before  # nothing left by the refused job
+            assert client.post(f"/api/v1/jobs/{queued}/cancel").status_code == 200
+            wait_done(client, running)
+    finally:
+        gc.enable()

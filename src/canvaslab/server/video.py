@@ -123,6 +123,7 @@ async def submit_video(request: Request) -> JSONResponse:
     try:
         job = state.queue.submit(TASK, work)
     except QueueFull as exc:
+        work.discard()  # its uploads go now, not when the collector meets the work (the refusal's traceback holds it)
         raise ClientError(str(exc), status=429) from None
     return _submitted(request, job)
 
@@ -319,8 +320,8 @@ def _running(pid: int) -> bool:
 def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
     """The job. The uploads go to a scratch folder under the output now, so a queued job holds a folder on
     disk rather than its clip in memory; the video is made there and handed to the queue, which copies
-    it into the job's folder. The folder goes when the job ends, and when a job that never ran (cancelled
-    while queued, or refused by a full queue) is dropped."""
+    it into the job's folder. The folder goes when the job ends, when a job that never ran (cancelled while
+    queued) is dropped, and at once through `work.discard()` when the full queue refuses the job."""
     scratch = settings.output / f"{SCRATCH_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
     scratch.mkdir(parents=True)
     try:
@@ -355,5 +356,6 @@ def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    weakref.finalize(work, shutil.rmtree, scratch, True)
+    # removes the folder once: when the work is dropped unrun (cancelled while queued), or at once by discard()
+    work.discard = weakref.finalize(work, shutil.rmtree, scratch, True)  # type: ignore[attr-defined]
     return work
