@@ -157,3 +157,26 @@ def test_a_file_that_is_not_a_video_is_one_line_without_ffmpeg_chatter(tmp_path)
     run = cli("video", "inpaint", fake, "--mask", tmp_path / "m.png", "-o", tmp_path / "o.mkv")
     assert run.returncode == 2
     assert run.stderr.splitlines() == [f"error: cannot read {fake} as a video: Invalid data found when processing input"]
+
+
+def test_info_and_replay_read_a_video_outputs_recipe(clip, tmp_path):
+    """`canvaslab info clean.mkv` and `replay clean.mkv` said "not an image": the recipe the video carries (its
+    container's comment tag; a frames folder's .canvaslab-video.json) was written but nothing read it."""
+    frames = write_frames(tmp_path / "frames", clip.frames[:6])
+    mask = write_png(tmp_path / "m.png", np.logical_or.reduce(clip.masks[:6]).astype(np.uint8) * 255)
+    for output in (tmp_path / "out.mkv", tmp_path / "out-frames"):
+        assert invoke("video", "inpaint", frames, "--mask", mask, "-o", output, "--seed", 3).exit_code == 0
+        info = invoke("--json", "info", output)
+        assert info.exit_code == 0, info.output
+        recipe = json.loads(info.stdout)["recipe"]
+        assert recipe["task"] == "video-inpaint" and recipe["request"]["seed"] == 3
+        again = tmp_path / f"again{output.suffix}"
+        replay = invoke("replay", output, "-o", again, "--check")
+        assert replay.exit_code == 0, replay.output
+        assert "identical frames" in replay.stderr and replay.stdout.strip() == str(again)
+        originals = read_video(output)["frames"] if output.suffix else read_frames(output)
+        replayed = read_video(again)["frames"] if output.suffix else read_frames(again)
+        assert len(replayed) == 6 and all(np.array_equal(a, b) for a, b in zip(originals, replayed))
+    (tmp_path / "m.png").unlink()
+    gone = invoke("replay", tmp_path / "out.mkv", "-o", tmp_path / "third.mkv")
+    assert gone.exit_code == 2 and "m.png" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1, gone.stderr

@@ -38,11 +38,14 @@ def grid(
 
 
 def info(
-    image: Annotated[Path, typer.Argument(help="an image written by canvaslab (or by AUTOMATIC1111)", show_default=False)],
+    image: Annotated[Path, typer.Argument(help="an image written by canvaslab (or by AUTOMATIC1111), or a video / frames folder written by `video inpaint`", show_default=False)],
 ) -> None:
-    """Print the recipe stored in an output image."""
+    """Print the recipe stored in an output image (or video)."""
     with console.friendly_errors():
-        meta = read_metadata(image)
+        if _is_video_output(image):
+            meta = _video_metadata(image)
+        else:
+            meta = read_metadata(image)
         if meta.parameters is None and meta.recipe is None:
             raise InputError(f"{image} carries no recipe (no A1111 parameters, no canvaslab JSON)")
         if console.settings.json:
@@ -57,9 +60,9 @@ def info(
 
 
 def replay(
-    image: Annotated[Path, typer.Argument(help="an image written by canvaslab", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where to write [default: <name>-replay.png]")] = None,
-    source: Annotated[Optional[Path], typer.Option("--image", help="use this input image instead of the recorded one")] = None,
+    image: Annotated[Path, typer.Argument(help="an image written by canvaslab (or a video / frames folder written by `video inpaint`)", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where to write [default: <name>-replay.png; a video's: <name>-replay.<its suffix>]")] = None,
+    source: Annotated[Optional[Path], typer.Option("--image", help="use this input image (of a video output: this clip) instead of the recorded one")] = None,
     mask: Annotated[Optional[Path], typer.Option("--mask", help="use this mask instead of the recorded one")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="use this model (file, folder, alias) instead of the recorded one")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", metavar="PATH[:WEIGHT]", help="use these LoRAs instead of the recorded ones, repeatable")] = None,
@@ -72,6 +75,8 @@ def replay(
     machine (private recipes record no paths). --image, --mask, --model and --lora say where they are.
     """
     with console.friendly_errors():
+        if _is_video_output(image):
+            return _replay_video(image, output, source, mask, model, lora, check)
         recipe = read_metadata(image).recipe
         if recipe and recipe.get("task") == "mask":
             return _replay_mask(image, recipe, output, source, check)
@@ -175,6 +180,61 @@ def _replay_mask(image: Path, recipe: dict, output: Path | None, source: Path | 
     print(result.save(target))
     same = np.array_equal(np.asarray(load_image(image).rgb[..., 0]), result.grey())
     console.info("[green]identical pixels[/]" if same else "[red]the pixels differ from the original mask[/]")
+    if check and not same:
+        raise typer.Exit(1)
+
+
+def _is_video_output(path: Path) -> bool:
+    """A video file, or a folder (a video run's frames): what `video inpaint` writes."""
+    from canvaslab.video.io import VIDEO_SUFFIXES
+
+    return path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _video_metadata(path: Path) -> Any:
+    from types import SimpleNamespace
+
+    from canvaslab.video.inpainting import RECIPE_FILE, read_recipe
+
+    if path.is_dir() and not (path / RECIPE_FILE).is_file():
+        raise InputError(f"{path} is a folder without {RECIPE_FILE}: not frames written by `canvaslab video inpaint`")
+    return SimpleNamespace(parameters=None, recipe=read_recipe(path))
+
+
+def _replay_video(path: Path, output: Path | None, clip: Path | None, mask: Path | None, model: str | None,
+                  lora: list[str] | None, check: bool) -> None:
+    """`canvaslab replay` of a `video inpaint` output: the same request on the recorded clip and mask (found at
+    their paths, else by name and sha256 beside the output or here); --check compares every frame."""
+    from canvaslab.video.inpainting import inpaint
+    from canvaslab.video.io import open_clip
+    from canvaslab.video.requests import VideoInpaintRequest
+
+    recipe = _video_metadata(path).recipe
+    if recipe is None:
+        raise InputError(f"{path} has no canvaslab recipe to replay")
+    inputs = recipe.get("inputs") or {}
+    near = [path.resolve().parent, Path.cwd()]
+    if clip is None:
+        entry = inputs.get("clip") or {}
+        recorded = Path(entry["path"]) if entry.get("path") else None
+        clip = recorded if recorded is not None and recorded.is_dir() else _recorded(entry, "clip", "--image", near)
+    if mask is None and inputs.get("mask"):
+        entry = inputs["mask"]
+        recorded = Path(entry["path"]) if entry.get("path") else None
+        mask = recorded if recorded is not None and recorded.is_dir() else _recorded(entry, "mask", "--mask", near)
+    values = _with_models(dict(recipe["request"]), recipe.get("models") or {}, model, lora)
+    request = build_request(VideoInpaintRequest, values)
+    target = output or (path.with_name(f"{path.stem}-replay{path.suffix}") if path.suffix else path.with_name(f"{path.name}-replay"))
+    result = inpaint(clip, mask, target, request=request, metadata=MetadataMode.private if recipe.get("private") else MetadataMode.full)
+    print(result.path)
+    if not engine_class(request.engine).deterministic:
+        console.info(f"engine {request.engine} is not deterministic: the frames will differ")
+        return
+    before, after = open_clip(path), open_clip(result.path)
+    same = before.count == after.count and all(np.array_equal(a, b) for a, b in zip(before.frames(), after.frames()))
+    lossy = path.suffix.lower() in (".mp4", ".m4v", ".mov", ".webm", ".gif")
+    console.info("[green]identical frames[/]" if same else "[red]the frames differ from the original[/]"
+                 + (" (a lossy codec: compare a lossless .mkv or frames folder)" if lossy and not same else ""))
     if check and not same:
         raise typer.Exit(1)
 

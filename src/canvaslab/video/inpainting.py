@@ -254,6 +254,24 @@ class WorkFolder:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def read_recipe(path: str | Path) -> dict[str, Any] | None:
+    """The recipe a video output carries (None: none, or not a video output): a video file's container
+    `comment` tag, a frames folder's .canvaslab-video.json."""
+    path = Path(path)
+    if path.is_dir():
+        text = (path / RECIPE_FILE).read_text() if (path / RECIPE_FILE).is_file() else None
+    else:
+        from canvaslab.video.io import container_tags
+
+        tags = container_tags(path)
+        text = next((value for key, value in tags.items() if key.lower() == "comment"), None)
+    try:
+        recipe = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return recipe if isinstance(recipe, dict) and recipe.get("task") == "video-inpaint" else None
+
+
 def _identity(recipe: dict[str, Any]) -> str:
     """What must match for frames to be resumed: the request (seed included) and the inputs."""
     return json.dumps({"request": recipe.get("request"), "inputs": recipe.get("inputs")}, sort_keys=True)

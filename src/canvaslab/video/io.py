@@ -163,6 +163,18 @@ class VideoFile(Clip):
             raise InputError(f"cannot decode {self.path}: {_failure(exc)}") from None
 
 
+def container_tags(path: Path) -> dict[str, str]:
+    """A video file's container metadata (tags such as `comment`, where canvaslab keeps its recipe)."""
+    av = _av()
+    if not path.is_file():
+        raise InputError(f"video not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            return dict(container.metadata)
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as a video: {_failure(exc)}") from None
+
+
 def _header_seconds(container: Any) -> float | None:
     """The longest of the container's and its streams' durations as the header states them (None: unstated).
     A header can lie; this is what a server bounds before any decoding."""
