@@ -180,3 +180,21 @@ def test_models_list_names_the_mask_models_and_the_depth_preprocessor(tmp_path):
     assert rows["depth"]["hub_id"] == "depth-anything/Depth-Anything-V2-Small-hf" and rows["depth"]["cached"] is False
     table = run("models", "list", "--cache-dir", tmp_path / "hub").stdout
     assert "sam-hq" in table and "grounding-dino" in table and "Mask models" in table
+
+
+def test_mask_ops_output_replays_to_identical_pixels(tmp_path):
+    """A `mask ops` result carries a recipe, yet `replay` said it had none: it now re-runs the ops on the
+    recorded inputs (mask mode, threshold and --resize-to included)."""
+    a = write_mask(tmp_path / "a.png", (5, 5, 30, 25))
+    b = write_mask(tmp_path / "b.png", (20, 10, 50, 35))
+    Image.fromarray(255 - grey(b)).save(tmp_path / "b-black.png")  # black = fill
+    Image.fromarray(np.zeros((80, 120, 3), np.uint8)).save(tmp_path / "photo.png")
+    run("mask", "ops", a, tmp_path / "b-black.png", "--union", "--mask-mode", "black", "--threshold", "100",
+        "--resize-to", tmp_path / "photo.png", "--grow", "1", "--feather", "2", "-o", tmp_path / "u.png")
+    replay = run("replay", tmp_path / "u.png", "-o", tmp_path / "again.png", "--check")
+    assert "identical pixels" in replay.stderr
+    assert np.array_equal(grey(tmp_path / "u.png"), grey(tmp_path / "again.png"))
+    assert grey(tmp_path / "again.png").shape == (80, 120)
+    (tmp_path / "b-black.png").unlink()
+    gone = run("replay", tmp_path / "u.png", "-o", tmp_path / "third.png", code=2)
+    assert "b-black.png" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1

@@ -14,11 +14,10 @@ import numpy as np
 import typer
 from typer.core import TyperGroup
 
-from canvaslab import __version__
 from canvaslab.cli import console
 from canvaslab.cli.options import command
 from canvaslab.cli.paint import ImagesOpt, MaxPixelsOpt, OutDirOpt, ShardOpt, _progress
-from canvaslab.core.image import DEFAULT_MAX_PIXELS, MASK_MODES, load_image, load_mask
+from canvaslab.core.image import DEFAULT_MAX_PIXELS, MASK_MODES, load_image
 from canvaslab.errors import InputError
 from canvaslab.tasks.requests import MaskRequest, build_request
 from canvaslab.tasks.result import MetadataMode, private_recipe
@@ -202,31 +201,17 @@ def ops(
       canvaslab mask ops small-mask.png --resize-to photo.jpg -o mask.png
     """
     with console.friendly_errors():
-        from canvaslab.core.mask import intersect as intersect_masks
-        from canvaslab.core.mask import subtract as subtract_masks
-        from canvaslab.core.mask import union as union_masks
-        from canvaslab.masks.ops import Refinement, refine
-        from canvaslab.tasks.mask import MaskResult
+        from canvaslab.masks.ops import Refinement
+        from canvaslab.tasks.batch import refuse_input_as_output
+        from canvaslab.tasks.mask import mask_ops
 
         chosen = [name for name, on in (("--union", union), ("--intersect", intersect), ("--subtract", subtract)) if on]
         if len(chosen) > 1:
             raise InputError(f"combine masks one way: {' or '.join(chosen)}")
-        if len(masks) > 1 and not chosen:
-            raise InputError(f"{len(masks)} masks: say how to combine them (--union, --intersect or --subtract)")
-        if chosen and len(masks) < 2:
-            raise InputError(f"{chosen[0]} needs at least two masks")
-        from canvaslab.tasks.batch import refuse_input_as_output
-
         refuse_input_as_output(output, *masks, resize_to)
-        size = load_image(resize_to, max_pixels=max_pixels).size if resize_to is not None else None
-        loaded = [load_mask(path, mode=mask_mode, size=size, threshold=threshold, max_pixels=max_pixels) for path in masks]
-        combine = {"--union": union_masks, "--intersect": intersect_masks, "--subtract": subtract_masks}
-        mask = combine[chosen[0]](*loaded) if chosen else loaded[0]
         edits = Refinement(fill_holes=fill_holes, largest=largest, shrink=shrink, grow=grow, invert=invert, feather=feather)
-        recipe = {"canvaslab": __version__, "task": "mask-ops", "inputs": [str(p.resolve()) for p in masks],
-                  "ops": {"combine": chosen[0][2:] if chosen else None, **{k: v for k, v in vars(edits).items()}},
-                  "size": [mask.shape[1], mask.shape[0]]}
-        result = MaskResult(refine(mask, edits), recipe)
+        result = mask_ops(masks, combine=chosen[0][2:] if chosen else None, edits=edits, resize_to=resize_to,
+                          mask_mode=mask_mode, threshold=threshold, max_pixels=max_pixels)
         path = result.save(output)
         if console.settings.json:
             console.emit_json({"output": str(path), "size": list(result.size), "coverage": round(result.coverage, 6)})

@@ -80,6 +80,8 @@ def replay(
         recipe = read_metadata(image).recipe
         if recipe and recipe.get("task") == "mask":
             return _replay_mask(image, recipe, output, source, check)
+        if recipe and recipe.get("task") == "mask-ops":
+            return _replay_mask_ops(image, recipe, output, check)
         if not recipe or recipe.get("task") not in RECIPE_TASKS:
             raise InputError(f"{image} has no canvaslab recipe to replay")
         task = recipe["task"]
@@ -235,6 +237,29 @@ def _replay_video(path: Path, output: Path | None, clip: Path | None, mask: Path
     lossy = path.suffix.lower() in (".mp4", ".m4v", ".mov", ".webm", ".gif")
     console.info("[green]identical frames[/]" if same else "[red]the frames differ from the original[/]"
                  + (" (a lossy codec: compare a lossless .mkv or frames folder)" if lossy and not same else ""))
+    if check and not same:
+        raise typer.Exit(1)
+
+
+def _replay_mask_ops(image: Path, recipe: dict, output: Path | None, check: bool) -> None:
+    """`canvaslab replay` of a `mask ops` result: the same ops on the recorded mask files, pixels compared."""
+    from canvaslab.tasks.mask import replay_ops
+
+    near = [image.resolve().parent, Path.cwd()]
+
+    def find(entry: dict, what: str) -> Path:
+        try:
+            return _recorded(entry, what, "", near)
+        except InputError:
+            name = entry.get("path") or entry.get("name")
+            raise InputError(f"the {what} {name} that `mask ops` used is gone: put it back, or a copy beside "
+                             f"{image.name}") from None
+
+    result = replay_ops(recipe, find)
+    target = output or image.with_name(f"{image.stem}-replay.png")
+    print(result.save(target))
+    same = np.array_equal(np.asarray(load_image(image).rgb[..., 0]), result.grey())
+    console.info("[green]identical pixels[/]" if same else "[red]the pixels differ from the original mask[/]")
     if check and not same:
         raise typer.Exit(1)
 

@@ -298,3 +298,48 @@ def remake(recipe: dict[str, Any], image: ImageInput | None = None, *, max_pixel
             raise InputError("the image this mask was made from is not at its recorded path: pass --image FILE")
         image = path
     return make_mask(image, request, max_pixels=max_pixels)
+
+
+# -- mask ops: algebra on mask files ------------------------------------------------------------------
+
+OPS_TASK = "mask-ops"
+COMBINE = ("union", "intersect", "subtract")
+
+
+def mask_ops(masks: Sequence[str | os.PathLike[str]], *, combine: str | None = None, edits: Refinement | None = None,
+             resize_to: str | os.PathLike[str] | None = None, mask_mode: str = "white", threshold: int = 128,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> MaskResult:
+    """Combine mask files (`combine`: union, intersect, subtract; None for one mask), then refine them
+    (`edits`); every mask is first resized to `resize_to`'s size when given. The recipe records the
+    inputs (path + sha256) and every setting, so `replay` runs it again."""
+    from canvaslab.core.image import load_image, load_mask
+    from canvaslab.core.mask import intersect, subtract, union
+
+    edits = edits or Refinement()
+    if combine is not None and combine not in COMBINE:
+        raise InputError(f"unknown combination {combine!r}: use one of {', '.join(COMBINE)}")
+    if len(masks) > 1 and combine is None:
+        raise InputError(f"{len(masks)} masks: say how to combine them (--union, --intersect or --subtract)")
+    if combine is not None and len(masks) < 2:
+        raise InputError(f"--{combine} needs at least two masks")
+    size = load_image(resize_to, max_pixels=max_pixels).size if resize_to is not None else None
+    loaded = [load_mask(path, mode=mask_mode, size=size, threshold=threshold, max_pixels=max_pixels) for path in masks]
+    mask = {"union": union, "intersect": intersect, "subtract": subtract}[combine](*loaded) if combine else loaded[0]
+    recipe = {"canvaslab": __version__, "task": OPS_TASK, "inputs": [describe_input(path) for path in masks],
+              "ops": {"combine": combine, **vars(edits)}, "mask_mode": mask_mode, "threshold": threshold,
+              "resize_to": describe_input(resize_to) if resize_to is not None else None,
+              "size": [mask.shape[1], mask.shape[0]]}
+    return MaskResult(refine(mask, edits), recipe)
+
+
+def replay_ops(recipe: dict[str, Any], find: Callable[[dict[str, Any], str], Path],
+               *, max_pixels: int = DEFAULT_MAX_PIXELS) -> MaskResult:
+    """Run a `mask ops` recipe again; `find(entry, what)` locates each recorded file (or raises)."""
+    entries = [e if isinstance(e, dict) else {"path": e} for e in recipe.get("inputs") or []]  # early recipes: paths
+    ops = dict(recipe.get("ops") or {})
+    combine = ops.pop("combine", None)
+    resize_to = recipe.get("resize_to")
+    return mask_ops([find(entry, "mask") for entry in entries], combine=combine, edits=Refinement(**ops),
+                    resize_to=find(resize_to, "--resize-to image") if resize_to else None,
+                    mask_mode=recipe.get("mask_mode", "white"), threshold=recipe.get("threshold", 128),
+                    max_pixels=max_pixels)
