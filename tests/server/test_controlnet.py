@@ -205,3 +205,27 @@ def test_a_controlnet_that_fails_when_the_job_runs_is_named_without_its_folder(m
         assert 400 <= synchronous.status_code < 500 and "broken-canny" in synchronous.json()["error"]
         for text in (json.dumps(done), synchronous.text):
             assert "server-secret-folder" not in text and str(tmp_path) not in text, text
+
+
+def test_reference_images_are_checked_by_their_headers_within_a_pixel_budget(live, picture):  # type: ignore[no-untyped-def]
+    """8 IP-Adapters x 16 references at the pixel limit (a 17 KB PNG each) were all decoded before queueing (~75 ms
+    each: a 3 MB body bought 10 CPU s) and held by the job: now headers only, and at most REFERENCE_BUDGET images'
+    worth of pixels at the limit in all."""
+    from canvaslab.server.inputs import REFERENCE_BUDGET
+
+    flat = io.BytesIO()
+    Image.new("RGB", (2048, 2048), (10, 20, 30)).save(flat, "PNG")  # at the default pixel limit
+    big = b64(flat.getvalue())
+    image = b64(png_bytes(np.asarray(picture)))
+    _, fill = box_mask()
+    base = {"image": image, "mask": b64(png_bytes(fill.astype(np.uint8) * 255)), "steps": 1}
+    too_many = REFERENCE_BUDGET // 16 + 1
+    with live.client() as client:
+        over = client.post("/api/v1/inpaint", json={**base, "ip_adapter": [
+            {"model": "ip-adapter_tiny", "images": [big] * 16} for _ in range(too_many)]})
+        assert over.status_code == 400 and over.json()["field"] == "ip_adapter", over.text
+        assert "pixel" in over.json()["error"]
+        eps = client.post("/api/v1/inpaint", json={**base, "ip_adapter": [
+            {"model": "ip-adapter_tiny", "images": [b64(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")]}]})
+        assert eps.status_code == 400 and eps.json()["field"] == "ip_adapter.0.images", eps.text
+        assert "EPS" in eps.json()["error"]

@@ -285,6 +285,33 @@ def decode_base64_image(value: Any, field: str) -> bytes:
         raise ClientError(f"{field} is not valid base64", field=field) from None
 
 
+UPLOAD_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")  # Pillow's names (MPO: a camera's JPEG)
+
+
+def image_header(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:
+    """The size an uploaded image's header claims, without decoding its pixels: one of UPLOAD_FORMATS (not,
+    say, EPS, which Pillow would hand to Ghostscript when the job decodes it) within the pixel limit."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from canvaslab.core.image import pixel_limit
+
+    if not data:
+        raise ClientError(f"{field} is empty", field=field)
+    try:
+        with pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as image:
+            kind, size = image.format, image.size
+    except InputError as exc:  # over the pixel limit, by the header
+        raise ClientError(f"{field}: {exc}", field=field) from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise ClientError(f"{field} is not an image Pillow reads", field=field) from None
+    if kind not in UPLOAD_FORMATS:
+        raise ClientError(f"{field} is {kind}: send {', '.join(f for f in UPLOAD_FORMATS if f != 'MPO')} images",
+                          field=field)
+    return size
+
+
 def open_upload(data: bytes, field: str, max_pixels: int) -> LoadedImage:
     """Decode an uploaded image, refusing non-images and anything over the pixel limit with 400."""
     if not data:
@@ -333,6 +360,9 @@ def refuse_paths(fields: dict[str, Any], catalogue: Catalogue) -> dict[str, Any]
 
 MAX_CONDITIONING = 8  # control units, and IP-Adapters, per request
 MAX_REFERENCES = 16  # reference images per IP-Adapter (IPAdapterSpec's bound)
+# The pixels of all reference images of a request, in images at the pixel limit: the job holds them decoded
+# (an image encoder sees 224x224 of each). 8 A1111 units at the limit fit; 8 x 16 native ones at 512x512 too.
+REFERENCE_BUDGET = 16
 
 
 def conditioning_uploads(fields: dict[str, Any], catalogue: Catalogue, max_pixels: int) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -354,7 +384,7 @@ def conditioning_uploads(fields: dict[str, Any], catalogue: Catalogue, max_pixel
                 unit["model"] = catalogue.resolve_control(unit["model"], f"{where}.model")
             if unit.get("image") not in (None, ""):
                 data = decode_base64_image(unit["image"], f"{where}.image")
-                open_upload(data, f"{where}.image", max_pixels)
+                image_header(data, f"{where}.image", max_pixels)  # decoded when the job runs
                 unit["image"] = f"control-{index}.png"
                 uploads[unit["image"]] = data
             else:
@@ -362,7 +392,7 @@ def conditioning_uploads(fields: dict[str, Any], catalogue: Catalogue, max_pixel
             units.append(unit)
         fields["control"] = units
     if isinstance(fields.get("ip_adapter"), list):
-        adapters = []
+        adapters, pixels = [], 0
         for index, item in enumerate(fields["ip_adapter"]):
             where = f"ip_adapter.{index}"
             if not isinstance(item, dict):
@@ -379,7 +409,12 @@ def conditioning_uploads(fields: dict[str, Any], catalogue: Catalogue, max_pixel
             names = []
             for number, value in enumerate(images if isinstance(images, list) else [images]):
                 data = decode_base64_image(value, f"{where}.images")
-                open_upload(data, f"{where}.images", max_pixels)
+                width, height = image_header(data, f"{where}.images", max_pixels)  # decoded when the job runs
+                pixels += width * height
+                if pixels > REFERENCE_BUDGET * max_pixels:
+                    raise ClientError(f"the reference images hold over {pixels:,} pixels; the server takes at most "
+                                      f"{REFERENCE_BUDGET} images' worth at its pixel limit ({REFERENCE_BUDGET * max_pixels:,}"
+                                      " pixels): send smaller images (the image encoder sees 224x224)", field="ip_adapter")
                 names.append(f"ip-adapter-{index}-{number}.png")
                 uploads[names[-1]] = data
             item["images"] = names
