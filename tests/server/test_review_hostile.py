@@ -90,3 +90,26 @@ def test_points_outside_the_picture_are_short_refusals_naming_the_field(make_ser
         answer = client.post(route, json={key: b64(photo_png), **body})
     assert answer.status_code == 400 and answer.json().get("field") == field, answer.text
     assert len(answer.json()["error"]) < 100 and "is outside the 64x48 image" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"controlnet_threshold_a": 1e300}, "controlnet_threshold_a"),
+    ({"controlnet_threshold_a": 100, "controlnet_threshold_b": -5}, "controlnet_threshold_b"),
+])
+def test_detect_names_the_threshold_at_fault(server, photo_png, settings, field):
+    """A threshold out of its range was reported as the fault of controlnet_module."""
+    with server.client() as client:
+        answer = client.post("/controlnet/detect", json={"controlnet_module": "canny",
+                                                          "controlnet_input_images": [b64(photo_png)], **settings})
+    assert answer.status_code == 422 and answer.json()["field"] == field, answer.text
+    assert "outside" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("fields, field", [({"format": "m" * 9000}, "format"), ({"crf": "9" * 9000}, "crf")])
+def test_video_output_options_are_short_refusals(server, fields, field):
+    """A 9,000-character format came back written out in the error."""
+    with server.client() as client:
+        answer = client.post("/api/v1/video/inpaint", files={"mask": ("m.png", b"x")},
+                             data={"request": json.dumps(fields)})
+    assert answer.status_code == 422 and answer.json()["field"] == field, answer.text[:300]
+    assert len(answer.json()["error"]) < 150

@@ -755,6 +755,11 @@ def detect_maps(body: dict[str, Any], max_pixels: int) -> list[str]:
         pre = preprocessors.PREPROCESSORS[name]
         a = number(body, "controlnet_threshold_a", 0.0, float) if pre.a is not None and a not in (None, -1) else None
         b = number(body, "controlnet_threshold_b", 0.0, float) if pre.b is not None and b not in (None, -1) else None
+        for field, settings in (("controlnet_threshold_a", (a, None)), ("controlnet_threshold_b", (a, b))):
+            try:
+                preprocessors.check_settings(name, *settings)  # out of range: the field at fault, not the module
+            except InputError as exc:
+                raise ClientError(str(exc), status=422, field=field) from None
         for index, value in enumerate(images):
             loaded = open_upload(decode_base64_image(value, "controlnet_input_images"), "controlnet_input_images", max_pixels)
             mask = None

@@ -140,9 +140,9 @@ def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings:
     fields = dict(fields)
     fmt, crf = fields.pop("format", "mp4"), fields.pop("crf", 18)
     if fmt not in FORMATS:
-        raise ClientError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}", status=422, field="format")
+        raise ClientError(f"format must be one of {', '.join(FORMATS)}, got {_short(fmt)}", status=422, field="format")
     if not isinstance(crf, int) or isinstance(crf, bool) or not 0 <= crf <= 51:
-        raise ClientError(f"crf must be a whole number from 0 to 51, got {crf!r}", status=422, field="crf")
+        raise ClientError(f"crf must be a whole number from 0 to 51, got {_short(crf)}", status=422, field="crf")
     if fields.get("fps") is not None and not frames:
         raise ClientError("fps is for frames sent as 'frame' parts; an uploaded clip keeps its own frame rate", field="fps")
     fields = with_defaults("inpaint", refuse_paths(fields, catalogue), settings, catalogue)
@@ -182,6 +182,12 @@ def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings:
     # 3. what the engine works at on a key frame, as for an image (the whole frame a hole but one pixel: the most)
     _check_frame_work(video_request, size, settings)
     return PreparedVideo(video_request, clip or None, images, mask, mask_is_video, fmt, crf)
+
+
+def _short(value: Any) -> str:
+    """A client's value as an error shows it: at most 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _frame_images(frames: list[bytes], settings: ServerSettings) -> list[tuple[str, bytes]]:
