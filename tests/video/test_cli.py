@@ -180,3 +180,32 @@ def test_info_and_replay_read_a_video_outputs_recipe(clip, tmp_path):
     (tmp_path / "m.png").unlink()
     gone = invoke("replay", tmp_path / "out.mkv", "-o", tmp_path / "third.mkv")
     assert gone.exit_code == 2 and "m.png" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1, gone.stderr
+
+
+def test_a_variable_frame_rate_clip_is_named_in_a_notice(clip, tmp_path):
+    """A phone clip's frames come at uneven intervals; the output is written at one constant rate, which
+    changed its timing without a word."""
+    import av
+
+    path = tmp_path / "vfr.mkv"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "bgr0"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        pts = 0
+        for index, rgb in enumerate(clip.frames[:6]):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="bgr0")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            pts += 40 if index % 2 else 100
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    write_png(tmp_path / "m.png", clip.masks[0].astype(np.uint8) * 255)
+    run = invoke("--json", "video", "inpaint", path, "--mask", tmp_path / "m.png", "-o", tmp_path / "o.mkv", "--seed", 1)
+    assert run.exit_code == 0, run.output
+    notices = json.loads(run.stdout)["notices"]
+    assert any("variable frame rate" in n for n in notices), notices
+    steady = write_video(tmp_path / "steady.mkv", clip.frames[:6])
+    run = invoke("--json", "video", "inpaint", steady, "--mask", tmp_path / "m.png", "-o", tmp_path / "p.mkv", "--seed", 1)
+    assert not any("variable frame rate" in n for n in json.loads(run.stdout)["notices"])

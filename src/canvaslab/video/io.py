@@ -139,15 +139,27 @@ class VideoFile(Clip):
         if max_frames is not None and self.count > max_frames:
             raise InputError(f"{path} has {self.count:,} frames, over the limit of {max_frames:,}")
 
+    def _check_interval(self, index: int, previous: float | None, time: float) -> None:
+        """One notice per clip when frames do not come every 1/fps seconds (off by more than a quarter frame)."""
+        if previous is None or getattr(self, "_told_vfr", False):
+            return
+        if abs((time - previous) * float(self.fps) - 1) > 0.25:
+            self._told_vfr = True
+            _vfr_notice(self, index, time - previous)
+
     def frames(self, start: int = 0, end: int | None = None) -> Iterator[np.ndarray]:
         av = _av()
         try:
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
+                previous = None
                 for index, frame in enumerate(container.decode(stream)):
                     if end is not None and index >= end:
                         return
+                    if frame.time is not None:
+                        self._check_interval(index, previous, frame.time)
+                        previous = frame.time
                     if self.max_frames is not None and index >= self.max_frames:
                         raise InputError(f"{self.path} holds more than {self.max_frames:,} frames")
                     if index < start:
@@ -161,6 +173,13 @@ class VideoFile(Clip):
             raise
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             raise InputError(f"cannot decode {self.path}: {_failure(exc)}") from None
+
+
+def _vfr_notice(clip: "VideoFile", index: int, gap: float) -> None:
+    fps = float(clip.fps)
+    notice(f"{clip.path.name} has a variable frame rate (frame {index} comes {1000 * gap:.0f} ms after the one "
+           f"before, not {1000 / fps:.0f} ms): the output shows every frame for 1/{fps:g} s, so its timing differs "
+           "from the clip's; for the same timing, make the clip constant-rate first (ffmpeg -fps_mode cfr)")
 
 
 def container_tags(path: Path) -> dict[str, str]:
