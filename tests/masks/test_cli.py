@@ -198,3 +198,24 @@ def test_mask_ops_output_replays_to_identical_pixels(tmp_path):
     (tmp_path / "b-black.png").unlink()
     gone = run("replay", tmp_path / "u.png", "-o", tmp_path / "third.png", code=2)
     assert "b-black.png" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_watermark_over_a_folder_skips_an_unreadable_file_and_names_it(tmp_path):
+    """One broken file in a stock folder ended the whole watermark run; it is now left out with a notice,
+    and the mask equals the one of the readable images alone."""
+    images = tmp_path / "stock"
+    images.mkdir()
+    for index in range(4):
+        Image.fromarray(scene(40, 30, seed=index)).save(images / f"{index}.png")
+    run("mask", "--images", images, "--auto", "watermark", "-o", tmp_path / "clean.png")
+    (images / "broken.png").write_text("not an image")
+    done = run("--json", "mask", "--images", images, "--auto", "watermark", "-o", tmp_path / "wm.png")
+    notices = json.loads(done.stdout)["notices"]
+    assert any("broken.png" in n and "left out" in n for n in notices), notices
+    assert np.array_equal(grey(tmp_path / "wm.png"), grey(tmp_path / "clean.png"))
+    replay = run("replay", tmp_path / "wm.png", "-o", tmp_path / "again.png", "--check")
+    assert "identical pixels" in replay.stderr
+    for index in range(2):
+        (images / f"{index}.png").unlink()
+    few = run("mask", "--images", images, "--auto", "watermark", "-o", tmp_path / "x.png", code=2)
+    assert "3 or more" in few.stderr and len(few.stderr.strip().splitlines()) <= 2, few.stderr

@@ -114,8 +114,7 @@ def make_mask(
         if request.auto is not None and request.auto.value in FOLDER_RULES:
             if image is not None:
                 raise InputError(f"--auto {request.auto.value} compares many images: give a folder (--images), not one image")
-            sources = _folder_inputs(images)
-            loaded = [open_image(source, max_pixels) for source in sources]
+            sources, loaded = _open_many(_folder_inputs(images), max_pixels, folder=isinstance(images, (str, os.PathLike)))
             inputs: dict[str, Any] = {"images": _describe_many(images, sources)}
         else:
             if image is None:
@@ -220,6 +219,27 @@ def _folder_inputs(images: Any) -> list[ImageInput]:
             raise InputError(f"folder {images} holds no images (.png, .jpg, .jpeg, .webp)")
         return list(found)
     return list(images)
+
+
+def _open_many(sources: list[ImageInput], max_pixels: int, *, folder: bool) -> tuple[list[ImageInput], list[LoadedImage]]:
+    """Every image of a watermark's set. In a folder, a file that cannot be read is left out with a notice
+    (the rest still say where the watermark is; replay leaves the same file out); a list given in Python
+    must be all readable."""
+    kept, loaded, skipped = [], [], []
+    for source in sources:
+        try:
+            loaded.append(open_image(source, max_pixels))
+        except InputError as exc:
+            if not folder:
+                raise
+            skipped.append((source, str(exc)))
+            continue
+        kept.append(source)
+    if skipped:
+        names = ", ".join(Path(str(source)).name for source, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        notice(f"left out {len(skipped)} file{'s' if len(skipped) != 1 else ''} that cannot be read as images: {names} "
+               f"({skipped[0][1]})")
+    return kept, loaded
 
 
 def _describe_many(images: Any, sources: list[ImageInput]) -> dict[str, Any]:
