@@ -229,3 +229,22 @@ def test_reference_images_are_checked_by_their_headers_within_a_pixel_budget(liv
             {"model": "ip-adapter_tiny", "images": [b64(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")]}]})
         assert eps.status_code == 400 and eps.json()["field"] == "ip_adapter.0.images", eps.text
         assert "EPS" in eps.json()["error"]
+
+
+def test_a_video_job_takes_control_units_as_the_image_routes_do(live, picture, tmp_path):  # type: ignore[no-untyped-def]
+    """Units of a video job: the ControlNet by the server's name, the control image sent as base64 (it was read
+    from a server path); the job runs with it and its recipe holds no server path."""
+    frames = [png_bytes(np.roll(np.asarray(picture), shift, axis=1)) for shift in (0, 2, 4)]
+    _, fill = box_mask()
+    parts = [("frame", (f"{i}.png", data)) for i, data in enumerate(frames)]
+    parts.append(("mask", ("mask.png", png_bytes(fill.astype(np.uint8) * 255))))
+    fields = {"steps": 1, "seed": 2, "control": [{"model": "tiny-canny", "preprocessor": "canny",
+                                                  "image": b64(png_bytes(np.asarray(picture)))}]}
+    with live.client() as client:
+        answer = client.post("/api/v1/video/inpaint", files=parts, data={"request": json.dumps(fields)})
+        assert answer.status_code == 202, answer.text
+        done = wait_done(client, answer.json()["id"], timeout=120)
+    assert done["status"] == "done", done["error"]
+    recipe = json.dumps(done["result"]["recipe"])
+    assert '"model": "tiny-canny"' in recipe and str(live.settings.output) not in recipe and "/tmp" not in recipe, recipe
+    assert not list(live.settings.output.glob(".video-*"))

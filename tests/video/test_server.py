@@ -332,3 +332,16 @@ def test_a_job_refused_by_a_full_queue_leaves_no_folder(make_server, uploads):
             wait_done(client, running)
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"engine": "diffusion", "control": [{"model": "/srv/any/controlnet", "image": "/etc/hosts"}]}, "control.0.model"),
+    ({"engine": "diffusion", "ip_adapter": [{"model": "/srv/x/ip.bin", "images": ["/etc/passwd"]}]}, "ip_adapter.0.model"),
+    ({"control": [{"model": "x"}] * 9}, "control"),
+])
+def test_control_units_name_the_servers_models_never_paths(live, uploads, fields, field):
+    """The video job took `control` / `ip_adapter` as the CLI does: a ControlNet by any server path and control or
+    reference images read from the server's files (a job with a private PNG as its control image finished)."""
+    with live.client() as client:
+        answer = _post(client, uploads, fields)
+    assert answer.status_code == 400 and answer.json()["field"] == field, answer.text

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import uuid
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ from pydantic import ValidationError
 from canvaslab.core.image import LoadedImage
 from canvaslab.errors import CanvaslabError, InputError
 from canvaslab.server.inputs import (
-    Catalogue, ClientError, check_engine_options, check_field_sizes, check_model, parse_json, refuse_paths, with_defaults,
+    Catalogue, ClientError, check_engine_options, check_field_sizes, check_model, conditioning_uploads, hide_paths,
+    parse_json, refuse_paths, with_defaults, with_uploads,
 )
 from canvaslab.server.jobs import QueueFull, Work, http_status_of
 from canvaslab.server.native import _submitted
@@ -66,6 +67,7 @@ class PreparedVideo:
     mask_is_video: bool
     format: str
     crf: int
+    uploads: dict[str, bytes] = field(default_factory=dict)  # control / reference images, by the name the request uses
 
 
 async def _read_parts(request: Request, max_part: int) -> tuple[Any, bytes | None, bytes | None, list[bytes]]:
@@ -136,6 +138,8 @@ def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings:
     # 1. the fields: sizes, no paths, the server's defaults, the request model, the output options
     if not isinstance(fields, dict):
         raise ClientError(f"the 'request' part must be a JSON object, got {type(fields).__name__}", field="request")
+    # ControlNet / IP-Adapter units as for an image: models by the server's names, images as base64, never paths
+    fields, uploads = conditioning_uploads(fields, catalogue, settings.max_pixels)
     check_field_sizes(fields)
     fields = dict(fields)
     fmt, crf = fields.pop("format", "mp4"), fields.pop("crf", 18)
@@ -181,7 +185,7 @@ def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings:
                           field="window")
     # 3. what the engine works at on a key frame, as for an image (the whole frame a hole but one pixel: the most)
     _check_frame_work(video_request, size, settings)
-    return PreparedVideo(video_request, clip or None, images, mask, mask_is_video, fmt, crf)
+    return PreparedVideo(video_request, clip or None, images, mask, mask_is_video, fmt, crf, uploads)
 
 
 def _short(value: Any) -> str:
@@ -338,15 +342,21 @@ def video_work(prepared: PreparedVideo, settings: ServerSettings) -> Work:
             clip, clip_name = _write_frames(scratch / "frames", prepared.frames), "the frames"
         mask = scratch / ("mask.mp4" if prepared.mask_is_video else "mask")
         mask.write_bytes(prepared.mask)
+        if prepared.uploads:
+            (scratch / "uploads").mkdir()
+            for name, data in prepared.uploads.items():  # control and reference images: files for the task
+                (scratch / "uploads" / name).write_bytes(data)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     request, output, crf = prepared.request, scratch / f"video.{prepared.format}", prepared.crf
+    if prepared.uploads:
+        request = with_uploads(request, scratch / "uploads")
 
     def hide(text: str) -> str:
         """The client sees its parts by name, never the server's folders (errors and notices)."""
         text = text.replace(str(clip), clip_name).replace(str(mask), "the mask")
-        return text.replace(str(scratch), "the job's folder")
+        return hide_paths(text.replace(str(scratch), "the job's folder"))
 
     def work():  # type: ignore[no-untyped-def]
         from canvaslab.video.inpainting import inpaint
