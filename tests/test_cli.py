@@ -298,3 +298,15 @@ def test_mask_folder_with_o_instead_of_out_says_so(tmp_path, photo):
     write_png(images / "a.png", photo)
     run = _in_process("mask", "--images", images, "--auto", "damage", "-o", tmp_path / "m.png")
     assert run.exit_code == 2 and "--out DIR" in run.stderr, run.stderr
+
+
+def test_a_mask_that_covers_most_of_the_image_asks_whether_it_is_inverted(tmp_path, pair, box_mask):
+    """A black-on-white mask (the object black) filled almost the whole photo without a word."""
+    image, _ = pair
+    inverted = write_png(tmp_path / "inverted.png", np.where(box_mask, 0, 255).astype(np.uint8))
+    run = _in_process("inpaint", image, "--mask", inverted, "--engine", "telea", "-o", tmp_path / "o.png")
+    assert run.exit_code == 0, run.output
+    assert "--mask-mode black" in run.stderr and "covers" in run.stderr
+    fine = _in_process("inpaint", image, "--mask", inverted, "--mask-mode", "black", "--engine", "telea",
+                       "-o", tmp_path / "p.png")
+    assert fine.exit_code == 0 and "--mask-mode" not in fine.stderr, fine.stderr

@@ -209,3 +209,11 @@ def test_a_variable_frame_rate_clip_is_named_in_a_notice(clip, tmp_path):
     steady = write_video(tmp_path / "steady.mkv", clip.frames[:6])
     run = invoke("--json", "video", "inpaint", steady, "--mask", tmp_path / "m.png", "-o", tmp_path / "p.mkv", "--seed", 1)
     assert not any("variable frame rate" in n for n in json.loads(run.stdout)["notices"])
+
+
+def test_an_inverted_video_mask_gets_a_notice(clip, tmp_path):
+    frames = write_frames(tmp_path / "frames", clip.frames[:3])
+    inverted = write_png(tmp_path / "m.png", np.where(clip.masks[0], 0, 255).astype(np.uint8))
+    run = invoke("--json", "video", "inpaint", frames, "--mask", inverted, "-o", tmp_path / "o", "--seed", 1)
+    assert run.exit_code == 0, run.output
+    assert any("--mask-mode black" in n for n in json.loads(run.stdout)["notices"])

@@ -32,6 +32,19 @@ def open_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Load
     return source if isinstance(source, LoadedImage) else load_image(source, max_pixels=max_pixels)
 
 
+LIKELY_INVERTED = 0.75  # share of the picture a mask covers above which it is more often inverted than meant
+
+
+def polarity_hint(hole: np.ndarray, mode: str, what: str = "the image") -> None:
+    """A notice when a mask read from a file covers most of the picture: usually black = fill read as white
+    = fill (or the reverse). It only asks; large masks are sometimes meant."""
+    share = float(np.asarray(hole, bool).mean()) if hole.size else 0.0
+    if share > LIKELY_INVERTED and mode in ("white", "black"):
+        other = "black" if mode == "white" else "white"
+        notice(f"the mask covers {100 * share:.0f} % of {what}: if the part to fill is {other} in it, add "
+               f"--mask-mode {other} ({mode} = fill was used)")
+
+
 def resolve_seed(seed: int | None) -> int:
     """The seed to use: the user's, or a fresh random one that the recipe then records."""
     return int(seed) if seed is not None else secrets.randbelow(2**32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from canvaslab.core.notices import collect_notices, notice
 from canvaslab.engines import Engine, EngineOptions
 from canvaslab.errors import InputError
 from canvaslab.tasks.common import (
-    ImageInput, describe_input, engine_for, finish, make_recipe, open_image, resolve_seed, run_engine,
+    ImageInput, describe_input, engine_for, finish, make_recipe, open_image, polarity_hint, resolve_seed, run_engine,
 )
 from canvaslab.tasks.conditioning import Conditioning, conditioning_inputs, load_conditioning
 from canvaslab.tasks.requests import InpaintArea, InpaintRequest, MaskMode, request_from
@@ -54,6 +55,8 @@ def inpaint(
         source = open_image(image, max_pixels)
         levels = load_levels(mask, source, request, max_pixels) if request.soft else None
         hole = levels > 0 if levels is not None else load_hole(mask, source, request, max_pixels)
+        if isinstance(mask, (str, os.PathLike)) and not request.soft:
+            polarity_hint(hole, request.mask_mode.value)
         seed = resolve_seed(request.seed)
         # 2. the work: nothing to do for an empty mask
         if not hole.any():

@@ -38,7 +38,7 @@ from canvaslab.core.notices import collect_notices, notice
 from canvaslab.core.progress import quiet_steps, report_progress
 from canvaslab.errors import InputError
 from canvaslab.tasks.batch import refuse_input_as_output
-from canvaslab.tasks.common import make_recipe, resolve_seed
+from canvaslab.tasks.common import make_recipe, polarity_hint, resolve_seed
 from canvaslab.tasks.requests import request_from
 from canvaslab.tasks.result import MetadataMode, recipe_to_write
 from canvaslab.video.flow import FlowEstimator, FlowSettings
@@ -122,6 +122,8 @@ def inpaint(
         check_output(output)
         masks = Masks(mask, source, mode=request.mask_mode.value, threshold=request.threshold, max_pixels=max_pixels,
                       max_frames=max_frames)
+        if masks.single is not None and isinstance(mask, (str, Path)):
+            polarity_hint(masks.single, request.mask_mode.value, "the frame")
         work = WorkFolder(output)
         seed, recipe, text = work.begin(request, source, clip, mask, (start, end))
         # 1.1 tracked masks, once (a resumed run reads the ones it saved)
