@@ -113,3 +113,24 @@ def test_video_output_options_are_short_refusals(server, fields, field):
                              data={"request": json.dumps(fields)})
     assert answer.status_code == 422 and answer.json()["field"] == field, answer.text[:300]
     assert len(answer.json()["error"]) < 150
+
+
+@pytest.mark.parametrize("unit, field", [
+    ({"resize_mode": []}, "resize_mode"),
+    ({"control_mode": {}}, "control_mode"),
+    ({"weight": []}, "weight"),
+    ({"guidance_start": "early"}, "guidance_start"),
+    ({"threshold_a": {}}, "threshold_a"),
+])
+def test_a1111_unit_fields_of_the_wrong_type_are_422_naming_the_unit_field(make_server, photo_png, mask_png, tmp_path,
+                                                                          unit, field):
+    """A list or an object as resize_mode / control_mode was a 500 (unhashable); a bad weight named only `weight`."""
+    control = tmp_path / "tiny-canny"
+    control.mkdir()
+    server = make_server(control_models=[str(control)])
+    body = {"init_images": [b64(photo_png)], "mask": b64(mask_png), "steps": 1, "alwayson_scripts": {
+        "ControlNet": {"args": [{"module": "canny", "model": "tiny-canny", **unit}]}}}
+    with server.client() as client:
+        answer = client.post("/sdapi/v1/img2img", json=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == f"alwayson_scripts.ControlNet.args[0].{field}", answer.text

@@ -632,9 +632,18 @@ def _unit_list(body: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def _choice(value: Any, table: dict[Any, str], where: str, what: str) -> str:
     key = value.lower() if isinstance(value, str) else value
-    if isinstance(key, bool) or key not in table:
-        raise ClientError(f"{where}: unknown {what} {value!r}", field=where)
+    if not isinstance(key, (str, int, float)) or isinstance(key, bool) or key not in table:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ClientError(f"{where}: unknown {what} {shown}", status=422, field=where)
     return table[key]
+
+
+def _unit_number(unit: dict[str, Any], key: str, default: Any, where: str) -> Any:
+    """A unit's number, a refusal naming the unit's field (`alwayson_scripts.ControlNet.args[0].weight`)."""
+    try:
+        return number(unit, key, default, float)
+    except ClientError as exc:
+        raise ClientError(exc.message, status=exc.status, field=f"{where}.{key}") from None
 
 
 def controlnet_units(body: dict[str, Any], *, txt2img: bool) -> tuple[dict[str, Any], list[str], dict[str, str]]:
@@ -661,7 +670,7 @@ def controlnet_units(body: dict[str, Any], *, txt2img: bool) -> tuple[dict[str, 
             image = image.get("image")
         if unit.get("mask") not in (None, ""):
             ignored.append(f"{where}.mask")  # the img2img mask is the one inpainted
-        weight = number(unit, "weight", 1.0, float)
+        weight = _unit_number(unit, "weight", 1.0, where)
         if module.lower().startswith("ip-adapter"):
             if image in (None, ""):
                 raise ClientError(f"{where}.image: an IP-Adapter unit needs a reference image", field=f"{where}.image")
@@ -677,7 +686,7 @@ def controlnet_units(body: dict[str, Any], *, txt2img: bool) -> tuple[dict[str, 
         setting = {"threshold_a": "a", "threshold_b": "b"}
         spec: dict[str, Any] = {
             "model": model, "weight": weight, "preprocessor": ours,
-            "start": number(unit, "guidance_start", 0.0, float), "end": number(unit, "guidance_end", 1.0, float),
+            "start": _unit_number(unit, "guidance_start", 0.0, where), "end": _unit_number(unit, "guidance_end", 1.0, where),
             "mode": _choice(unit.get("control_mode", unit.get("guessmode") and 2 or 0), CONTROL_MODES,
                             f"{where}.control_mode", "control mode"),
             "resize": _choice(unit.get("resize_mode", 1), RESIZE_MODES, f"{where}.resize_mode", "resize mode"),
@@ -687,7 +696,7 @@ def controlnet_units(body: dict[str, Any], *, txt2img: bool) -> tuple[dict[str, 
             if unit.get(key) in (None, -1):
                 continue
             if ours in PREPROCESSORS and getattr(PREPROCESSORS[ours], slot) is not None:
-                spec[key] = number(unit, key, 0.0, float)
+                spec[key] = _unit_number(unit, key, 0.0, where)
             else:
                 ignored.append(f"{where}.{key}")  # the extension sends 64 whatever the module; this one reads none
         index = len(control)
