@@ -345,3 +345,12 @@ def test_control_units_name_the_servers_models_never_paths(live, uploads, fields
     with live.client() as client:
         answer = _post(client, uploads, fields)
     assert answer.status_code == 400 and answer.json()["field"] == field, answer.text
+
+
+def test_a_frame_rate_the_encoder_cannot_hold_is_refused(live, uploads, clip):
+    """fps 1e-7 passed the request model (> 0) and every job with it failed as an internal error (the rate, as a
+    fraction of denominator <= 1001, is 0: ZeroDivisionError)."""
+    frames = [_png(frame) for frame in clip.frames[:2]]
+    with live.client() as client:
+        answer = _post_frames(client, frames, uploads["mask"], {"fps": 1e-7})
+    assert answer.status_code == 422 and answer.json()["field"] == "fps", answer.text

@@ -55,6 +55,7 @@ FORMATS = ("mp4", "webm", "mkv", "gif")
 FRAME_BUDGET = 128  # frames x pixels of one job, in frames at the pixel limit (2048x2048: 128 frames; 480p: ~1300)
 WINDOW_BUDGET = 48  # frames held in memory at once (window + 2 x context), in frames at the pixel limit
 MAX_FRAMES = 10_000  # whatever their size
+MIN_FPS = 0.001  # frames sent as parts: the slowest rate the video writer holds (Fraction(fps).limit_denominator(1001))
 MAX_SECONDS = 600.0  # of media by the clip's header (its longest stream: the audio is copied, maybe re-encoded, whole)
 
 
@@ -149,6 +150,10 @@ def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings:
         raise ClientError(f"crf must be a whole number from 0 to 51, got {_short(crf)}", status=422, field="crf")
     if fields.get("fps") is not None and not frames:
         raise ClientError("fps is for frames sent as 'frame' parts; an uploaded clip keeps its own frame rate", field="fps")
+    fps = fields.get("fps")
+    if isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < MIN_FPS:
+        # the writer keeps the rate as a fraction of denominator <= 1001: below this it is 0 (the job would crash)
+        raise ClientError(f"fps must be at least {MIN_FPS:g}, got {fps:g}", status=422, field="fps")
     fields = with_defaults("inpaint", refuse_paths(fields, catalogue), settings, catalogue)
     try:
         video_request = VideoInpaintRequest.model_validate(fields)
