@@ -310,3 +310,20 @@ def test_a_mask_that_covers_most_of_the_image_asks_whether_it_is_inverted(tmp_pa
     fine = _in_process("inpaint", image, "--mask", inverted, "--mask-mode", "black", "--engine", "telea",
                        "-o", tmp_path / "p.png")
     assert fine.exit_code == 0 and "--mask-mode" not in fine.stderr, fine.stderr
+
+
+def test_generated_flags_state_their_bounds_in_help():
+    """`mask --grow` and `video inpaint --threshold` refused values their help did not bound (`<int>` only)."""
+    from typer.testing import CliRunner
+
+    from canvaslab.cli.main import app
+
+    def flag_help(args, flag):
+        text = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "250"}).stdout
+        return next(line for line in text.splitlines() if line.lstrip("│ ").startswith(f"{flag} "))
+
+    assert "(0 to 512)" in flag_help(["mask", "make"], "--grow")
+    assert "(1 to 255)" in flag_help(["video", "inpaint"], "--threshold")
+    assert "(above 0, at most 1)" in flag_help(["inpaint"], "--strength")
+    assert "(at least 0)" in flag_help(["video", "inpaint"], "--start")
+    assert "to 4294967295" not in flag_help(["inpaint"], "--seed")

@@ -47,6 +47,21 @@ def _default(field: FieldInfo) -> Any:
     return field.default
 
 
+def _bounds(field: FieldInfo) -> str:
+    """The field's numeric bounds as help text, " (0 to 512)", so help says what validation will refuse."""
+    found = {kind: getattr(item, kind) for item in field.metadata for kind in ("ge", "gt", "le", "lt")
+             if getattr(item, kind, None) is not None}
+    if not found or found.get("le") == 2**32 - 1:  # a seed: any 32-bit number, nothing worth saying
+        return ""
+    low = f"{found['ge']:g}" if "ge" in found else None
+    high = f"{found['le']:g}" if "le" in found else None
+    if low is not None and high is not None:
+        return f" ({low} to {high})"
+    parts = [f"at least {low}" if low is not None else f"above {found['gt']:g}" if "gt" in found else "",
+             f"at most {high}" if high is not None else f"below {found['lt']:g}" if "lt" in found else ""]
+    return f" ({', '.join(p for p in parts if p)})"
+
+
 def request_parameters(model: type[BaseModel], exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     params = []
     for name, field in model.model_fields.items():
@@ -55,7 +70,7 @@ def request_parameters(model: type[BaseModel], exclude: tuple[str, ...] = ()) ->
         default = _default(field)
         option = typer.Option(
             flag_name(name, field),
-            help=escape(field.description or ""),  # "[default: ...]" in a description is text, not rich markup
+            help=escape(field.description or "") + _bounds(field),  # "[default: ...]" in a description is text, not markup
             rich_help_panel=_extra(field, "panel", "Options"),
             metavar=_extra(field, "metavar"),
             show_default=default is not None and default != "",
