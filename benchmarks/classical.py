@@ -150,19 +150,36 @@ def run_biharmonic(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
+def _module_from_source(folder: Path, name: str, source: str):
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
 def patchmatch_at(commit: str):
-    """Our PatchMatch as of `commit` (its self-contained patchmatch.py from git), as a method."""
+    """Our PatchMatch as of `commit` (its patchmatch.py from git, with that commit's numba kernels when
+    they were a module of their own), as a method."""
     root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(["git", "show", f"{commit}:src/canvaslab/engines/classical/patchmatch.py"], cwd=root,
-                            capture_output=True, text=True, check=True).stdout
+
+    def show(name: str) -> str | None:
+        run = subprocess.run(["git", "show", f"{commit}:src/canvaslab/engines/classical/{name}"], cwd=root,
+                             capture_output=True, text=True)
+        return run.stdout if run.returncode == 0 else None
+
+    source = show("patchmatch.py")
+    if source is None:
+        raise SystemExit(f"no src/canvaslab/engines/classical/patchmatch.py at {commit}")
     folder = Path(tempfile.mkdtemp(prefix="canvaslab-patchmatch-"))  # numba caches its kernels beside it
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    path = folder / f"patchmatch_{commit}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
+    kernels = show("patchmatch_kernels.py")
+    if kernels is not None:
+        _module_from_source(folder, f"patchmatch_kernels_{commit}", kernels)
+        source = source.replace("canvaslab.engines.classical.patchmatch_kernels", f"patchmatch_kernels_{commit}")
+    module = _module_from_source(folder, f"patchmatch_{commit}", source)
 
     def run(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
         return module.patchmatch_inpaint(img, hole, seed=SEED, **TUNING)

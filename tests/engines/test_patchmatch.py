@@ -438,3 +438,33 @@ def test_any_small_image_and_hole_keeps_the_contract(h, w, fill, seed):
     known = img[~hole].astype(int)
     assert (result[hole].astype(int) >= known.min(axis=0) - 1).all()
     assert (result[hole].astype(int) <= known.max(axis=0) + 1).all()
+
+
+# ------------------------------------------------------------------------------------------
+# Reuse penalty (off by default: see docs/benchmarks.md)
+
+
+def test_reuse_cost_charges_repeated_copies_not_a_coherent_copy():
+    hole = np.zeros((40, 60), bool)
+    hole[10:30, 35:55] = True
+    geo = patchmatch._scale_geometry(hole, 3, patchmatch._Tuning(reuse=300.0))
+    ys, xs = np.nonzero(geo.targets)
+    coherent = np.full((40, 60, 2), -1, np.int32)
+    coherent[ys, xs] = np.stack([ys, xs - 28], axis=1)  # every target copies the region 28 px to its left
+    patchmatch._update_reuse(geo, coherent, 3, patchmatch._Tuning(reuse=300.0))
+    assert geo.reuse.max() == 0  # each source centre used once
+    cloned = coherent.copy()
+    cloned[ys, xs, 1] = xs - 28 + 7 * ((xs - 28) < 12)  # the left part copies one region twice
+    patchmatch._update_reuse(geo, cloned, 3, patchmatch._Tuning(reuse=300.0))
+    assert geo.reuse.max() > 0 and geo.reuse[:, :10].max() == 0  # only around the doubly used sources
+
+
+def test_reuse_penalty_keeps_the_contract_and_changes_the_fill():
+    img = _photo_like(64, 80, seed=3)
+    hole = np.zeros((64, 80), bool)
+    hole[:, 56:] = True  # an outpainting band
+    plain = patchmatch_inpaint(_damaged(img, hole), hole, seed=7)
+    spread = patchmatch_inpaint(_damaged(img, hole), hole, seed=7, reuse=300.0)
+    _assert_contract(spread, img, hole)
+    assert spread.tobytes() == patchmatch_inpaint(_damaged(img, hole), hole, seed=7, reuse=300.0).tobytes()
+    assert spread.tobytes() != plain.tobytes()

@@ -115,6 +115,7 @@ class _Tuning:
     sigma_scale: float = 0.3  # multiplies that sigma^2: smaller is a sharper, more selective vote
     spatial_sigma: float = 0.0  # >0: votes also fall off with distance from their patch's centre
     locality: float = 800.0  # per-pixel squared-error cost of taking a source one image-side away
+    reuse: float = 0.0  # per-pixel squared-error cost of each extra target copying around the same source
     final_top: int = 5  # the last vote averages only the best `final_top` candidates per pixel
     fine_window: float = 0.25  # random-search window below the coarsest scale, fraction of the side
     band_height: int = 32  # rows per search band (fixed: results must not hang on thread count)
@@ -399,6 +400,7 @@ class _Scale:
     norm: np.ndarray  # per-target sum of weights, to turn distances into per-pixel means
     log_trust: np.ndarray  # per-target log-factor on its vote
     far: np.ndarray  # per-target cost of one pixel of distance between target and source
+    reuse: np.ndarray  # per-source cost of copying it again (from the last search's field; zeros at first)
     wy: bool = False  # the image wraps around along y...
     wx: bool = False  # ...and along x
 
@@ -428,6 +430,7 @@ def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning, wrap=(False, F
         norm=norm.astype(np.float32),
         log_trust=log_trust,
         far=(opts.locality * norm / max(hole.shape)).astype(np.float32),
+        reuse=np.zeros(hole.shape, dtype=np.float32),
         wy=bool(wrap[0]),
         wx=bool(wrap[1]),
     )
@@ -471,6 +474,8 @@ def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _T
             window = 1.0 if level == coarsest else opts.fine_window
             key = _stream_key(seed, level, step + 1)
             dist = _search(estimate, geo, nnf, radius, sweeps, key, window, opts, run)
+            if opts.reuse > 0:
+                _update_reuse(geo, nnf, radius, opts)
             last = level == finest and step == steps - 1
             top = opts.final_top if last else 0
             estimate = _vote(estimate, nnf, dist, geo, radius, opts, top, run)
@@ -479,6 +484,19 @@ def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _T
             done += 1
             report_progress(done, total)
     return estimate
+
+
+def _update_reuse(geo: _Scale, nnf: np.ndarray, radius: int, opts: _Tuning) -> None:
+    """geo.reuse = the cost of copying each source again: a coherent copy uses every source centre
+    around it about once, so what is above one use per centre (averaged over a patch) is a region
+    copied several times, the "cloned face" of large holes."""
+    size = 2 * radius + 1
+    used = np.zeros(geo.hole.shape, dtype=np.float64)
+    centres = nnf[geo.targets]
+    np.add.at(used, (centres[:, 0], centres[:, 1]), 1.0)
+    mean_use = _box_sums(used, size, (geo.wy, geo.wx)) / (size * size)
+    scale = opts.reuse * float(np.mean(geo.norm[geo.targets]))
+    geo.reuse = (scale * np.maximum(mean_use - 1.0, 0.0)).astype(np.float32)
 
 
 def _stream_key(seed: int, level: int, step: int) -> np.uint64:
@@ -539,7 +557,7 @@ def _distances(estimate, geo: _Scale, nnf, radius, run: _Workers) -> np.ndarray:
     """Match cost of every target's current source (+inf elsewhere)."""
     h, w = geo.hole.shape
     dist = np.full((h, w), np.inf, dtype=np.float32)
-    run.ranges(distance_rows, h, w, estimate, geo.weights, geo.far, geo.targets, nnf, radius, dist, geo.wy, geo.wx)
+    run.ranges(distance_rows, h, w, estimate, geo.weights, geo.far, geo.reuse, geo.targets, nnf, radius, dist, geo.wy, geo.wx)
     return dist
 
 
@@ -554,7 +572,7 @@ def _search(estimate, geo: _Scale, nnf, radius, sweeps, key, window: float, opts
         # Bands read their neighbours in other bands from this copy, never from a band being written.
         snapshot = nnf.copy()
         run.ranges(
-            sweep_bands, -(-h // band_h), band_h * w, estimate, geo.weights, geo.far, geo.targets,
+            sweep_bands, -(-h // band_h), band_h * w, estimate, geo.weights, geo.far, geo.reuse, geo.targets,
             geo.valid, geo.nearest, nnf, snapshot, dist, radius, sweep, key, band_h, max_window, geo.wy, geo.wx,
         )
     return dist

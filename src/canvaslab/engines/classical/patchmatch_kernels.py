@@ -125,14 +125,15 @@ def _patch_distance(img, wts, ty, tx, sy, sx, r, limit):
 
 
 @njit(inline="always")
-def _match_cost(img, wts, far, ty, tx, sy, sx, r, limit, wy, wx):
-    """Patch distance plus a penalty growing with how far the source is from the target."""
+def _match_cost(img, wts, far, reuse, ty, tx, sy, sx, r, limit, wy, wx):
+    """Patch distance plus a penalty growing with how far the source is from the target, plus the
+    source's reuse cost (how many other targets already copy around it)."""
     oy = sy - ty
     ox = sx - tx
     if wy or wx:
         oy = _torus_offset(oy, far.shape[0], wy)
         ox = _torus_offset(ox, far.shape[1], wx)
-    penalty = far[ty, tx] * np.sqrt(oy * oy + ox * ox)
+    penalty = far[ty, tx] * np.sqrt(oy * oy + ox * ox) + reuse[sy, sx]
     if penalty >= limit:
         return np.inf
     # int64 source and float64 limit whatever the caller's types: one compiled _patch_distance.
@@ -144,13 +145,13 @@ def _match_cost(img, wts, far, ty, tx, sy, sx, r, limit, wy, wx):
 
 
 @kernel
-def distance_rows(img, wts, far, targets, nnf, r, dist, wy, wx, y_lo, y_hi):
+def distance_rows(img, wts, far, reuse, targets, nnf, r, dist, wy, wx, y_lo, y_hi):
     """dist[y, x] = match cost of every target's current source, for rows y_lo..y_hi - 1."""
     w = targets.shape[1]
     for y in range(y_lo, y_hi):
         for x in range(w):
             if targets[y, x]:
-                dist[y, x] = _match_cost(img, wts, far, y, x, nnf[y, x, 0], nnf[y, x, 1], r, np.inf, wy, wx)
+                dist[y, x] = _match_cost(img, wts, far, reuse, y, x, nnf[y, x, 0], nnf[y, x, 1], r, np.inf, wy, wx)
 
 
 @kernel
@@ -193,7 +194,7 @@ def upsample_nnf(coarse, targets, valid, nearest, nnf, wy, wx):
 
 
 @njit
-def _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best, wy, wx):
+def _try_candidate(img, wts, far, reuse, valid, y, x, cy, cx, r, best, wy, wx):
     """Distance of source (cy, cx) for target (y, x), or +inf when it is not a usable source.
 
     Along a wrapped axis the candidate is taken modulo the size; returns (cost, cy, cx) as used."""
@@ -204,12 +205,12 @@ def _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best, wy, wx):
         cx = cx % w
     if cy < 0 or cx < 0 or cy >= h or cx >= w or not valid[cy, cx]:
         return np.inf, cy, cx
-    return _match_cost(img, wts, far, y, x, cy, cx, r, best, wy, wx), cy, cx
+    return _match_cost(img, wts, far, reuse, y, x, cy, cx, r, best, wy, wx), cy, cx
 
 
 @kernel
 def sweep_bands(
-    img, wts, far, targets, valid, nearest, nnf, snapshot, dist, r, sweep, key, band_h, max_window, wy, wx,
+    img, wts, far, reuse, targets, valid, nearest, nnf, snapshot, dist, r, sweep, key, band_h, max_window, wy, wx,
     band_lo, band_hi,
 ):
     """PatchMatch sweep number `sweep` over the row bands band_lo..band_hi - 1 (of `band_h` rows).
@@ -228,14 +229,14 @@ def sweep_bands(
                 x = j if step == 1 else w - 1 - j
                 if targets[y, x]:
                     _improve(
-                        img, wts, far, targets, valid, nearest, nnf, snapshot, dist,
+                        img, wts, far, reuse, targets, valid, nearest, nnf, snapshot, dist,
                         y, x, step, y_lo, y_hi, r, sweep_key, max_window, wy, wx,
                     )
 
 
 @njit
 def _improve(
-    img, wts, far, targets, valid, nearest, nnf, snapshot, dist, y, x, step, y_lo, y_hi, r, key,
+    img, wts, far, reuse, targets, valid, nearest, nnf, snapshot, dist, y, x, step, y_lo, y_hi, r, key,
     max_window, wy, wx,
 ):
     """One PatchMatch update of target (y, x): propagation from the scan's predecessors, then
@@ -255,7 +256,7 @@ def _improve(
         cy = np.int64(nnf[y, px, 0])
         cx = nnf[y, px, 1] + step
         if cy != by or cx != bx:
-            d, cy, cx = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best, wy, wx)
+            d, cy, cx = _try_candidate(img, wts, far, reuse, valid, y, x, cy, cx, r, best, wy, wx)
             if d < best:
                 best, by, bx = d, cy, cx
     py = y - step
@@ -269,7 +270,7 @@ def _improve(
             cy = snapshot[py, x, 0] + step
             cx = np.int64(snapshot[py, x, 1])
         if cy != by or cx != bx:
-            d, cy, cx = _try_candidate(img, wts, far, valid, y, x, cy, cx, r, best, wy, wx)
+            d, cy, cx = _try_candidate(img, wts, far, reuse, valid, y, x, cy, cx, r, best, wy, wx)
             if d < best:
                 best, by, bx = d, cy, cx
 
@@ -289,7 +290,7 @@ def _improve(
             cx = nearest[1, cy, cx]
             cy = ny
         if cy != by or cx != bx:
-            d = _match_cost(img, wts, far, y, x, cy, cx, r, best, wy, wx)
+            d = _match_cost(img, wts, far, reuse, y, x, cy, cx, r, best, wy, wx)
             if d < best:
                 best, by, bx = d, cy, cx
         window //= 2
