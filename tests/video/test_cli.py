@@ -217,3 +217,18 @@ def test_an_inverted_video_mask_gets_a_notice(clip, tmp_path):
     run = invoke("--json", "video", "inpaint", frames, "--mask", inverted, "-o", tmp_path / "o", "--seed", 1)
     assert run.exit_code == 0, run.output
     assert any("--mask-mode black" in n for n in json.loads(run.stdout)["notices"])
+
+
+def test_a_run_that_fails_before_any_frame_leaves_nothing_behind(clip, tmp_path):
+    """A run that failed at its engine (no weights) left its work folder, and the corrected command was then
+    refused as 'another run' until the user found and deleted .out.mkv.canvaslab."""
+    source = write_video(tmp_path / "in.mkv", clip.frames[:3])
+    mask = write_png(tmp_path / "m.png", clip.masks[0].astype(np.uint8) * 255)
+    for output in (tmp_path / "out.mkv", tmp_path / "frames-out"):
+        failed = invoke("video", "inpaint", source, "--mask", mask, "-o", output, "--engine", "lama",
+                        "--model", tmp_path / "none.pt")
+        assert failed.exit_code == 3 and "none.pt" in failed.stderr, failed.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv", "m.png"] + (["out.mkv"] if output.suffix == "" else [])
+        assert not failed.stderr.startswith("filling"), failed.stderr
+        done = invoke("video", "inpaint", source, "--mask", mask, "-o", output, "--seed", 1)
+        assert done.exit_code == 0, done.output

@@ -150,6 +150,9 @@ def _frames_bar(what: str) -> Iterator[Callable[[int, int], None]]:
 
     try:
         yield advance
+    except BaseException:
+        bar.live.transient = True  # a failed run's half-drawn bar would sit above its one-line error
+        raise
     finally:
         if bar.live.is_started:  # stopping a bar never shown would print an empty line above an error
             bar.stop()

@@ -16,6 +16,7 @@ bit for bit in a frames folder or a lossless .mkv, within the codec's error in m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -126,14 +127,18 @@ def inpaint(
             polarity_hint(masks.single, request.mask_mode.value, "the frame")
         work = WorkFolder(output)
         seed, recipe, text = work.begin(request, source, clip, mask, (start, end))
-        # 1.1 tracked masks, once (a resumed run reads the ones it saved)
-        report = None
-        if request.track:
-            report = work.tracked_masks(source, masks, start, end, request)
-            masks = Masks(work.masks, source, mode="white", threshold=128, max_pixels=max_pixels)
-        # 2. the frames
-        runner = _Runner(source, masks, request, seed, work, start, end, on_frame)
-        runner.run()
+        try:
+            # 1.1 tracked masks, once (a resumed run reads the ones it saved)
+            report = None
+            if request.track:
+                report = work.tracked_masks(source, masks, start, end, request)
+                masks = Masks(work.masks, source, mode="white", threshold=128, max_pixels=max_pixels)
+            # 2. the frames
+            runner = _Runner(source, masks, request, seed, work, start, end, on_frame)
+            runner.run()
+        except BaseException:
+            work.abandon()  # nothing finished: nothing to resume, and nothing to refuse the next run for
+            raise
         # 3. the output
         if is_video_path(output):
             encoding = Encoding(
@@ -204,6 +209,7 @@ class WorkFolder:
                              "command to resume it, or delete the folder (or choose another output) to start over")
         if previous is None and self.frames.is_dir() and any(self.frames.glob("*.png")):
             raise InputError(f"{self.frames} already holds PNG files that no video run made: choose an empty or new folder")
+        self.created = not self.root.exists()
         self.frames.mkdir(parents=True, exist_ok=True)
         removed = len(remove_stale_temporaries(self.frames))
         if removed:
@@ -248,6 +254,23 @@ class WorkFolder:
         report = track_masks(clip, masks, start, end, settings, write)
         atomic_write_bytes(report_path, json.dumps([f.as_dict() for f in report.frames]).encode())
         return report
+
+    def abandon(self) -> None:
+        """After a failure: when no frame was finished, remove what this run made (the recipe, the work
+        folder, an output folder it created), so a corrected command starts afresh instead of being
+        refused as another run. Finished frames stay: they are what a rerun resumes from."""
+        if self.done:
+            return
+        shutil.rmtree(self.masks, ignore_errors=True)
+        if is_video_path(self.output):
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        self.recipe_path.unlink(missing_ok=True)
+        if getattr(self, "created", False):
+            with contextlib.suppress(OSError):
+                self.frames.rmdir()  # only when empty
+                if self.root != self.frames:
+                    self.root.rmdir()
 
     def finish(self) -> None:
         """Every frame is written (and a video output encoded): what only served the run goes."""
