@@ -43,7 +43,7 @@ def preview(
         from canvaslab.tasks.conditioning import control_preview
 
         target = output or Path(f"{image.stem}-{preprocessor.split()[0]}.png")
-        refuse_input_as_output(target, image, mask)
+        refuse_input_as_output(target, image, mask, flag="-o")
         made = control_preview(image, preprocessor, mask=mask, threshold_a=threshold_a, threshold_b=threshold_b,
                                size=size, seed=seed)
         print(save_image(target, made))

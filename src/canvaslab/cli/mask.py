@@ -100,7 +100,7 @@ def _run_make(values: dict[str, Any], **cli: Any) -> None:
         result = make_mask(image, request, images=images, max_pixels=cli["max_pixels"])
         stem = image.stem if image is not None else Path(images).name
         output = cli["output"] or Path(f"{stem}-mask.png")
-        refuse_input_as_output(output, image)
+        refuse_input_as_output(output, image, flag="-o")
         refuse_input_as_output(cli["preview"], image, output, flag="--preview")
         result.recipe = _for_metadata(result.recipe, cli["metadata"])
         path = result.save(output, recipe=result.recipe is not None)
@@ -208,7 +208,7 @@ def ops(
         chosen = [name for name, on in (("--union", union), ("--intersect", intersect), ("--subtract", subtract)) if on]
         if len(chosen) > 1:
             raise InputError(f"combine masks one way: {' or '.join(chosen)}")
-        refuse_input_as_output(output, *masks, resize_to)
+        refuse_input_as_output(output, *masks, resize_to, flag="-o")
         edits = Refinement(fill_holes=fill_holes, largest=largest, shrink=shrink, grow=grow, invert=invert, feather=feather)
         result = mask_ops(masks, combine=chosen[0][2:] if chosen else None, edits=edits, resize_to=resize_to,
                           mask_mode=mask_mode, threshold=threshold, max_pixels=max_pixels)

@@ -134,7 +134,7 @@ def _run_single(task: str, request: Any, cli: dict[str, Any], spec_args: dict[st
             raise InputError(f"--{batch_only} is for folders (--images DIR); for one image {advice}")
     output = cli["output"] or Path(f"{image.stem}-{task}{SUFFIXES[spec_args['format'] or 'png']}")
     check_format(output, spec_args["format"])
-    refuse_input_as_output(output, image, cli.get("mask"))
+    refuse_input_as_output(output, image, cli.get("mask"), flag="-o")
     spec = OutputSpec(grid=cli["grid"], **spec_args)
     saved = render(task, image, cli.get("mask"), request, output, spec)
     report_saved(f"{task} {image}", saved, spec)

@@ -63,7 +63,7 @@ class BatchReport:
     failed: list[tuple[BatchItem, str]] = field(default_factory=list)
 
 
-def refuse_input_as_output(output: Any, *inputs: Any, flag: str = "-o") -> None:
+def refuse_input_as_output(output: Any, *inputs: Any, flag: str = "the output") -> None:
     """InputError when `output` names one of `inputs` (the same file or folder, by any path): writing it
     would destroy that input. Inputs that are not paths (arrays, bytes, None) are ignored."""
     if not isinstance(output, (str, os.PathLike)):
