@@ -134,3 +134,32 @@ def test_a1111_unit_fields_of_the_wrong_type_are_422_naming_the_unit_field(make_
         answer = client.post("/sdapi/v1/img2img", json=body)
     assert answer.status_code == 422, answer.text
     assert answer.json()["field"] == f"alwayson_scripts.ControlNet.args[0].{field}", answer.text
+
+
+def test_an_a1111_call_whose_client_gave_up_cancels_its_job(server, photo_png, mask_png):
+    """txt2img / img2img (and the ControlNet extension's aliases) wait for their job; a client that timed out and
+    retried left each abandoned job to run to its end, holding the worker for nobody."""
+    import time
+
+    import httpx
+    import numpy as np
+
+    from .conftest import png_bytes
+
+    big = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    hole = np.zeros((1024, 1024), np.uint8)
+    hole[100:900, 100:900] = 255
+    with server.client() as client:
+        blocker = client.post("/api/v1/inpaint", json={"image": b64(png_bytes(big)), "mask": b64(png_bytes(hole)),
+                                                       "engine": "patchmatch"}).json()["id"]
+        body = {"init_images": [b64(photo_png)], "mask": b64(mask_png), "width": 64, "height": 48}
+        with pytest.raises(httpx.TimeoutException), httpx.Client(base_url=server.url, timeout=0.5) as impatient:
+            impatient.post("/controlnet/img2img", json=body)  # queued behind the blocker; the client gives up
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            abandoned = [job for job in client.get("/api/v1/jobs").json()["jobs"] if job["id"] != blocker]
+            if abandoned and abandoned[0]["status"] == "cancelled":
+                break
+            time.sleep(0.1)
+        client.post(f"/api/v1/jobs/{blocker}/cancel")
+    assert abandoned and abandoned[0]["status"] == "cancelled", abandoned

@@ -184,8 +184,15 @@ async def run_sync(request: Request, task: str, fields: dict[str, Any], image: b
         job = state.queue.submit(task, task_work(prepared, state.settings.max_pixels, count), expected=count)
     except QueueFull as exc:
         raise ClientError(str(exc), status=429) from None
+    waited = 0
     while not job.done_flag.is_set():
         await asyncio.sleep(0.02)
+        waited += 1
+        if waited % 10 == 0 and await request.is_disconnected():
+            # the client gave up (timed out, maybe to retry): its job would hold the worker for nobody
+            log.info("A1111 API: the client of job %s went away: cancelling it", job.id)
+            state.queue.cancel(job)
+            raise ClientError("the client went away", status=499)
     if job.status == Status.failed:
         raise ClientError(job.error or "the job failed", status=job.error_status or 500)
     return job, [names.get(name, name) for name in prepared.dropped]
