@@ -219,3 +219,15 @@ def test_watermark_over_a_folder_skips_an_unreadable_file_and_names_it(tmp_path)
         (images / f"{index}.png").unlink()
     few = run("mask", "--images", images, "--auto", "watermark", "-o", tmp_path / "x.png", code=2)
     assert "3 or more" in few.stderr and len(few.stderr.strip().splitlines()) <= 2, few.stderr
+
+
+def test_a_watermark_mask_written_inside_its_folder_is_refused(tmp_path):
+    """`-o stock/wm.png` put the mask among the images: the next run (and an inpaint of the folder) read it
+    as one of the photos."""
+    images = tmp_path / "stock"
+    images.mkdir()
+    for index in range(3):
+        Image.fromarray(scene(40, 30, seed=index)).save(images / f"{index}.png")
+    refused = run("mask", "--images", images, "--auto", "watermark", "-o", images / "wm.png", code=2)
+    assert "inside --images" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in images.iterdir()) == ["0.png", "1.png", "2.png"]

@@ -97,11 +97,14 @@ def _run_make(values: dict[str, Any], **cli: Any) -> None:
             raise InputError("--shard splits a folder (--images DIR --out DIR) between processes")
         if image is None and images is None:
             raise InputError("give an image to mask (or --images DIR with --out DIR, or -o FILE for --auto watermark)")
-        result = make_mask(image, request, images=images, max_pixels=cli["max_pixels"])
         stem = image.stem if image is not None else Path(images).name
         output = cli["output"] or Path(f"{stem}-mask.png")
         refuse_input_as_output(output, image, flag="-o")
+        if images is not None and Path(images).resolve() in output.resolve().parents:
+            raise InputError(f"-o {output} is inside --images {images}: the mask would be read as one of the images "
+                             "next time; write it beside the folder")
         refuse_input_as_output(cli["preview"], image, output, flag="--preview")
+        result = make_mask(image, request, images=images, max_pixels=cli["max_pixels"])
         result.recipe = _for_metadata(result.recipe, cli["metadata"])
         path = result.save(output, recipe=result.recipe is not None)
         if cli["preview"] is not None and image is not None:
