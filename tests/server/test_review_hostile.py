@@ -163,3 +163,35 @@ def test_an_a1111_call_whose_client_gave_up_cancels_its_job(server, photo_png, m
             time.sleep(0.1)
         client.post(f"/api/v1/jobs/{blocker}/cancel")
     assert abandoned and abandoned[0]["status"] == "cancelled", abandoned
+
+
+def test_a_mask_request_whose_client_gave_up_frees_its_place_at_once(make_server, photo_png):
+    """A request waiting its turn on the mask routes held one of the few waiting places (and then ran its work)
+    until --request-timeout, after its client had gone."""
+    import time
+
+    import httpx
+
+    from canvaslab.server.masks import MAX_WAITING
+
+    server = make_server(request_timeout=30.0)
+    body = {"image": b64(photo_png), "auto": "damage"}
+    with server.client() as client:
+        assert client.post("/api/v1/mask", json=body).status_code == 200
+        state = server.app.state
+        assert state.mask_lock.acquire(blocking=False)  # a long mask is being made
+        try:
+            with pytest.raises(httpx.TimeoutException), httpx.Client(base_url=server.url, timeout=0.5) as impatient:
+                impatient.post("/api/v1/mask", json=body)
+            deadline, taken = time.monotonic() + 3, 0
+            while taken < MAX_WAITING + 1 and time.monotonic() < deadline:
+                if state.mask_waiting.acquire(blocking=False):
+                    taken += 1
+                else:
+                    time.sleep(0.05)
+            for _ in range(taken):
+                state.mask_waiting.release()
+        finally:
+            state.mask_lock.release()
+        assert taken == MAX_WAITING + 1  # every place free again: the abandoned request left
+        assert client.post("/api/v1/mask", json=body).status_code == 200

@@ -16,10 +16,12 @@ plus the aliases when --allow-downloads), never by path.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,26 +197,43 @@ def _request(fields: dict[str, Any]) -> MaskRequest:
 
 async def run_at_once(request: Request, job: Any, what: str = "masks") -> Any:
     """`job()` in a worker thread, one at a time with the other work answered outside the job queue (masks,
-    ControlNet maps); 503 when the wait exceeds the request timeout, or at once when MAX_WAITING wait already."""
+    ControlNet maps); 503 when the wait exceeds the request timeout, or at once when MAX_WAITING wait already.
+    A request whose client goes away while it waits leaves its place, and its work is not done."""
     settings, _, _, lock = _state(request)
     admitted = request.app.state.mask_waiting
     busy = ClientError(f"the server is busy making other {what}: try again in a moment", status=503)
+    gone = ClientError("the client went away", status=499)
     if not admitted.acquire(blocking=False):
         raise busy
+    left = threading.Event()
+
+    async def watch() -> None:
+        while not left.is_set():
+            await asyncio.sleep(0.2)
+            if await request.is_disconnected():
+                left.set()
 
     def locked() -> Any:
-        if not lock.acquire(timeout=settings.request_timeout):
-            raise busy
+        deadline = time.monotonic() + settings.request_timeout
+        while not lock.acquire(timeout=0.1):
+            if left.is_set():
+                raise gone
+            if time.monotonic() >= deadline:
+                raise busy
         try:
+            if left.is_set():
+                raise gone
             return job()
         except CanvaslabError as exc:  # bad input (400), a model that cannot be loaded (404, ...): no server paths
             raise client_error(exc) from None
         finally:
             lock.release()
 
+    watcher = asyncio.create_task(watch())
     try:
         return await run_in_threadpool(locked)
     finally:
+        watcher.cancel()
         admitted.release()
 
 
