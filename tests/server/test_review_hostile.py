@@ -195,3 +195,22 @@ def test_a_mask_request_whose_client_gave_up_frees_its_place_at_once(make_server
             state.mask_lock.release()
         assert taken == MAX_WAITING + 1  # every place free again: the abandoned request left
         assert client.post("/api/v1/mask", json=body).status_code == 200
+
+
+def test_every_route_the_app_serves_needs_the_token(make_server):
+    """Every path of the OpenAPI document (the ControlNet, SAM, mask and video routes included) with every method,
+    without a token or with a wrong one: 401; only /api/v1/health answers."""
+    token = "a-strong-token-0123456789"
+    server = make_server(token=token)
+    schema = server.app.openapi()
+    routes = [(method.upper(), path.replace("{job_id}", "0" * 32).replace("{name}", "x.png"))
+              for path, operations in schema["paths"].items() for method in operations]
+    assert {"/controlnet/detect", "/sam/sam-predict", "/api/v1/mask", "/api/v1/video/inpaint"} <= set(schema["paths"])
+    with server.client() as client:
+        for method, path in routes:
+            for headers in ({}, {"Authorization": "Bearer " + token[:-1] + "X"}):
+                answer = client.request(method, path, headers=headers)
+                if path == "/api/v1/health":
+                    assert answer.status_code == 200
+                else:
+                    assert answer.status_code == 401, (method, path, answer.status_code)
