@@ -327,3 +327,18 @@ def test_generated_flags_state_their_bounds_in_help():
     assert "(above 0, at most 1)" in flag_help(["inpaint"], "--strength")
     assert "(at least 0)" in flag_help(["video", "inpaint"], "--start")
     assert "to 4294967295" not in flag_help(["inpaint"], "--seed")
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_path, photo, box_mask):
+    """An --out that cannot be created failed every image on its own (a 10,000-row failure table)."""
+    images = tmp_path / "photos"
+    write_png(images / "a.png", photo)
+    write_png(images / "b.png", photo)
+    write_png(tmp_path / "m.png", box_mask)
+    (tmp_path / "a-file").write_text("")
+    for command in (["mask", "--images", images, "--auto", "damage", "--out", tmp_path / "a-file" / "out"],
+                    ["inpaint", "--images", images, "--masks", tmp_path / "m.png", "--engine", "telea",
+                     "--out", tmp_path / "a-file" / "out"]):
+        run = _in_process(*command)
+        assert run.exit_code == 2, run.output
+        assert run.stderr.startswith("error: cannot create --out") and len(run.stderr.strip().splitlines()) == 1, run.stderr

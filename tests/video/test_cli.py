@@ -232,3 +232,14 @@ def test_a_run_that_fails_before_any_frame_leaves_nothing_behind(clip, tmp_path)
         assert not failed.stderr.startswith("filling"), failed.stderr
         done = invoke("video", "inpaint", source, "--mask", mask, "-o", output, "--seed", 1)
         assert done.exit_code == 0, done.output
+
+
+def test_an_output_that_cannot_be_written_is_one_line(clip, tmp_path):
+    """-o under a file (or a read-only place) was 'unexpected NotADirectoryError ... please report it'."""
+    source = write_video(tmp_path / "in.mkv", clip.frames[:3])
+    mask = write_png(tmp_path / "m.png", clip.masks[0].astype(np.uint8) * 255)
+    (tmp_path / "a-file").write_text("")
+    for output in (tmp_path / "a-file" / "o.mkv", tmp_path / "a-file" / "frames"):
+        run = invoke("video", "inpaint", source, "--mask", mask, "-o", output)
+        assert run.exit_code == 2, run.output
+        assert run.stderr.startswith("error: cannot write") and len(run.stderr.strip().splitlines()) == 1, run.stderr

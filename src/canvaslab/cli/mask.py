@@ -144,7 +144,7 @@ def _report(result: Any, path: Path, preview: Path | None) -> None:
 
 def _run_folder(request: MaskRequest, cli: dict[str, Any]) -> None:
     from canvaslab.cli.paint import _report_batch
-    from canvaslab.tasks.batch import Pairing, check_out_folder, find_images, launcher_shard, parse_shard
+    from canvaslab.tasks.batch import Pairing, check_out_folder, find_images, launcher_shard, make_out_folder, parse_shard
     from canvaslab.tasks.mask import mask_folder
 
     if cli["image"] is not None:
@@ -160,6 +160,7 @@ def _run_folder(request: MaskRequest, cli: dict[str, Any]) -> None:
     found = find_images(cli["images"])
     if not found:
         raise InputError(f"no images (png/jpg/jpeg/webp) found under {cli['images']}")
+    make_out_folder(cli["out"])
     total = len(found[index::count])
     try:
         with _progress(total) as advance:

@@ -13,9 +13,10 @@ from rich.table import Table
 from canvaslab.cli import console
 from canvaslab.cli.options import command
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, load_image, save_image
-from canvaslab.tasks.batch import refuse_input_as_output
 from canvaslab.errors import InputError
-from canvaslab.tasks.batch import BatchItem, launcher_shard, pair_folder, parse_shard, run_batch, shard
+from canvaslab.tasks.batch import (
+    BatchItem, launcher_shard, make_out_folder, pair_folder, parse_shard, refuse_input_as_output, run_batch, shard,
+)
 from canvaslab.tasks.render import OutputSpec, render
 from canvaslab.tasks.result import MetadataMode, recipe_to_write
 from canvaslab.tasks.xyz import base_request, parse_axis, render_xyz
@@ -210,6 +211,7 @@ def _run_batch(task: str, request: Any, cli: dict[str, Any], spec_args: dict[str
         raise InputError("inpaint --images needs --masks DIR (or one mask file), or --mask-mode alpha")
     suffix = SUFFIXES[spec_args["format"] or "png"]
     pairing = pair_folder(cli["images"], masks, cli["out"], suffix=suffix, need_masks=need_masks)
+    make_out_folder(cli["out"])
     index, count = parse_shard(cli["shard"]) if cli["shard"] else launcher_shard()
     items = shard(pairing.items, index, count)
     if index == 0:  # every process pairs the same folder: report its problems once

@@ -95,6 +95,17 @@ def check_out_folder(images_dir: Path, out_dir: Path) -> None:
                          "images; choose a folder outside it")
 
 
+def make_out_folder(out_dir: Path) -> None:
+    """Create --out before any work: a folder that cannot be made (a file in its path, no permission) is one
+    error, not one failure per image."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create --out {out_dir}: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create --out {out_dir}: the folder is not writable")
+
+
 def find_images(root: Path) -> list[Path]:
     """Image files under `root`, recursively, in a stable order; hidden files and folders ignored."""
     if not root.is_dir():

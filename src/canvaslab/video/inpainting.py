@@ -210,7 +210,10 @@ class WorkFolder:
         if previous is None and self.frames.is_dir() and any(self.frames.glob("*.png")):
             raise InputError(f"{self.frames} already holds PNG files that no video run made: choose an empty or new folder")
         self.created = not self.root.exists()
-        self.frames.mkdir(parents=True, exist_ok=True)
+        try:
+            self.frames.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot write {self.output}: {exc.strerror or exc} ({exc.filename})") from None
         removed = len(remove_stale_temporaries(self.frames))
         if removed:
             notice(f"removed {removed} unfinished temporary file{'s' if removed != 1 else ''} left by an interrupted run")
