@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import math
-import re
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -35,7 +34,7 @@ from canvaslab.core.metadata import parse_parameters, read_metadata
 from canvaslab.errors import InputError
 from canvaslab.server.inputs import (
     CREATIVE_ENGINES, ClientError, check_field_sizes, decode_base64_image, display_name, hide_paths, open_upload, parse_json, prepare,
-    task_work,
+    task_work, without_hash,
 )
 from canvaslab.server.jobs import Job, QueueFull, Status
 from canvaslab.server.masks import run_at_once
@@ -365,7 +364,7 @@ async def set_options(request: Request) -> dict[str, Any]:
         if not isinstance(name, str):
             raise ClientError("sd_model_checkpoint must be a model name (string)", status=422, field="sd_model_checkpoint")
         # A1111 titles look like "name.safetensors [hash]": the hash part is not part of the name.
-        catalogue.current = catalogue.resolve_model(re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name))
+        catalogue.current = catalogue.resolve_model(without_hash(name))
     return {}
 
 

@@ -236,7 +236,7 @@ class Catalogue:
             return self.configured[name]
         if self.offers(name):
             return name
-        raise ClientError(f"unknown model {name!r}: {self.offered()} (see /api/v1/models)", field="model")
+        raise ClientError(f"unknown model {_shown(name)}: {self.offered()} (see /api/v1/models)", field="model")
 
     def offered(self) -> str:
         names = self.names()
@@ -253,18 +253,37 @@ class Catalogue:
 
     def resolve_control(self, name: str, field: str = "control") -> str:
         """The server-side ControlNet a client's name stands for (an A1111 " [hash]" suffix is not part of it)."""
-        name = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name)
+        name = without_hash(name)
         if name in self.controlnets:
             return self.controlnets[name]
         offered = ", ".join(self.controlnets) or "none (start the server with --control-model)"
-        raise ClientError(f"unknown ControlNet {name!r}: the server offers {offered}", field=field)
+        raise ClientError(f"unknown ControlNet {_shown(name)}: the server offers {offered}", field=field)
 
     def resolve_ip_adapter(self, name: str, field: str = "ip_adapter") -> str:
-        name = Path(re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name)).stem
+        name = without_hash(name)
+        name = Path(name).stem if len(name) <= MAX_NAME else name
         if name in self.ip_adapters:
             return self.ip_adapters[name]
         offered = ", ".join(self.ip_adapters) or "none (start the server with --ip-adapter)"
-        raise ClientError(f"unknown IP-Adapter {name!r}: the server offers {offered}", field=field)
+        raise ClientError(f"unknown IP-Adapter {_shown(name)}: the server offers {offered}", field=field)
+
+
+MAX_NAME = 1000  # a model name longer than this names nothing the server offers
+_HASH = re.compile(r"[0-9a-fA-F]+")
+
+
+def without_hash(name: str) -> str:
+    """`name` without A1111's " [0123abcd]" suffix, in linear time (a regex ending in `\\s*\\[...\\]$` is
+    quadratic in a run of spaces, and A1111 units are not held to the text bound)."""
+    if len(name) > MAX_NAME or not name.endswith("]"):
+        return name
+    head, bracket, digits = name[:-1].rpartition("[")
+    return head.rstrip() if bracket and _HASH.fullmatch(digits) else name
+
+
+def _shown(name: str) -> str:
+    """A client's name as a refusal shows it: at most 60 characters."""
+    return repr(name) if len(name) <= 60 else repr(name[:57] + "...")
 
 
 # -- images ------------------------------------------------------------------------------------
