@@ -424,3 +424,13 @@ def test_control_preview_writes_the_map(photo, tmp_path):
     assert np.array_equal(load_image(out).rgb, preprocessors.run("canny", photo, threshold_a=60))
     refused = CliRunner().invoke(app, ["control", "preview", str(image), "--preprocessor", "openpose"])
     assert refused.exit_code == 2 and "torchvision" in refused.output
+
+
+def test_a_missing_control_or_reference_image_names_its_unit(picture, hole, tmp_path):
+    """`cannot read image 'edges.png'` did not say that it was a control unit's image=, not the input image."""
+    image, mask = write_png(tmp_path / "in.png", picture), write_png(tmp_path / "m.png", hole)
+    for params, expected in (({"control": [f"x:0.5,image={tmp_path}/edges.png"]}, "control unit 0 image"),
+                             ({"ip_adapter": [f"y.safetensors,image={tmp_path}/ref.png"]}, "IP-Adapter 0 image 0")):
+        with pytest.raises(CanvaslabError) as caught:
+            canvaslab.inpaint(image, mask, engine="diffusion", model=str(tmp_path / "none"), **params)
+        assert str(caught.value).startswith(expected) and "no such file" in str(caught.value), caught.value

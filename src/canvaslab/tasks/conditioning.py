@@ -23,6 +23,7 @@ from canvaslab.core.geometry import Alignment, AlignMode, Box, resize_rgb
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, load_image
 from canvaslab.engines import Generation
 from canvaslab.engines.base import ControlUnit, ImagePrompt
+from canvaslab.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,23 @@ def load_conditioning(request: Any, canvas: tuple[int, int], max_pixels: int = D
         return None
     units = tuple(
         dataclasses.replace(unit, image=None if spec.image is None else
-                            fit(load_image(spec.image, max_pixels=max_pixels).rgb, canvas, spec.resize.value))
-        for unit, spec in zip(generation.control, control)
+                            fit(_load(spec.image, f"control unit {index} image", max_pixels), canvas, spec.resize.value))
+        for index, (unit, spec) in enumerate(zip(generation.control, control))
     )
     adapters = tuple(
-        dataclasses.replace(adapter, images=tuple(load_image(path, max_pixels=max_pixels).rgb for path in spec.images))
-        for adapter, spec in zip(generation.ip_adapters, ip_adapters)
+        dataclasses.replace(adapter, images=tuple(_load(path, f"IP-Adapter {index} image {number}", max_pixels)
+                                                  for number, path in enumerate(spec.images)))
+        for index, (adapter, spec) in enumerate(zip(generation.ip_adapters, ip_adapters))
     )
     return Conditioning(units, adapters)
+
+
+def _load(source: Any, what: str, max_pixels: int) -> np.ndarray:
+    """A control or reference image; its error names which one ("control unit 1 image: cannot read ...")."""
+    try:
+        return load_image(source, max_pixels=max_pixels).rgb
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from None
 
 
 def conditioning_inputs(request: Any) -> dict[str, Any]:
