@@ -239,3 +239,13 @@ def test_a_long_controlnet_name_is_refused_quickly_and_shortly(make_server, phot
             answer = client.post(route, json=body, timeout=10)
             assert time.monotonic() - started < 3, route
             assert answer.status_code == 400 and len(answer.json()["error"]) < 300, answer.text[:300]
+
+
+def test_a_video_job_names_a_model_the_server_cannot_load_without_its_folder(make_server, broken_models, photo_png,
+                                                                             mask_png):
+    secret, sd, _ = broken_models
+    live = make_server(engine="diffusion", models=[str(sd)])
+    with live.client() as client:
+        answer = client.post("/api/v1/video/inpaint", files=[("frame", ("0.png", photo_png)), ("frame", ("1.png", photo_png)),
+                                                             ("mask", ("m.png", mask_png))], data={"request": "{}"})
+    _refused_without_folder(answer, "my-sd", secret)

@@ -37,10 +37,10 @@ from pydantic import ValidationError
 from canvaslab.core.image import LoadedImage
 from canvaslab.errors import CanvaslabError, InputError
 from canvaslab.server.inputs import (
-    Catalogue, ClientError, check_engine_options, check_field_sizes, check_model, conditioning_uploads, hide_paths,
-    parse_json, refuse_paths, with_defaults, with_uploads,
+    Catalogue, ClientError, check_engine_options, check_field_sizes, check_model, client_error, conditioning_uploads,
+    hide_paths, parse_json, refuse_paths, with_defaults, with_uploads,
 )
-from canvaslab.server.jobs import QueueFull, Work, http_status_of
+from canvaslab.server.jobs import QueueFull, Work
 from canvaslab.server.native import _submitted
 from canvaslab.server.settings import ServerSettings
 from canvaslab.tasks.requests import describe_validation_error
@@ -177,7 +177,7 @@ def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings:
     except ClientError:
         raise
     except CanvaslabError as exc:
-        raise ClientError(str(exc), status=http_status_of(exc)) from None
+        raise client_error(exc) from None
     width, height = size
     if count * width * height > FRAME_BUDGET * settings.max_pixels or count > MAX_FRAMES:
         raise ClientError(f"{count:,} frames of {width}x{height} are over what one job may process here ({FRAME_BUDGET} "
@@ -189,7 +189,12 @@ def prepare_video(fields: Any, clip: bytes | None, mask: bytes | None, settings:
                           f"limit of {WINDOW_BUDGET} frames at the pixel limit: use a smaller window or context",
                           field="window")
     # 3. what the engine works at on a key frame, as for an image (the whole frame a hole but one pixel: the most)
-    _check_frame_work(video_request, size, settings)
+    try:
+        _check_frame_work(video_request, size, settings)
+    except ClientError:
+        raise
+    except CanvaslabError as exc:  # a configured model that cannot be read names its folder: not the client's
+        raise client_error(exc) from None
     return PreparedVideo(video_request, clip or None, images, mask, mask_is_video, fmt, crf, uploads)
 
 
