@@ -151,7 +151,15 @@ def _frames_bar(what: str) -> Iterator[Callable[[int, int], None]]:
     try:
         yield advance
     except BaseException:
-        bar.live.transient = True  # a failed run's half-drawn bar would sit above its one-line error
+        # a failed run's half-drawn bar would sit above its one-line error: a terminal erases it (transient),
+        # a file or pipe gets nothing at all (not even the empty line a transient stop leaves there)
+        bar.live.transient = True
+        if bar.live.is_started:
+            quiet, console.err.quiet = console.err.quiet, not console.err.is_terminal or console.err.quiet
+            try:
+                bar.stop()
+            finally:
+                console.err.quiet = quiet
         raise
     finally:
         if bar.live.is_started:  # stopping a bar never shown would print an empty line above an error
