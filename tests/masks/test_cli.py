@@ -231,3 +231,15 @@ def test_a_watermark_mask_written_inside_its_folder_is_refused(tmp_path):
     refused = run("mask", "--images", images, "--auto", "watermark", "-o", images / "wm.png", code=2)
     assert "inside --images" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in images.iterdir()) == ["0.png", "1.png", "2.png"]
+
+
+def test_models_pull_knows_the_mask_and_depth_aliases(tmp_path):
+    """`models list` shows `sam`; `models pull sam` tried a hub repo named 'sam'."""
+    from typer.testing import CliRunner
+
+    from canvaslab.cli.main import app
+
+    for alias, hub_id in (("sam", "facebook/sam-vit-base"), ("depth", "depth-anything/Depth-Anything-V2-Small-hf")):
+        pulled = CliRunner().invoke(app, ["models", "pull", alias, "--cache-dir", str(tmp_path)],
+                                    env={"HF_HUB_OFFLINE": "1"})
+        assert pulled.exit_code == 3 and f"'{hub_id}'" in pulled.stderr, pulled.output

@@ -149,12 +149,13 @@ GUIDANCE_WORDS = {
 
 @app.command("pull")
 def pull(
-    model: Annotated[str, typer.Argument(help="alias or hub id", show_default=False)],
+    model: Annotated[str, typer.Argument(help="alias (a diffusion model's, a mask model's, or depth) or hub id", show_default=False)],
     cache_dir: CacheOpt = None,
 ) -> None:
     """Download a model into the Hugging Face cache (run on a connected machine; copy HF_HOME to offline ones)."""
     with console.friendly_errors():
-        hub_id = ALIASES[model].hub_id if model in ALIASES else model
+        others = {str(row["alias"]): str(row["hub_id"]) for row in weight_rows(None)}  # mask models, depth
+        hub_id = ALIASES[model].hub_id if model in ALIASES else others.get(model, model)
         if Path(model).exists():
             raise InputError(f"{model} is a local path: nothing to pull")
         from huggingface_hub import snapshot_download
