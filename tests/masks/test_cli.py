@@ -243,3 +243,12 @@ def test_models_pull_knows_the_mask_and_depth_aliases(tmp_path):
         pulled = CliRunner().invoke(app, ["models", "pull", alias, "--cache-dir", str(tmp_path)],
                                     env={"HF_HUB_OFFLINE": "1"})
         assert pulled.exit_code == 3 and f"'{hub_id}'" in pulled.stderr, pulled.output
+
+
+def test_a_wrong_rule_setting_lists_the_rules_settings(tmp_path):
+    """'--auto damage option unknown parameter 'foo'' named neither the flag nor what it takes."""
+    image = tmp_path / "photo.png"
+    Image.fromarray(scene(40, 30)).save(image)
+    refused = run("mask", image, "--auto", "damage", "--opt", "wdth=3", "-o", tmp_path / "m.png", code=2)
+    assert "--opt" in refused.stderr and "width, contrast, min_length, polarity" in refused.stderr, refused.stderr
+    assert "'wdth'" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

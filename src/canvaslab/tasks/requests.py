@@ -1206,10 +1206,13 @@ class MaskRequest(BaseModel):
         if self.options:
             from canvaslab.masks import rule_options
 
+            settings = rule_options(self.auto.value)  # type: ignore[union-attr]
             try:
-                rule_options(self.auto.value).model_validate(self.options)  # type: ignore[union-attr]
+                settings.model_validate(self.options)
             except ValidationError as exc:
-                raise ValueError(f"--auto {self.auto.value} option {describe_validation_error(exc)}") from None  # type: ignore[union-attr]
+                known = ", ".join(settings.model_fields)
+                raise ValueError(f"--opt for --auto {self.auto.value} (settings: {known}): "  # type: ignore[union-attr]
+                                 f"{describe_validation_error(exc)}") from None
         if self.threshold is not None and not self.text:
             raise ValueError("--threshold applies to --text")
         if self.text_model is not None and not self.text:
