@@ -265,6 +265,7 @@ def _in_process(*args):
     ["mask", "ops", "{other}", "--resize-to", "{image}", "-o", "{image}"],
     ["control", "preview", "{image}", "-p", "canny", "-o", "{image}"],
     ["control", "preview", "{image}", "-p", "inpaint", "--mask", "{mask}", "-o", "{mask}"],
+    ["texture", "seamless", "{image}", "-o", "{image}"],
 ])
 def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, pair, command):
     """A new user's `-o photo.png` for `photo.png` replaced the photo with its mask or its result."""

@@ -18,6 +18,7 @@ from canvaslab.cli.paint import SUFFIXES, FormatOpt, MaxPixelsOpt, MetadataOpt, 
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, load_image
 from canvaslab.core.seams import seam_report
 from canvaslab.errors import InputError
+from canvaslab.tasks.batch import refuse_input_as_output
 from canvaslab.tasks.render import OutputSpec, render
 from canvaslab.tasks.requests import TextureRequest, Tiling, build_request
 from canvaslab.tasks.result import MetadataMode
@@ -62,6 +63,7 @@ def _run_seamless(values: dict[str, Any], **cli: Any) -> None:
         fmt = cli["format"].value if cli["format"] is not None else None
         output = cli["output"] or Path(f"{image.stem}-seamless{SUFFIXES[fmt or 'png']}")
         check_format(output, fmt)
+        refuse_input_as_output(output, image, flag="-o")
         spec = OutputSpec(format=fmt, quality=cli["quality"], max_pixels=cli["max_pixels"], metadata=cli["metadata"])
         [(result, path)] = render("texture", image, None, request, output, spec)
         axes = _axes(request.axes)
