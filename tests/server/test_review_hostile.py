@@ -249,3 +249,46 @@ def test_a_video_job_names_a_model_the_server_cannot_load_without_its_folder(mak
         answer = client.post("/api/v1/video/inpaint", files=[("frame", ("0.png", photo_png)), ("frame", ("1.png", photo_png)),
                                                              ("mask", ("m.png", mask_png))], data={"request": "{}"})
     _refused_without_folder(answer, "my-sd", secret)
+
+
+def test_the_mask_routes_state_is_made_once_under_concurrent_first_requests(tmp_path):
+    """The mask routes' models, embedding cache and one-at-a-time lock were made on first use without a lock; the
+    sync routes (/sam/sam-model, /api/v1/mask/models) run in threads, so first requests at once could each make their
+    own lock (two masks at once) or find the lock not made yet (AttributeError: a 500). 8/20 trials split before."""
+    import sys
+    import threading
+
+    from starlette.requests import Request
+
+    from canvaslab.server.app import create_app
+    from canvaslab.server.masks import _state
+    from canvaslab.server.settings import ServerSettings
+
+    app = create_app(ServerSettings(output=tmp_path / "out"))
+    switching = sys.getswitchinterval()
+    try:
+        for _ in range(20):
+            for name in ("mask_models", "mask_embeddings", "mask_lock", "mask_waiting"):
+                if hasattr(app.state, name):
+                    delattr(app.state, name)
+            request = Request({"type": "http", "app": app, "headers": []})
+            locks, errors, start = [], [], threading.Barrier(8)
+
+            def first() -> None:
+                start.wait()
+                try:
+                    locks.append(id(_state(request)[3]))  # noqa: B023
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)  # noqa: B023
+
+            sys.setswitchinterval(1e-6)
+            threads = [threading.Thread(target=first) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            sys.setswitchinterval(switching)
+            assert not errors and len(set(locks)) == 1, (errors, len(set(locks)))
+    finally:
+        sys.setswitchinterval(switching)
+        app.state.queue.stop()

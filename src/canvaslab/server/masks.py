@@ -52,6 +52,7 @@ MAX_WAITING = 4  # requests waiting for the one running; more get 503 at once (e
 EXTENSION_SAM = ("sam_vit_h_4b8939.pth", "sam_vit_l_0b3195.pth", "sam_vit_b_01ec64.pth", "sam_hq_vit_h.pth",
                  "sam_hq_vit_l.pth", "sam_hq_vit_b.pth", "mobile_sam.pt")
 EXTENSION_DINO = ("GroundingDINO_SwinT_OGC (694MB)", "GroundingDINO_SwinB (938MB)")
+_MAKING = threading.Lock()  # held while an app's mask state is made
 NATIVE_FIELDS = frozenset(MaskRequest.model_fields) | {"image"}
 SAM_PREDICT_FIELDS = frozenset({
     "input_image", "sam_model_name", "sam_positive_points", "sam_negative_points", "dino_enabled", "dino_model_name",
@@ -129,12 +130,15 @@ def _state(request: Request) -> tuple[Any, MaskModels, Any, threading.Semaphore]
     from canvaslab.masks.sam import EmbeddingCache
 
     state = request.app.state
-    if getattr(state, "mask_models", None) is None:
-        settings = state.settings
-        state.mask_models = MaskModels(list(getattr(settings, "mask_models", [])), settings.allow_downloads)
-        state.mask_embeddings = EmbeddingCache(size=EMBEDDINGS_KEPT, ttl=EMBEDDING_TTL)
-        state.mask_lock = threading.Semaphore(1)
-        state.mask_waiting = threading.BoundedSemaphore(MAX_WAITING + 1)  # the running request and those waiting
+    if getattr(state, "mask_waiting", None) is None:  # the last one made: all are there once it is
+        # The sync routes run in threads: first requests at once must not each make their own lock.
+        with _MAKING:
+            if getattr(state, "mask_waiting", None) is None:
+                settings = state.settings
+                state.mask_models = MaskModels(list(getattr(settings, "mask_models", [])), settings.allow_downloads)
+                state.mask_embeddings = EmbeddingCache(size=EMBEDDINGS_KEPT, ttl=EMBEDDING_TTL)
+                state.mask_lock = threading.Semaphore(1)
+                state.mask_waiting = threading.BoundedSemaphore(MAX_WAITING + 1)  # the running request and those waiting
     return state.settings, state.mask_models, state.mask_embeddings, state.mask_lock
 
 
