@@ -33,7 +33,7 @@ ClipArg = Annotated[Path, typer.Argument(help="video file (mp4, mov, webm, mkv, 
 def _inpaint_inputs(
     clip: ClipArg,
     mask: Annotated[Path, typer.Option("--mask", "-m", help="one mask image for every frame, a folder of masks named like the frames (000012.png or 12.png for frame 12 of a video file), or a mask video; white = fill (see --mask-mode)", rich_help_panel="Input", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="video file (.mp4/.mov H.264, .webm VP9, .mkv lossless FFV1, .gif) or a folder for PNG frames", rich_help_panel="Output", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="video file (.mp4/.m4v/.mov H.264, .webm VP9, .mkv lossless FFV1, .gif) or a folder for PNG frames", rich_help_panel="Output", show_default=False)],
     crf: Annotated[int, typer.Option("--crf", min=0, max=51, help="H.264/VP9 quality: lower is better and bigger (18: visually lossless)", rich_help_panel="Output")] = 18,
     metadata: MetadataOpt = MetadataMode.full,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
