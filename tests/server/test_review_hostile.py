@@ -292,3 +292,16 @@ def test_the_mask_routes_state_is_made_once_under_concurrent_first_requests(tmp_
     finally:
         sys.setswitchinterval(switching)
         app.state.queue.stop()
+
+
+def test_an_a1111_unit_refusal_names_the_unit_as_the_client_sent_it(make_server, photo_png, mask_png, tmp_path):
+    """The field was mapped back to the client's name, but the sentence still began with ours ('control.0.image: ...')."""
+    control = tmp_path / "tiny-canny"
+    control.mkdir()
+    server = make_server(control_models=[str(control)])
+    body = {"init_images": [b64(photo_png)], "mask": b64(mask_png), "controlnet_units": [
+        {"module": "canny", "model": "tiny-canny", "image": b64(b"not an image")}]}
+    with server.client() as client:
+        answer = client.post("/sdapi/v1/img2img", json=body).json()
+    assert answer["field"] == "controlnet_units[0].image", answer
+    assert answer["error"].startswith("controlnet_units[0].image"), answer

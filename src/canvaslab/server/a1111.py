@@ -178,7 +178,10 @@ async def run_sync(request: Request, task: str, fields: dict[str, Any], image: b
         prepared = await run_in_threadpool(
             functools.partial(prepare, drop_unused=True), task, fields, image, mask, state.settings, state.catalogue)
     except ClientError as exc:
-        raise ClientError(exc.message, status=exc.status, field=names.get(exc.field or "", exc.field)) from None
+        field, message = names.get(exc.field or "", exc.field), exc.message
+        if exc.field and field and message.startswith(exc.field):
+            message = field + message[len(exc.field):]  # the sentence names the field as the client sent it too
+        raise ClientError(message, status=exc.status, field=field) from None
     try:
         job = state.queue.submit(task, task_work(prepared, state.settings.max_pixels, count), expected=count)
     except QueueFull as exc:
