@@ -343,3 +343,17 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_pa
         run = _in_process(*command)
         assert run.exit_code == 2, run.output
         assert run.stderr.startswith("error: cannot create --out") and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_replay_of_a_missing_control_image_says_where_to_put_it(tmp_path):
+    """Replay told the user to 'pass --image FILE' for a missing control or reference image, but --image
+    replaces the input picture; the right fix is to put the file back or a copy beside the output."""
+    from canvaslab.cli.tools import _with_conditioning_images
+    from canvaslab.errors import InputError
+
+    missing = {"path": str(tmp_path / "edges.png"), "sha256": "0" * 64}
+    for values, inputs in (({"control": [{"model": "cn", "image": missing["path"]}]}, {"control_0": missing}),
+                           ({"ip_adapter": [{"model": "ip", "images": [missing["path"]]}]}, {"ip_adapter_0_0": missing})):
+        with pytest.raises(InputError) as caught:
+            _with_conditioning_images(values, inputs, [tmp_path])
+        assert "--image" not in str(caught.value) and "beside" in str(caught.value), caught.value

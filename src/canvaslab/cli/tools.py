@@ -133,6 +133,9 @@ def _recorded(entry: dict | None, what: str, flag: str, near: list[Path]) -> Pat
         if candidate.is_file() and entry.get("sha256") in (None, hashlib.sha256(candidate.read_bytes()).hexdigest()):
             return candidate
     where = f"at {path}" if path is not None else f"named {name} beside the image or here" if name else "recorded"
+    if not flag:  # no flag replaces this input: it is found by name and sha256
+        raise InputError(f"the {what} the recipe was made from is not {where}: put it back, or a copy of it beside "
+                         "the output or in this folder")
     raise InputError(f"the {what} the recipe was made from is not {where}: pass {flag} FILE")
 
 
@@ -142,10 +145,10 @@ def _with_conditioning_images(values: dict[str, Any], inputs: dict[str, Any], ne
     control = [dict(unit) for unit in values.get("control") or [] if isinstance(unit, dict)]
     for index, unit in enumerate(control):
         if unit.get("image") and f"control_{index}" in inputs:
-            unit["image"] = str(_recorded(inputs[f"control_{index}"], f"control image {index}", "--image", near))
+            unit["image"] = str(_recorded(inputs[f"control_{index}"], f"control image {index}", "", near))
     adapters = [dict(item) for item in values.get("ip_adapter") or [] if isinstance(item, dict)]
     for index, item in enumerate(adapters):
-        item["images"] = [str(_recorded(inputs[key], f"IP-Adapter image {number}", "--image", near))
+        item["images"] = [str(_recorded(inputs[key], f"IP-Adapter {index} image {number}", "", near))
                           if (key := f"ip_adapter_{index}_{number}") in inputs else path
                           for number, path in enumerate(item.get("images") or [])]
     if control:
