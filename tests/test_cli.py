@@ -357,3 +357,16 @@ def test_replay_of_a_missing_control_image_says_where_to_put_it(tmp_path):
         with pytest.raises(InputError) as caught:
             _with_conditioning_images(values, inputs, [tmp_path])
         assert "--image" not in str(caught.value) and "beside" in str(caught.value), caught.value
+
+
+def test_a_folder_inpaint_without_its_model_stops_with_one_line(tmp_path, photo, box_mask):
+    """Every image failed on its own with the same 'no lama model' sentence, in a table as long as the folder."""
+    images = tmp_path / "photos"
+    for name in ("a", "b", "c"):
+        write_png(images / f"{name}.png", photo)
+    write_png(tmp_path / "m.png", box_mask)
+    run = _in_process("inpaint", "--images", images, "--masks", tmp_path / "m.png", "--engine", "lama",
+                      "--model", tmp_path / "none.pt", "--out", tmp_path / "out")
+    assert run.exit_code == 3, run.output
+    assert run.stderr.startswith("error:") and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert not any((tmp_path / "out").glob("*.png"))

@@ -252,3 +252,17 @@ def test_a_wrong_rule_setting_lists_the_rules_settings(tmp_path):
     refused = run("mask", image, "--auto", "damage", "--opt", "wdth=3", "-o", tmp_path / "m.png", code=2)
     assert "--opt" in refused.stderr and "width, contrast, min_length, polarity" in refused.stderr, refused.stderr
     assert "'wdth'" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_folder_run_without_its_model_stops_with_one_line(tmp_path):
+    """A missing mask model failed every image on its own (a table with the same sentence per row, exit 1)."""
+    images = tmp_path / "shelf"
+    images.mkdir()
+    for index in range(3):
+        Image.fromarray(scene(40, 30, seed=index)).save(images / f"{index}.png")
+    run_ = run("mask", "--images", images, "--text", "the tag", "--text-model", "owner/not-cached-model",
+               "--out", tmp_path / "tags", code=3)
+    errors = [line for line in run_.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not-cached-model" in errors[0] and "failures" not in run_.stderr, run_.stderr
+    assert run_.stderr.startswith("error:"), run_.stderr  # no progress bar left above it
+    assert not any((tmp_path / "tags").glob("*.png"))

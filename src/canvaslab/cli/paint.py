@@ -258,8 +258,18 @@ class _progress:
 
         return advance
 
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.stop()
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        if kind is None or not self.bar.live.is_started:
+            self.bar.stop()
+            return
+        # the run stopped on an error: its bar would sit above the one-line error; a terminal erases it,
+        # a file or pipe gets nothing
+        self.bar.live.transient = True
+        quiet, console.err.quiet = console.err.quiet, not console.err.is_terminal or console.err.quiet
+        try:
+            self.bar.stop()
+        finally:
+            console.err.quiet = quiet
 
 
 def _report_batch(report: Any, pairing: Any) -> None:

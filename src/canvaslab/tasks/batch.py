@@ -32,7 +32,7 @@ from typing import Any
 
 from canvaslab.core.image import remove_stale_temporaries
 from canvaslab.core.notices import notice
-from canvaslab.errors import CanvaslabError, InputError
+from canvaslab.errors import CanvaslabError, InputError, ModelNotAvailableError
 from canvaslab.tasks.render import OutputSpec, render
 from canvaslab.tasks.requests import REQUESTS
 
@@ -236,7 +236,8 @@ def run_batch(
     workers: int = 1,
     on_progress: Callable[[BatchItem, str], None] | None = None,
 ) -> BatchReport:
-    """Process every item whose output does not exist yet; never stop on a single failure.
+    """Process every item whose output does not exist yet; never stop on a single failure (a missing
+    model is no single failure: it stops the batch with its one error).
 
     `spec.grid`, when set, is a folder: each item's grid goes to ``grid/<key><suffix>``.
     `on_progress(item, status)` is called with status "done", "skipped" or "failed".
@@ -275,6 +276,8 @@ def run_batch(
             for future in finished:
                 try:
                     failure = future.result()
+                except ModelNotAvailableError:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - a dead worker fails its items, not the batch
                     failure = f"worker process failed: {type(exc).__name__}: {exc}"
                 _record(report, pending.pop(future), failure, notify)
@@ -329,6 +332,8 @@ def _call(job: Callable[[BatchItem], None], item: BatchItem) -> str | None:
     """Run one item; return None on success or the one-line reason it failed."""
     try:
         job(item)
+    except ModelNotAvailableError:
+        raise  # the same for every item: the batch stops with one error instead of failing each image
     except CanvaslabError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - one broken file must not end the batch

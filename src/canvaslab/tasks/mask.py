@@ -33,7 +33,7 @@ from canvaslab import __version__
 from canvaslab.core.image import DEFAULT_MAX_PIXELS, LoadedImage, atomic_write_bytes, remove_stale_temporaries
 from canvaslab.core.metadata import embed_png_info, read_metadata
 from canvaslab.core.notices import collect_notices, notice
-from canvaslab.errors import CanvaslabError, InputError
+from canvaslab.errors import CanvaslabError, InputError, ModelNotAvailableError
 from canvaslab.masks import FOLDER_RULES, rule, rule_options
 from canvaslab.masks.ops import Refinement, refine
 from canvaslab.tasks.batch import BatchItem, BatchReport, find_images, pair_folder, shard
@@ -279,6 +279,8 @@ def mask_folder(
             continue
         try:
             make_mask(item.image, request, max_pixels=max_pixels).save(item.output)
+        except ModelNotAvailableError:
+            raise  # the same for every image: one error, not one failure per image
         except CanvaslabError as exc:
             report.failed.append((item, str(exc)))
             notify(item, "failed")
