@@ -6,7 +6,8 @@
 - An output that already exists is skipped, so an interrupted run resumes where it stopped; outputs
   are written atomically, so an existing file is always a finished one, and the temporary files a
   killed run leaves behind are removed when the folder is run again.
-- A bad file does not stop the run: failures are collected and listed at the end.
+- A bad file does not stop the run: failures are collected and listed at the end. A missing model does
+  (it would fail every image alike): the run ends with that one error.
 - Worker processes die with the batch process, however it ends (kill -9 included): they never go on
   writing outputs nobody collects, nor hang afterwards holding memory.
 """
