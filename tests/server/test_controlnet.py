@@ -151,6 +151,13 @@ def test_refusals_name_the_unit_field(live, picture):  # type: ignore[no-untyped
         unknown = client.post("/sdapi/v1/img2img", json={**base, "alwayson_scripts": {"ControlNet": {"args": [
             {"module": "canny", "model": "not-here"}]}}})
         assert unknown.status_code == 400 and unknown.json()["field"] == "alwayson_scripts.ControlNet.args[0].model"
+        off = client.post("/sdapi/v1/img2img", json={**base, "denoising_strength": 1, "alwayson_scripts": {"ControlNet": {
+            "args": [{"enabled": "false", "module": "canny", "model": "not-here"}]}}})  # the extension reads "false" as off
+        assert off.status_code == 200, off.text
+        # A1111's default denoising strength 0.75 at 1 step leaves diffusers no step: one line, not a 500
+        none = client.post("/sdapi/v1/img2img", json=base)
+        assert none.status_code in (400, 422) and "no denoising step" in none.json()["error"], none.text
+        assert "--steps 2" in none.json()["error"]
         learned = client.post("/sdapi/v1/img2img", json={**base, "alwayson_scripts": {"ControlNet": {"args": [
             {"module": "depth_midas", "model": "tiny-canny"}]}}})
         assert learned.status_code == 422 and "torchvision" in learned.json()["error"]

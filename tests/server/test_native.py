@@ -293,6 +293,8 @@ BAD_INPUTS = [
     ("missing mask", {"json": {"no_mask": True}}, 400, "needs a mask"),
     ("not an image", {"json": {"image_bytes": b"hello, not a picture"}}, 400, "image"),
     ("bad base64", {"json": {"image_text": "***"}}, 400, "base64"),
+    # Pillow opens EPS by handing it to Ghostscript when installed: refused by its header on every upload
+    ("EPS image", {"json": {"image_bytes": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"}}, 400, "image is EPS"),
     ("mask of another size", {"json": {"mask_size": (32, 32)}}, 400, "the mask is 32x32 but the image is 64x48"),
     ("model path", {"json": {"model": "/etc/passwd"}}, 400, "unknown model '/etc/passwd'"),
     ("cache_dir path", {"json": {"cache_dir": "/tmp"}}, 400, "cache_dir"),
@@ -392,3 +394,27 @@ def test_understand_and_unified_inpaint_with_a_tiny_unified_model(make_server, t
         assert events[-1][1]["status"] == "done", events[-1][1]["error"]
         assert events[-1][1]["result"]["recipe"]["request"]["engine"] == "unified"
         assert any(name == "progress" and data["total"] == 2 for name, data in events)
+
+
+def test_a_job_failing_inside_a_library_names_no_server_folder(tmp_path):
+    from canvaslab.errors import EngineError
+    from canvaslab.server.jobs import JobQueue
+
+    def crash():
+        raise RuntimeError("cannot open /srv/models/secret-project/unet/weights.bin")
+        yield
+
+    def refuse():
+        raise EngineError("the model in /srv/models/secret-project/unet is not an inpainting model")
+        yield
+
+    queue = JobQueue(tmp_path)
+    try:
+        jobs = [queue.submit("inpaint", crash), queue.submit("inpaint", refuse)]
+        for job in jobs:
+            assert job.done_flag.wait(10)
+        texts = [job.error for job in jobs]
+    finally:
+        queue.stop()
+    assert all("/srv" not in text and "secret-project" not in text for text in texts), texts
+    assert "weights.bin" in texts[0] and texts[0].startswith("internal error: RuntimeError")

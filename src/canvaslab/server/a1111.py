@@ -608,6 +608,13 @@ async def png_info(request: Request) -> dict[str, Any]:
 controlnet_router = APIRouter(prefix="/controlnet", tags=["AUTOMATIC1111 ControlNet extension"])
 CONTROLNET_VERSION = 2  # the extension's API version clients check
 MAX_UNITS = 8
+def _disabled(value: Any) -> bool:
+    """A unit's `enabled` as the extension's pydantic model reads it: false, 0 and "false"/"0"/"no"/"off"."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("false", "0", "no", "off", "n", "f")
+    return value is False or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0)
+
+
 UNIT_FIELDS = {"enabled", "image", "input_image", "mask", "module", "model", "weight", "resize_mode", "low_vram",
                "processor_res", "threshold_a", "threshold_b", "guidance_start", "guidance_end", "control_mode",
                "guessmode", "pixel_perfect", "hr_option"}
@@ -667,7 +674,7 @@ def controlnet_units(body: dict[str, Any], *, txt2img: bool) -> tuple[dict[str, 
     for where, unit in _unit_list(body):
         if not isinstance(unit, dict):
             raise ClientError(f"{where} must be an object (a ControlNet unit)", field=where)
-        if unit.get("enabled") is False or unit.get("model") in NO_MODEL and unit.get("module") in (None, *NO_MODEL):
+        if _disabled(unit.get("enabled")) or unit.get("model") in NO_MODEL and unit.get("module") in (None, *NO_MODEL):
             continue
         ignored += [f"{where}.{key}" for key in sorted(unit) if key not in UNIT_FIELDS or key in UNIT_NOT_READ]
         model, module = unit.get("model"), str(unit.get("module") or "none")

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from canvaslab import __version__
 from canvaslab.errors import CanvaslabError
 from canvaslab.server import a1111, masks, native, video
-from canvaslab.server.inputs import Catalogue, ClientError
+from canvaslab.server.inputs import Catalogue, ClientError, hide_paths
 from canvaslab.server.jobs import JobQueue, http_status_of
 from canvaslab.server.security import GuardMiddleware, redact_access_log
 from canvaslab.server.settings import ServerSettings
@@ -90,7 +90,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CanvaslabError)
     async def canvaslab_error(request: Request, exc: CanvaslabError) -> JSONResponse:
-        return _error(http_status_of(exc), str(exc))
+        return _error(http_status_of(exc), hide_paths(str(exc)))  # a backstop: no server folder reaches a client
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -333,8 +333,7 @@ def image_header(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:
 
 def open_upload(data: bytes, field: str, max_pixels: int) -> LoadedImage:
     """Decode an uploaded image, refusing non-images and anything over the pixel limit with 400."""
-    if not data:
-        raise ClientError(f"{field} is empty", field=field)
+    image_header(data, field, max_pixels)  # a format we take (never EPS for Ghostscript), by its header
     try:
         return load_image(data, max_pixels=max_pixels)
     except InputError as exc:

@@ -324,6 +324,9 @@ class JobQueue:
             job.version += 1
 
     def _fail(self, job: Job, message: str, status: int) -> None:
+        from canvaslab.server.inputs import hide_paths  # inputs builds on this module
+
+        message = hide_paths(message)  # a library's sentence may name the server's folders
         with self._lock:
             job.error_status = status
             self._finish(job, Status.failed, message)

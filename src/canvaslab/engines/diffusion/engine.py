@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 from typing import Any, ClassVar, Literal
 
@@ -169,6 +170,16 @@ def _call_parameters(pipeline_class: type) -> frozenset[str]:
     return frozenset(inspect.signature(pipeline_class.__call__).parameters)
 
 
+def check_steps_at_strength(steps: int, strength: float) -> None:
+    """Below strength 1 a pipeline runs int(steps x strength) of its steps; none is a one-line refusal (the
+    pipelines raise a ValueError deep inside, e.g. for an A1111 client's img2img at 1 step and 0.75)."""
+    if strength < 1.0 and int(steps * strength) < 1:
+        raise InputError(
+            f"{steps} step{'s' * (steps != 1)} at strength {strength:g} leave no denoising step (steps x strength must "
+            f"be at least 1): use --steps {math.ceil(1 / strength)} or more, or a higher --strength"
+        )
+
+
 def run_pipeline(pipe: Any, info: Any, generation: Generation, task: str, arguments: dict[str, Any], *,
                  options: EngineOptions | None, seed: int, size: tuple[int, int]) -> np.ndarray:
     """Call `pipe` with the task's `arguments` plus what the family makes of steps, guidance and the
@@ -192,6 +203,7 @@ def run_pipeline(pipe: Any, info: Any, generation: Generation, task: str, argume
     }
     if arguments.get("strength", 1.0) < 1.0 and "strength" not in call:
         notice(f"{type(pipe).__name__} has no denoising strength: --strength is ignored (it runs at 1)")
+    check_steps_at_strength(steps, arguments.get("strength", 1.0) if "strength" in call else 1.0)
     with conditioned(pipe, generation, seed):
         result = with_tiling(pipe, generation.tiling, seed=seed)(**{k: v for k, v in arguments.items() if k in call})
     if np.isnan(result.images[0]).any():
