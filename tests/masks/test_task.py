@@ -39,7 +39,7 @@ def scratched(seed: int, size=(96, 64)) -> np.ndarray:
     ({"points": ["1,2,3"]}, "a point must be 2 numbers"),
     ({"points": ["a,b"]}, "2 numbers separated by commas, got 'a,b'"),
     ({"points": ["3,4"], "options": ["width=2"]}, "--opt sets a rule's settings"),
-    ({"auto": "damage", "options": ["nope=2"]}, "--auto damage option"),
+    ({"auto": "damage", "options": ["nope=2"]}, "--opt for --auto damage"),
     ({"auto": "damage", "model": "sam"}, "--auto needs no model"),
     ({"points": ["3,4"], "threshold": 0.3}, "--threshold applies to --text"),
     ({"auto": "smudge"}, "auto"),
