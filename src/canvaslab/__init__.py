@@ -46,10 +46,14 @@ _LAZY = {
     "EngineError": "canvaslab.errors",
 }
 
-__all__ = ["__version__", *_LAZY]
+_SUBPACKAGES = ("video",)  # canvaslab.video.inpaint(...) after a plain `import canvaslab`
+
+__all__ = ["__version__", *_LAZY, *_SUBPACKAGES]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"canvaslab.{name}")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'canvaslab' has no attribute {name!r}")

@@ -82,6 +82,7 @@ def test_frames_folder_range_equals_the_python_api(clip, tmp_path):
     (["{tmp}/frames", "--mask", "{tmp}/m.png", "-o", "{tmp}/o.jpg"], "cannot write video as o.jpg"),
     (["{tmp}/frames", "--mask", "{tmp}/m.png", "-o", "{tmp}/o", "--end", "40"], "past the clip's end"),
     (["{tmp}/frames", "--mask", "{tmp}/m.png", "-o", "{tmp}/o", "--temporal-blend", "0.3"], "applies to --method per-frame"),
+    (["{tmp}/frames", "--mask", "{tmp}/m.png", "-o", "{tmp}/o.mkv", "--fps", "1e-7"], "fps=1e-07: Input should be greater than or equal to 0.001"),  # was a ZeroDivisionError
 ])
 def test_bad_input_is_one_line_and_a_failure(clip, tmp_path, args, message):
     write_frames(tmp_path / "frames", clip.frames[:3])

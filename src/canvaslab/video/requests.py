@@ -72,7 +72,8 @@ class VideoInpaintRequest(InpaintRequest):
         None, ge=1, description="frame to stop before [default: the clip's end]", json_schema_extra=_video(metavar="FRAME"),
     )
     fps: float | None = Field(
-        None, gt=0, le=1000, description="frame rate of a frames folder (a video file has its own) [default: 25]",
+        None, ge=0.001, le=1000, description="frame rate of a frames folder (a video file has its own) [default: 25]; "
+        "at least 0.001, the slowest rate the video writer holds",
         json_schema_extra=_video(),
     )
 
