@@ -244,3 +244,12 @@ def test_an_output_that_cannot_be_written_is_one_line(clip, tmp_path):
         run = invoke("video", "inpaint", source, "--mask", mask, "-o", output)
         assert run.exit_code == 2, run.output
         assert run.stderr.startswith("error: cannot write") and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_the_readme_call_works_after_a_plain_import():
+    import subprocess
+    import sys
+
+    code = "import canvaslab; print(canvaslab.video.inpaint.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "canvaslab.video.inpainting"
