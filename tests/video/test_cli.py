@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -253,3 +254,30 @@ def test_the_readme_call_works_after_a_plain_import():
     code = "import canvaslab; print(canvaslab.video.inpaint.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "canvaslab.video.inpainting"
+
+
+def test_a_tracked_mask_folder_carries_its_recipe(tmp_path):
+    """`video track` wrote masks that `info` and `replay` could not read: the folder now says how it was made
+    (key frames, settings, clip and key masks by path and sha256) and `replay --check` makes it again."""
+    clip = synthetic_clip(photo("coffee.png"), photo("chelsea.png"), frames=6, size=(96, 64), speed=2.0)
+    video = write_video(tmp_path / "clip.mkv", clip.frames, codec="ffv1")
+    keys = _masks_folder(tmp_path / "keys", [clip.masks[0], clip.masks[3]], ["0", "3"])
+    masks = tmp_path / "masks"
+    assert invoke("video", "track", video, "--mask", keys, "-o", masks, "--flow-size", 64).exit_code == 0
+    info = invoke("--json", "info", masks)
+    assert info.exit_code == 0, info.output
+    recipe = json.loads(info.stdout)["recipe"]
+    assert recipe["task"] == "video-track" and recipe["keys"] == [0, 3] and recipe["request"]["flow_size"] == 64
+    assert recipe["inputs"]["clip"]["sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
+    assert set(recipe["inputs"]["mask"]["files"]) == {"0.png", "3.png"}
+    replay = invoke("replay", masks, "--check")
+    assert replay.exit_code == 0, replay.output
+    assert "identical masks" in replay.stderr and replay.stdout.strip() == str(tmp_path / "masks-replay")
+    assert sorted(p.name for p in (tmp_path / "masks-replay").glob("*.png")) == sorted(p.name for p in masks.glob("*.png"))
+    # a mask corrected by hand is not what tracking made: --check says so and fails
+    write_png(masks / "000005.png", np.zeros((64, 96), np.uint8))
+    again = invoke("replay", masks, "-o", tmp_path / "again", "--check")
+    assert again.exit_code == 1 and "000005" in again.stderr, again.output
+    video.unlink()
+    gone = invoke("replay", masks, "-o", tmp_path / "third")
+    assert gone.exit_code == 2 and "clip.mkv" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1, gone.stderr

@@ -38,9 +38,9 @@ def grid(
 
 
 def info(
-    image: Annotated[Path, typer.Argument(help="an image written by canvaslab (or by AUTOMATIC1111), or a video / frames folder written by `video inpaint`", show_default=False)],
+    image: Annotated[Path, typer.Argument(help="an image written by canvaslab (or by AUTOMATIC1111), a video / frames folder written by `video inpaint`, or a mask folder written by `video track`", show_default=False)],
 ) -> None:
-    """Print the recipe stored in an output image (or video)."""
+    """Print the recipe stored in an output image (or video, or tracked mask folder)."""
     with console.friendly_errors():
         if _is_video_output(image):
             meta = _video_metadata(image)
@@ -60,8 +60,8 @@ def info(
 
 
 def replay(
-    image: Annotated[Path, typer.Argument(help="an image written by canvaslab (or a video / frames folder written by `video inpaint`)", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where to write [default: <name>-replay.png; a video's: <name>-replay.<its suffix>]")] = None,
+    image: Annotated[Path, typer.Argument(help="an image written by canvaslab (or a video / frames folder written by `video inpaint`, or a mask folder written by `video track`)", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where to write [default: <name>-replay.png; a video's: <name>-replay.<its suffix>; a folder's: <name>-replay]")] = None,
     source: Annotated[Optional[Path], typer.Option("--image", help="use this input image (of a video output: this clip) instead of the recorded one")] = None,
     mask: Annotated[Optional[Path], typer.Option("--mask", help="use this mask instead of the recorded one")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="use this model (file, folder, alias) instead of the recorded one")] = None,
@@ -75,6 +75,8 @@ def replay(
     machine (private recipes record no paths). --image, --mask, --model and --lora say where they are.
     """
     with console.friendly_errors():
+        if image.is_dir() and _track_recipe(image) is not None:
+            return _replay_track(image, output, source, mask, check)
         if _is_video_output(image):
             return _replay_video(image, output, source, mask, model, lora, check)
         recipe = read_metadata(image).recipe
@@ -201,9 +203,57 @@ def _video_metadata(path: Path) -> Any:
 
     from canvaslab.video.inpainting import RECIPE_FILE, read_recipe
 
+    if path.is_dir() and (tracked := _track_recipe(path)) is not None:
+        return SimpleNamespace(parameters=None, recipe=tracked)
     if path.is_dir() and not (path / RECIPE_FILE).is_file():
-        raise InputError(f"{path} is a folder without {RECIPE_FILE}: not frames written by `canvaslab video inpaint`")
+        raise InputError(f"{path} is a folder without {RECIPE_FILE}: not frames written by `canvaslab video inpaint` "
+                         "(nor masks written by `video track`)")
     return SimpleNamespace(parameters=None, recipe=read_recipe(path))
+
+
+def _track_recipe(path: Path) -> dict | None:
+    from canvaslab.video.tracking import read_track_recipe
+
+    return read_track_recipe(path)
+
+
+def _replay_track(path: Path, output: Path | None, clip: Path | None, mask: Path | None, check: bool) -> None:
+    """`canvaslab replay` of a `video track` mask folder: the recorded request on the recorded clip and key
+    masks (found at their paths, else by name and sha256 beside the folder or here), every mask compared."""
+    from canvaslab.video.requests import TrackRequest
+    from canvaslab.video.tracking import track
+
+    recipe = _track_recipe(path) or {}
+    inputs = recipe.get("inputs") or {}
+    near = [path.resolve().parent, Path.cwd()]
+    if clip is None:
+        entry = inputs.get("clip") or {}
+        recorded = Path(entry["path"]) if entry.get("path") else None
+        clip = recorded if recorded is not None and recorded.is_dir() else _recorded(entry, "clip", "--image", near)
+    if mask is None:
+        entry = inputs.get("mask") or {}
+        recorded = Path(entry["path"]) if entry.get("path") else None
+        mask = recorded if recorded is not None and recorded.is_dir() else _recorded(entry, "key mask", "--mask", near)
+        changed = [name for name, digest in (entry.get("files") or {}).items() if not (mask / name).is_file()
+                   or hashlib.sha256((mask / name).read_bytes()).hexdigest() != digest] if mask.is_dir() else []
+        if changed:
+            console.info(f"[yellow]notice:[/] key masks changed or gone since the folder was made: {', '.join(changed)}")
+    request = build_request(TrackRequest, dict(recipe.get("request") or {}))  # type: ignore[arg-type]
+    target = output or path.with_name(f"{path.name}-replay")
+    result = track(clip, mask, target, request=request, max_pixels=_pixels_limit(recipe))
+    print(result.folder)
+    names = sorted(p.name for p in path.glob("*.png"))
+    again = sorted(p.name for p in result.folder.glob("*.png"))
+    differ = [name for name in names if name not in again or not np.array_equal(
+        load_image(path / name, max_pixels=2**62).rgb, load_image(result.folder / name, max_pixels=2**62).rgb)]
+    differ += [name for name in again if name not in names]
+    if differ:
+        shown = ", ".join(Path(name).stem for name in differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+        console.info(f"[red]the masks differ from the folder's[/] at {shown} (corrected by hand?)")
+    else:
+        console.info("[green]identical masks[/]")
+    if check and differ:
+        raise typer.Exit(1)
 
 
 def _replay_video(path: Path, output: Path | None, clip: Path | None, mask: Path | None, model: str | None,

@@ -13,10 +13,15 @@ the first frame of each run where either goes wrong:
 - size: the mask's area against its key frame's; drift below half or above twice.
 `TrackReport.frames` holds both for every frame. Save the masks (`canvaslab video track ... -o DIR`),
 correct the frames that drift (or add key masks there) and give the folder as --mask.
+
+Recipe. A saved folder also holds .canvaslab-track.json: the request, the key frames, the clip and the key
+masks by path and sha256 (a key mask folder: each file's), the range and size; `canvaslab info DIR` prints
+it and `canvaslab replay DIR --check` tracks again and compares every mask.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -40,6 +45,8 @@ DRIFT_UNRELIABLE = 0.3  # share of unreliable mask pixels that counts as drift
 DRIFT_AREA = 2.0  # area change against the key frame (either way) that counts as drift
 # Suffixes of files, not folders: `-o masks.png` is a slip for a folder of masks.
 FOLDER_LOOKALIKES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".mp4", ".mov", ".webm", ".mkv", ".avi")
+TRACK_RECIPE_FILE = ".canvaslab-track.json"  # in a tracked mask folder: how its masks were made
+TRACK_TASK = "video-track"
 MIN_FIT_PIXELS = 8  # reliable pixels (flow scale) a motion fit needs; fewer: all the mask's pixels are used
 
 
@@ -159,7 +166,8 @@ def track(clip: Any, mask: Any, output: str | Path, request: TrackRequest | None
           **params: Any) -> TrackResult:
     """Carry the masks of key frames (`mask`: one image for the first frame, or a folder naming some
     frames) to every frame of `clip`; write them to the folder `output` (white = fill, named like the
-    frames, plus track.json with each frame's drift check), ready to correct and give as a mask folder."""
+    frames, plus track.json with each frame's drift check and .canvaslab-track.json with the recipe), ready
+    to correct and give as a mask folder."""
     from canvaslab.tasks.batch import refuse_input_as_output
     from canvaslab.tasks.requests import build_request
     from canvaslab.video.io import open_clip
@@ -189,4 +197,33 @@ def track(clip: Any, mask: Any, output: str | Path, request: TrackRequest | None
     progress = None if on_frame is None else (lambda index: on_frame(index - start + 1, end - start))
     report = track_masks(source, masks, start, end, settings, write, progress)
     atomic_write_bytes(folder / "track.json", json.dumps([f.as_dict() for f in report.frames], indent=1).encode())
+    recipe = track_recipe(request, clip, mask, source, (start, end), report)
+    atomic_write_bytes(folder / TRACK_RECIPE_FILE, json.dumps(recipe, indent=1).encode())
     return TrackResult(folder, report, time.perf_counter() - started)
+
+
+def track_recipe(request: TrackRequest, clip_arg: Any, mask_arg: Any, clip: Clip, span: tuple[int, int],
+                 report: TrackReport) -> dict[str, Any]:
+    """How a tracked folder was made: the request, the clip and key masks (path and sha256; a key mask
+    folder: each image file's sha256), the range, the clip's frame count, rate and size, the key frames."""
+    from canvaslab import __version__
+    from canvaslab.data.records import IMAGE_SUFFIXES
+    from canvaslab.video.inpainting import describe
+
+    mask = describe(mask_arg)
+    if isinstance(mask_arg, (str, Path)) and Path(mask_arg).is_dir():
+        mask["files"] = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(Path(mask_arg).iterdir())
+                         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES}
+    inputs = {"clip": describe(clip_arg), "mask": mask, "range": list(span), "frames": clip.count, "fps": str(clip.fps)}
+    return {"canvaslab": __version__, "task": TRACK_TASK, "request": request.model_dump(mode="json"), "inputs": inputs,
+            "size": list(clip.size), "keys": report.keys}
+
+
+def read_track_recipe(folder: str | Path) -> dict[str, Any] | None:
+    """The recipe a tracked mask folder carries; None when it has none (not made by `video track`)."""
+    path = Path(folder) / TRACK_RECIPE_FILE
+    try:
+        recipe = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return recipe if isinstance(recipe, dict) and recipe.get("task") == TRACK_TASK else None
