@@ -10,6 +10,8 @@ An IP-Adapter is its two weight groups in the original layout (`image_proj.*`: a
 the CLIP image embedding to 4 tokens + a LayerNorm; `ip_adapter.<k>.to_k_ip/to_v_ip`: one key/value
 pair per cross-attention layer, k = 1, 3, 5, ... in the UNet's processor order), saved as one
 .safetensors file with a tiny CLIP vision encoder in `image_encoder/` beside it, as h94/IP-Adapter ships.
+FLUX.1's is XLabs' layout; SD3's is InstantX's (a resampler with a timestep embedding + one processor per
+attention) with a tiny SigLIP vision encoder beside it.
 """
 
 from __future__ import annotations
@@ -179,6 +181,65 @@ def save_flux_ip_adapter(transformer: torch.nn.Module, folder: Path, *, name: st
     folder.mkdir(parents=True, exist_ok=True)
     save_file(flux_ip_adapter_state_dict(transformer), folder / name)
     build_image_encoder().save_pretrained(folder / "image_encoder")
+    return folder / name
+
+
+# InstantX/SD3.5-Large-IP-Adapter's layout: the resampler (`image_proj.*`, 4 blocks, 64-wide heads; its block
+# keys as `layers.<i>.0.norm1` ... `layers.<i>.2.1`, which diffusers renames on load) and, per attention
+# processor of the transformer, `ip_adapter.<i>.norm_ip/to_k_ip/to_v_ip/norm_*` (SD3IPAdapterJointAttnProcessor2_0).
+# The image encoder is a SigLIP vision model whose penultimate hidden states feed the resampler.
+SD3_IP_HIDDEN = 64  # the resampler's width (one 64-wide head) = the timestep embedding the processors take
+_INSTANTX_NAMES = (("ln0", "0.norm1"), ("ln1", "0.norm2"), ("attn.to_q", "0.to_q"), ("attn.to_kv", "0.to_kv"),
+                   ("attn.to_out.0", "0.to_out"), ("adaln_norm", "1.0"), ("ff.net.0.proj", "1.1"),
+                   ("ff.net.2", "1.3"), ("adaln_proj", "2.1"))
+
+
+def build_siglip_encoder():
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(SEED)
+    config = SiglipVisionConfig(hidden_size=IMAGE_EMBED, intermediate_size=64, num_attention_heads=4,
+                                num_hidden_layers=2, image_size=32, patch_size=8)
+    return SiglipVisionModel(config).eval()
+
+
+def sd3_ip_adapter_state_dict(transformer: torch.nn.Module, *, seed: int = SEED) -> dict[str, torch.Tensor]:
+    """The InstantX SD3 IP-Adapter layout for the tiny SD3 `transformer`, random but seeded."""
+    from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
+    from diffusers.models.embeddings import IPAdapterTimeImageProjection
+
+    hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    torch.manual_seed(seed)
+    resampler = IPAdapterTimeImageProjection(embed_dim=IMAGE_EMBED, output_dim=hidden, hidden_dim=SD3_IP_HIDDEN,
+                                             heads=SD3_IP_HIDDEN // 64, num_queries=IP_TOKENS, timestep_in_dim=32)
+    tensors = {}
+    for key, value in resampler.state_dict().items():
+        if key.startswith("layers."):
+            _, index, rest = key.split(".", 2)
+            for ours, theirs in _INSTANTX_NAMES:
+                if rest.startswith(ours + "."):
+                    rest = theirs + rest[len(ours):]
+                    break
+            key = f"layers.{index}.{rest}"
+        tensors[f"image_proj.{key}"] = value.clone()
+    generator = torch.Generator().manual_seed(seed)
+    for index in range(len(transformer.attn_processors)):
+        processor = SD3IPAdapterJointAttnProcessor2_0(hidden_size=hidden, ip_hidden_states_dim=hidden,
+                                                      head_dim=transformer.config.attention_head_dim,
+                                                      timesteps_emb_dim=SD3_IP_HIDDEN)
+        for key, value in processor.state_dict().items():
+            # fresh norms are ones / zeros and AdaLayerNorm's linear random: give every weight some spread
+            tensors[f"ip_adapter.{index}.{key}"] = value + torch.randn(value.shape, generator=generator) * 0.2
+    return tensors
+
+
+def save_sd3_ip_adapter(transformer: torch.nn.Module, folder: Path, *, name: str = "ip-adapter_sd3_tiny.safetensors",
+                        with_encoder: bool = True) -> Path:
+    """`folder/name` in InstantX's layout + a tiny SigLIP vision encoder in `folder/image_encoder/`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(sd3_ip_adapter_state_dict(transformer), folder / name)
+    if with_encoder:
+        build_siglip_encoder().save_pretrained(folder / "image_encoder")
     return folder / name
 
 

@@ -13,7 +13,10 @@ attention comes back, so a run without adapters, or with weight 0, is the model 
 gives the calling pipeline the encoder. Stable Diffusion 1.x/2.x/XL, and FLUX.1 dev/schnell with XLabs'
 layout (`ip_adapter_proj_model.*` + `double_blocks.<k>.processor.ip_adapter_double_stream_{k,v}_proj.*`, a
 CLIP ViT-L encoder) on the pipelines that take reference images (not Fill, not the ControlNet inpaint
-pipeline). SD3's adapter (a SigLIP encoder and its own resampler) is not built here.
+pipeline). SD3 / SD3.5 take InstantX's layout (SD3.5-Large-IP-Adapter: `image_proj.*`, a resampler with a
+timestep embedding, + `ip_adapter.<i>.*`, one processor per attention) with a SigLIP vision encoder; diffusers
+runs one such adapter with one reference image per call, so more is a one-line refusal there; its ControlNet
+pipelines take the adapter too.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from canvaslab.errors import InputError, ModelNotAvailableError
 
 _LOADED = "_canvaslab_ip_adapters"  # on the UNet: the key of what is loaded
 _lock = threading.Lock()
-_encoders: dict[tuple, Any] = {}  # (folder, mtime, dtype, device) -> CLIP vision encoder (the last one only)
-IP_FAMILIES = ("sd1", "sd2", "sdxl", "flux")
-FAMILY_WORDS = "Stable Diffusion 1.x/2.x/XL and FLUX.1 dev/schnell"
+_encoders: dict[tuple, Any] = {}  # (folder, mtime, dtype, device) -> CLIP/SigLIP vision encoder (the last one only)
+IP_FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
+FAMILY_WORDS = "Stable Diffusion 1.x/2.x/XL, SD3 / SD3.5 and FLUX.1 dev/schnell"
 
 
 def adapter_file(spec: str, *, cache_dir: str | None = None) -> Path:
@@ -57,12 +60,18 @@ def adapter_file(spec: str, *, cache_dir: str | None = None) -> Path:
     )
 
 
-def encoder_folder(adapter: Path, encoder: str | None) -> Path:
-    """The CLIP vision encoder's folder of an adapter: the one given, else `image_encoder/` beside the file."""
+def encoder_folder(adapter: Path, encoder: str | None, family: str = "") -> Path:
+    """The image encoder's folder of an adapter: the one given, else `image_encoder/` beside the file."""
     folder = Path(encoder).expanduser() if encoder else adapter.parent / "image_encoder"
     if (folder / "config.json").is_file() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
         return folder.resolve()
     where = f"{folder}" if encoder else f"{folder} (beside the adapter), or give encoder=FOLDER"
+    if family == "sd3":
+        raise ModelNotAvailableError(
+            f"IP-Adapter {adapter.name} needs its image encoder, a SigLIP vision folder (config.json + "
+            f"model.safetensors), at {where}; InstantX/SD3.5-Large-IP-Adapter was trained with "
+            "google/siglip-so400m-patch14-384: put that repo's files there"
+        )
     raise ModelNotAvailableError(
         f"IP-Adapter {adapter.name} needs its image encoder, a CLIP vision folder (config.json + model.safetensors), "
         f"at {where}; h94/IP-Adapter ships it as models/image_encoder (SD 1.5 and the SDXL vit-h adapters) and "
@@ -98,18 +107,34 @@ def _state_dict(path: Path) -> dict[str, dict[str, Any]]:
     return data
 
 
-def _encoder(folder: Path, dtype: Any, device: Any) -> Any:
-    from transformers import CLIPVisionModelWithProjection
+def _encoder(folder: Path, dtype: Any, device: Any, *, siglip: bool = False) -> Any:
+    """The CLIP vision encoder with its projection (SD, FLUX.1 adapters), or a SigLIP vision model (SD3)."""
+    from transformers import CLIPVisionModelWithProjection, SiglipVisionModel
 
-    key = (str(folder), os.stat(folder).st_mtime_ns, str(dtype), str(device))
+    kind = SiglipVisionModel if siglip else CLIPVisionModelWithProjection
+    key = (str(folder), os.stat(folder).st_mtime_ns, str(dtype), str(device), kind.__name__)
     if key not in _encoders:
         try:
-            model = CLIPVisionModelWithProjection.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
-        except (OSError, ValueError) as exc:
+            model = kind.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, RuntimeError) as exc:
             raise ModelNotAvailableError(f"image encoder {folder} could not be loaded: {one_line(exc)}") from None
         _encoders.clear()  # one encoder at a time: they are 0.6-2.5 GB
         _encoders[key] = model.to(device).eval()
     return _encoders[key]
+
+
+def _encoder_kind(folder: Path) -> str:
+    """The `model_type` of the encoder's config.json ("clip_vision_model", "siglip_vision_model", ...)."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(f"image encoder {folder} has no readable config.json ({one_line(exc)})") from None
+    kind = config.get("model_type", "") if isinstance(config, dict) else ""
+    if kind == "siglip" and isinstance(config.get("vision_config"), dict):  # a whole SigLIP model's folder
+        kind = "siglip_vision_model"
+    return str(kind)
 
 
 def apply_ip_adapters(pipe: Any, info: Any, adapters: Sequence[ImagePrompt], *, cache_dir: str | None = None,
@@ -123,6 +148,10 @@ def apply_ip_adapters(pipe: Any, info: Any, adapters: Sequence[ImagePrompt], *, 
     if active and (unet is None or not hasattr(pipe, "load_ip_adapter")):
         raise InputError(f"{type(pipe).__name__} takes no IP-Adapter (FLUX.1 Fill and FLUX.1's ControlNet inpaint "
                          "pipeline have none): leave out --ip-adapter for this run")
+    sd3 = info.family == "sd3"
+    if sd3 and active and (len(active) > 1 or len(active[0].images) > 1):
+        raise InputError("SD3 runs one IP-Adapter with one reference image (as diffusers' SD3 pipelines take it): "
+                         "give a single --ip-adapter with a single image")
     if unet is None:
         return
     with _lock:
@@ -136,28 +165,37 @@ def apply_ip_adapters(pipe: Any, info: Any, adapters: Sequence[ImagePrompt], *, 
             if "faceid" in file.name.lower():
                 raise InputError(f"{file.name} is a FaceID IP-Adapter, which takes face embeddings from insightface "
                                  "that canvaslab does not compute; use a plus-face adapter (CLIP image encoder) instead")
-        encoders = {encoder_folder(f, a.encoder) for f, a in zip(files, active)}
+        encoders = {encoder_folder(f, a.encoder, info.family) for f, a in zip(files, active)}
         if len(encoders) > 1:
             raise InputError(f"the IP-Adapters of one run share one image encoder, and these need {len(encoders)}: "
                              "use adapters made for the same encoder")
         folder = encoders.pop()
         key = (tuple((str(f), f.stat().st_mtime_ns) for f in files), str(folder))
-        encoder = _encoder(folder, unet.dtype, unet.device)
+        kind = _encoder_kind(folder)
+        if (kind == "siglip_vision_model") != sd3 and (sd3 or kind.startswith("siglip")):
+            needs = "a SigLIP vision encoder" if sd3 else "a CLIP vision encoder"
+            raise InputError(f"IP-Adapter {files[0].name} does not fit this {info.family} model: its image encoder "
+                             f"{folder} is a {kind or 'model of no known kind'}, and this family's adapters take {needs}")
+        encoder = _encoder(folder, unet.dtype, unet.device, siglip=sd3)
         if getattr(unet, _LOADED, None) != key:
             if getattr(unet, _LOADED, None) is not None:
                 _unload(pipe)
                 setattr(unet, _LOADED, None)
             _register_encoder(pipe, encoder)
             try:
-                pipe.load_ip_adapter([_state_dict(f) for f in files], subfolder="", weight_name=[f.name for f in files],
-                                     **_no_encoder_argument(pipe))
-            except (ValueError, KeyError, RuntimeError) as exc:
+                if sd3:  # one adapter, its state dict as such
+                    pipe.load_ip_adapter(_state_dict(files[0]), subfolder="", weight_name=files[0].name,
+                                         image_encoder_folder=None)
+                else:
+                    pipe.load_ip_adapter([_state_dict(f) for f in files], subfolder="",
+                                         weight_name=[f.name for f in files], **_no_encoder_argument(pipe))
+            except (ValueError, KeyError, RuntimeError, IndexError) as exc:
                 _unload(pipe)
                 raise InputError(f"IP-Adapter {files[0].name} does not fit this model ({one_line(exc)})") from None
             unet.to(unet.device)
             setattr(unet, _LOADED, key)
         _register_encoder(pipe, encoder)
-        pipe.set_ip_adapter_scale([a.weight for a in active])
+        pipe.set_ip_adapter_scale(active[0].weight if sd3 else [a.weight for a in active])
 
 
 def _unload(pipe: Any) -> None:
@@ -182,12 +220,16 @@ def _no_encoder_argument(pipe: Any) -> dict[str, None]:
 
 def _register_encoder(pipe: Any, encoder: Any) -> None:
     """The encoder and its image processor on `pipe` (pipelines derived from the same model each need them)."""
-    from transformers import CLIPImageProcessorPil
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
 
     if getattr(pipe, "image_encoder", None) is not encoder:
         size = encoder.config.image_size
-        # The PIL processor: the default one needs torchvision.
-        pipe.register_modules(image_encoder=encoder, feature_extractor=CLIPImageProcessorPil(size=size, crop_size=size))
+        # The PIL processors: the default ones need torchvision.
+        if type(encoder).__name__ == "SiglipVisionModel":  # SD3: resized to the square it was trained on
+            processor = SiglipImageProcessorPil(size={"height": size, "width": size})
+        else:
+            processor = CLIPImageProcessorPil(size=size, crop_size=size)
+        pipe.register_modules(image_encoder=encoder, feature_extractor=processor)
 
 
 def ip_adapter_arguments(pipe: Any, adapters: Sequence[ImagePrompt], call: set[str]) -> dict[str, Any]:
@@ -202,4 +244,6 @@ def ip_adapter_arguments(pipe: Any, adapters: Sequence[ImagePrompt], call: set[s
     for adapter in active:
         if not adapter.images:
             raise InputError(f"IP-Adapter {adapter.model} has no reference image: give it image=FILE")
+    if type(getattr(pipe, "transformer", None)).__name__ == "SD3Transformer2DModel":
+        return {"ip_adapter_image": Image.fromarray(active[0].images[0])}  # SD3: one adapter, one image
     return {"ip_adapter_image": [[Image.fromarray(image) for image in a.images] for a in active]}
