@@ -158,6 +158,19 @@ def test_sd3_adapter_in_instantx_layout(picture, hole, tiny_dit_folders, sd3_ada
     assert np.array_equal(run(picture, hole, folder, steps=2), plain)
 
 
+def test_sd35_adapter_with_the_dual_attention_blocks(picture, hole, tiny_dit_folders, references, tmp_path):
+    from . import tiny_dit
+
+    adapter = tiny_control.save_sd3_ip_adapter(tiny_dit.build_transformer("sd35-txt2img"), tmp_path / "sd35-ip")
+    folder = tiny_dit_folders["sd35-txt2img"]
+    plain = run(picture, hole, folder, steps=2)
+    spec = f"{adapter}:{{}},image={references[0]}"
+    assert np.array_equal(run(picture, hole, folder, steps=2, ip_adapter=[spec.format(0)]), plain)
+    steered = run(picture, hole, folder, steps=2, ip_adapter=[spec.format(0.8)])
+    assert not np.array_equal(steered, plain) and np.array_equal(steered[~hole], picture[~hole])
+    assert np.array_equal(run(picture, hole, folder, steps=2), plain)
+
+
 def clip_encoder_folder(tmp_path):
     folder = tmp_path / "clip-encoder"
     tiny_control.build_image_encoder().save_pretrained(folder)
