@@ -442,8 +442,8 @@ class TaskRequest(BaseModel):
     )
     ip_adapter: list[IPAdapterSpec] = Field(
         default_factory=list, description="IP-Adapter, repeatable: FILE[:WEIGHT],image=REF[,image=REF...][,encoder=DIR] "
-        "(Stable Diffusion 1.x/2.x/XL, FLUX.1 dev/schnell; the CLIP image encoder from image_encoder/ beside FILE "
-        "unless encoder= says)",
+        "(Stable Diffusion 1.x/2.x/XL and FLUX.1 dev/schnell with a CLIP image encoder; SD3/SD3.5 with a SigLIP one, "
+        "one adapter and one image; the encoder from image_encoder/ beside FILE unless encoder= says)",
         json_schema_extra=_panel("Control", metavar="SPEC"),
     )
     tiling: Tiling = Field(
