@@ -18,9 +18,14 @@ hand), lost jobs (accepted but never delivered: must be 0), 5xx answers (must be
 (`canvaslab serve`, patchmatch, one worker): /health latency (p50/p95/max over 20 Hz polling) while
 the worker runs the largest job the defaults allow (PatchMatch on 2048x2048 with a 10 % hole), that
 job's time and the server's peak RSS, how long a cancel of it takes to land; then /health while 300
-connections sit on half-sent request lines, and how many of them the server closed.
+connections sit on half-sent request lines, and how many of them the server closed; then hostile
+bodies to the routes answered outside the queue or taking multipart uploads (/api/v1/mask,
+/sam/sam-predict, /controlnet/detect, /api/v1/video/inpaint), 4 clients at once (one per route), each
+kind --bad-repeats times: an oversized body (over --max-upload-mb), a decompression bomb (a valid
+16384x16384 PNG of ~0.3 MB), garbage where the image goes, a garbage body; the answers (status, slowest)
+and /health meanwhile.
 
-    python benchmarks/server.py --hostile [--side 2048] [--half-sent 300]
+    python benchmarks/server.py --hostile [--side 2048] [--half-sent 300] [--bad-repeats 5]
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ import json
 import os
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -226,7 +233,7 @@ def hostile(args: argparse.Namespace) -> None:
     rows: list[tuple[str, str]] = []
     args.engine, args.clients = "patchmatch", 1
     with TemporaryDirectory() as output:
-        server, url = start_server(args, output)
+        server, url = start_server(args, output, "--max-upload-mb", f"{args.max_upload_mb:g}")
         try:
             with httpx.Client(base_url=url, timeout=600) as client:
                 # Warm-up (numba compile or cache load) on a small job, so the numbers are the work's.
@@ -267,12 +274,88 @@ def hostile(args: argparse.Namespace) -> None:
                 sock.close()
             rows.append((f"/health p50/p95/max, {args.half_sent} half-sent requests open", crowded.summary()))
             rows.append(("half-sent connections the server closed", f"{closed}/{args.half_sent} within 3 s"))
+            rows.extend(bad_bodies(url, args))
         finally:
             server.terminate()
             server.wait(30)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+
+
+def bomb_png(side: int = 16384) -> bytes:
+    """A valid greyscale PNG of side x side black pixels: ~0.3 MB that decodes to side^2 bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer, row = zlib.compressobj(9), b"\0" * (side + 1)  # filter byte + a black row
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def bad_bodies(url: str, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Hostile bodies to the newer routes, one client per route at once, with /health polled meanwhile."""
+    rng = np.random.default_rng(0)
+    garbage = rng.integers(0, 256, 1 << 20, np.uint8).tobytes()  # 1 MB that is no image
+    oversized = "A" * int((args.max_upload_mb + 1) * 1024 * 1024)  # base64 text over the upload limit
+    bomb, small = base64.b64encode(bomb_png()).decode(), inputs(64)
+    json_routes = {
+        "/api/v1/mask": lambda image: {"image": image, "points": [[8, 8]]},
+        "/sam/sam-predict": lambda image: {"input_image": image, "sam_positive_points": [[8, 8]]},
+        "/controlnet/detect": lambda image: {"controlnet_input_images": [image], "controlnet_module": "canny"},
+    }
+    images = {"oversized": oversized, "bomb": bomb, "garbage image": base64.b64encode(garbage).decode()}
+
+    def send(client: httpx.Client, route: str, kind: str) -> httpx.Response:
+        if route == "/api/v1/video/inpaint":
+            mask = ("mask.png", base64.b64decode(small[1]), "image/png")
+            parts = {"oversized": {"clip": ("clip.mp4", oversized.encode(), "video/mp4"), "mask": mask},
+                     "bomb": {"frame": ("0.png", base64.b64decode(bomb), "image/png"), "mask": mask},
+                     "garbage image": {"clip": ("clip.mp4", garbage, "video/mp4"), "mask": mask}}
+            if kind == "garbage body":
+                return client.post(route, content=garbage, headers={"content-type": "multipart/form-data; boundary=x"})
+            return client.post(route, data={"request": "{}"}, files=parts[kind])
+        if kind == "garbage body":
+            return client.post(route, content=garbage, headers={"content-type": "application/json"})
+        return client.post(route, content=bodies[(route, kind)], headers={"content-type": "application/json"})
+
+    kinds = ("oversized", "bomb", "garbage image", "garbage body")
+    # encoded once, before the clock: a 51 MB json.dumps in this process would stall the /health probe's thread
+    bodies = {(route, kind): json.dumps(make(image)).encode() for route, make in json_routes.items()
+              for kind, image in images.items()}
+    results: dict[tuple[str, str], list[tuple[int, float]]] = {}
+
+    def client_for(route: str, phase: tuple[str, ...]) -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for _ in range(args.bad_repeats):
+                for kind in phase:
+                    started = time.perf_counter()
+                    try:
+                        status = send(client, route, kind).status_code
+                    except httpx.HTTPError:  # the server may close an oversized upload before reading it all
+                        status = 0
+                    results.setdefault((route, kind), []).append((status, time.perf_counter() - started))
+
+    routes = [*json_routes, "/api/v1/video/inpaint"]
+    rows = []
+    # oversized uploads apart: 4 x 51 MB through loopback at once load both cores (client and server) by themselves
+    for phase, what in ((kinds[:1], "oversized bodies"), (kinds[1:], "bombs and garbage")):
+        with HealthProbe(url) as probe:
+            threads = [threading.Thread(target=client_for, args=(route, phase)) for route in routes]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        rows.append((f"/health p50/p95/max, {what} to {len(routes)} routes", probe.summary()))
+    for route in routes:
+        parts = []
+        for kind in kinds:
+            answers = results[(route, kind)]
+            codes = "/".join(f"{code or 'closed'} x{n}" for code, n in sorted(Counter(c for c, _ in answers).items()))
+            parts.append(f"{kind} {codes} (slowest {max(t for _, t in answers) * 1000:.0f} ms)")
+        rows.append((route, "; ".join(parts)))
+    return rows
 
 
 def main() -> None:
@@ -285,6 +368,8 @@ def main() -> None:
     parser.add_argument("--hostile", action="store_true", help="measure the cost bounds instead (see above)")
     parser.add_argument("--side", type=int, default=2048, help="--hostile: side of the big PatchMatch job")
     parser.add_argument("--half-sent", type=int, default=300, help="--hostile: half-sent connections to open")
+    parser.add_argument("--bad-repeats", type=int, default=5, help="--hostile: times each hostile body is sent to each route")
+    parser.add_argument("--max-upload-mb", type=float, default=50.0, help="--hostile: the server's --max-upload-mb")
     args = parser.parse_args()
     if args.hostile:
         hostile(args)
