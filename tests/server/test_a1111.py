@@ -288,3 +288,13 @@ def test_big_batches_are_answered_off_the_event_loop(make_server):
     first = decode(out["images"][0])
     assert first.shape == (side, side, 3) and np.array_equal(first[:100], noise[:100])  # untouched outside the mask
     assert slowest < 0.15, f"a health check waited {slowest:.2f} s"  # 0.23-0.26 s before, 0.07 now
+
+
+def test_send_images_false_answers_without_images(make_server, photo_png, mask_png):
+    live = make_server(engine="telea")
+    with live.client() as client:
+        reply = client.post("/sdapi/v1/img2img", json={"init_images": [b64(photo_png)], "mask": b64(mask_png),
+                                                       "send_images": False, "seed": 4, "batch_size": 2})
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert out["images"] == [] and out["parameters"]["seed"] == 4 and json.loads(out["info"])["all_seeds"] == [4, 5]
