@@ -182,13 +182,7 @@ def _replay_mask(image: Path, recipe: dict, output: Path | None, source: Path | 
     near = [image.resolve().parent, Path.cwd()]
     inputs = recipe.get("inputs") or {}
     image_in = source or (_recorded(inputs["image"], "image", "--image", near) if inputs.get("image") else None)
-    result = remake(recipe, image_in)
-    target = output or image.with_name(f"{image.stem}-replay.png")
-    print(result.save(target))
-    same = np.array_equal(np.asarray(load_image(image).rgb[..., 0]), result.grey())
-    console.info("[green]identical pixels[/]" if same else "[red]the pixels differ from the original mask[/]")
-    if check and not same:
-        raise typer.Exit(1)
+    _save_and_compare_mask(image, remake(recipe, image_in), output, check)
 
 
 def _is_video_output(path: Path) -> bool:
@@ -308,7 +302,11 @@ def _replay_mask_ops(image: Path, recipe: dict, output: Path | None, check: bool
             raise InputError(f"the {what} {name} that `mask ops` used is gone: put it back, or a copy beside "
                              f"{image.name}") from None
 
-    result = replay_ops(recipe, find)
+    _save_and_compare_mask(image, replay_ops(recipe, find), output, check)
+
+
+def _save_and_compare_mask(image: Path, result: Any, output: Path | None, check: bool) -> None:
+    """Write a remade mask beside the original (or to `output`) and say whether its pixels are the original's."""
     target = output or image.with_name(f"{image.stem}-replay.png")
     print(result.save(target))
     same = np.array_equal(np.asarray(load_image(image).rgb[..., 0]), result.grey())

@@ -145,7 +145,9 @@ def _state(request: Request) -> tuple[Any, MaskModels, Any, threading.Semaphore]
 # -- bodies ------------------------------------------------------------------------------------
 
 
-async def _json_object(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
+async def _json_object(request: Request, allowed: frozenset[str], image_field: str) -> dict[str, Any]:
+    """The body: JSON, an object, only `allowed` fields, every field but the base64 `image_field` within the
+    size bounds (the image is bounded when it is decoded)."""
     content_type = request.headers.get("content-type", "")
     if content_type and not content_type.startswith("application/json"):
         raise ClientError(f"send application/json, not {content_type.split(';')[0]}", status=415)
@@ -159,6 +161,7 @@ async def _json_object(request: Request, allowed: frozenset[str]) -> dict[str, A
     if unknown:
         raise ClientError(f"unknown field {unknown[0][:100]!r}: this endpoint takes {', '.join(sorted(allowed))}",
                           status=422, field=unknown[0][:100])
+    check_field_sizes(body, unread={image_field})
     return body
 
 
@@ -277,8 +280,7 @@ async def make(request: Request) -> dict[str, Any]:
     base64 PNG (white = fill), its size, coverage, the model's scores, a detector's boxes, and whether
     SAM reused the image's embedding."""
     settings, models, cache, _ = _state(request)
-    body = await _json_object(request, NATIVE_FIELDS)
-    check_field_sizes(body, unread={"image"})
+    body = await _json_object(request, NATIVE_FIELDS, "image")
     _count(body.get("points"), MAX_POINTS, "points", "points")
     _count(body.get("negative_points"), MAX_POINTS, "negative_points", "points")
     if len(body.get("points") or []) + len(body.get("negative_points") or []) > MAX_POINTS:
@@ -380,8 +382,7 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray) -> tuple[str, str]:
 @router.post("/sam/sam-predict", tags=["a1111"], summary="segment-anything extension: masks from points or GroundingDINO boxes")
 async def sam_predict(request: Request) -> dict[str, Any]:
     settings, models, cache, _ = _state(request)
-    body = await _json_object(request, SAM_PREDICT_FIELDS)
-    check_field_sizes(body, unread={"input_image"})
+    body = await _json_object(request, SAM_PREDICT_FIELDS, "input_image")
     image = await run_in_threadpool(_image, body.get("input_image"), "input_image", settings.max_pixels)
     positive = _points(body.get("sam_positive_points"), "sam_positive_points")
     negative = _points(body.get("sam_negative_points"), "sam_negative_points")
@@ -444,8 +445,7 @@ async def sam_predict(request: Request) -> dict[str, Any]:
 @router.post("/sam/dino-predict", tags=["a1111"], summary="segment-anything extension: GroundingDINO boxes drawn on the image")
 async def dino_predict(request: Request) -> dict[str, Any]:
     settings, models, _, _ = _state(request)
-    body = await _json_object(request, DINO_PREDICT_FIELDS)
-    check_field_sizes(body, unread={"input_image"})
+    body = await _json_object(request, DINO_PREDICT_FIELDS, "input_image")
     image = await run_in_threadpool(_image, body.get("input_image"), "input_image", settings.max_pixels)
     phrases = [p.strip() for phrase in _phrases(body.get("text_prompt") or "", "text_prompt")
                for p in phrase.split(".") if p.strip()]
