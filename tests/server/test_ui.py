@@ -24,15 +24,12 @@ from PIL import Image
 
 from canvaslab.core.metadata import read_metadata
 
+from .browser import launched, opened, require_playwright
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip("the browser test needs Debian's chromium: apt-get install -y chromium", allow_module_level=True)
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="the browser test needs playwright: pip install playwright (no browser download)"
-)
+sync_api = require_playwright()
 uvicorn = pytest.importorskip("uvicorn", reason="the browser test needs the server extra (fastapi, uvicorn)")
 
 from canvaslab.server import ServerSettings, create_app  # noqa: E402  (after the skips: fastapi may be absent)
@@ -41,7 +38,6 @@ expect = sync_api.expect
 WIDTH, HEIGHT = 96, 64
 BAR_ROWS = slice(28, 37)  # a white bar the test paints over; telea must fill it from the gradient around
 BAR_COLS = slice(16, 81)
-TIMEOUT_MS = 60_000
 
 
 def scene() -> np.ndarray:
@@ -77,23 +73,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+    with launched(sync_api) as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def page(browser: Browser, server: str) -> Iterator[Page]:
-    context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(f"{server}/")
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    with opened(browser, server) as page:
+        yield page
 
 
 @pytest.fixture

@@ -18,12 +18,10 @@ from PIL import Image
 from canvaslab.core.metadata import read_metadata
 from canvaslab.server.settings import ServerSettings
 
+from .browser import launched, opened, require_playwright
 from .conftest import EXAMPLES, start_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip("the browser test needs Debian's chromium: apt-get install -y chromium", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright: pip install playwright")
+sync_api = require_playwright()
 pytest.importorskip("diffusers", reason="the Control panel's models need the diffusion extra")
 
 expect = sync_api.expect
@@ -45,17 +43,8 @@ def live(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def page(live) -> Iterator:  # type: ignore[no-untyped-def]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1200})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.set_default_timeout(60_000)
-        page.goto(f"{live.url}/")
+    with launched(sync_api) as browser, opened(browser, live.url, height=1200) as page:
         yield page
-        browser.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 @pytest.fixture

@@ -15,12 +15,10 @@ from PIL import Image
 
 from canvaslab.server.settings import ServerSettings
 
+from .browser import launched, opened, require_playwright
 from .conftest import start_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip("the browser test needs Debian's chromium: apt-get install -y chromium", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright: pip install playwright")
+sync_api = require_playwright()
 pytest.importorskip("transformers", reason="the Select tool's model needs the diffusion extra (torch, transformers)")
 
 expect = sync_api.expect
@@ -49,16 +47,8 @@ def page(live, sam) -> Iterator:
     from canvaslab.masks.sam import segmenter
 
     seg = segmenter(resolve(str(sam)), "cpu")
-    with sync_api.sync_playwright() as p, blob_at_the_prompt(seg.model, radius_frac=0.08):
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.set_default_timeout(60_000)
-        page.goto(f"{live.url}/")
+    with blob_at_the_prompt(seg.model, radius_frac=0.08), launched(sync_api) as browser, opened(browser, live.url) as page:
         yield page
-        browser.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def pixel(page, canvas: str, x: int, y: int) -> list[int]:
