@@ -104,7 +104,8 @@ def test_result_does_not_depend_on_thread_count():
 
 
 # sha256 (first 16 hex digits) of fills made before the kernels moved from numba's parallel=True to
-# threads over row ranges (commit d5ab27a): the same bytes, case by case. Telea, Sobel and resizing
+# threads over row ranges (commit d5ab27a): the same bytes, case by case, with the rarity cost that
+# came later switched off (rarity=0; "box_rarity" pins the default with it). Telea, Sobel and resizing
 # come from OpenCV, so other OpenCV releases or CPU families may differ by a rounding.
 GOLDEN_OPENCV = "5.0"
 GOLDEN = {
@@ -114,6 +115,7 @@ GOLDEN = {
     "band": "b2ef933f6c001d75",
     "speckle": "e38cf6314ce581a7",
     "coffee": "98d4c67834513ef5",
+    "box_rarity": "48cce0aca43a468e",
 }
 
 
@@ -126,13 +128,16 @@ def _golden_case(name: str) -> tuple[np.ndarray, np.ndarray, dict]:
     if name == "coffee":
         photo = cv2.cvtColor(cv2.imread(str(EXAMPLES / "coffee.png")), cv2.COLOR_BGR2RGB)
         mask = cv2.imread(str(EXAMPLES / "coffee_mask.png"), cv2.IMREAD_GRAYSCALE) > 127
-        return photo, mask, {"seed": 0}
+        return photo, mask, {"seed": 0, "rarity": 0}
     return {
-        "box": (img, box, {"seed": 3}),
-        "box_p5_nopoisson": (img, box, {"seed": 3, "patch_size": 5, "poisson": 0}),
-        "box_spatial_notexture": (img, box, {"seed": 4, "spatial_sigma": 2.0, "texture_weight": 0, "poisson_top": 2}),
-        "band": (img, band, {"seed": 5}),
-        "speckle": (img, np.random.default_rng(0).random((96, 128)) < 0.1, {"seed": 6, "iterations": 2}),
+        "box": (img, box, {"seed": 3, "rarity": 0}),
+        "box_p5_nopoisson": (img, box, {"seed": 3, "patch_size": 5, "poisson": 0, "rarity": 0}),
+        "box_spatial_notexture": (
+            img, box, {"seed": 4, "spatial_sigma": 2.0, "texture_weight": 0, "poisson_top": 2, "rarity": 0}
+        ),
+        "band": (img, band, {"seed": 5, "rarity": 0}),
+        "speckle": (img, np.random.default_rng(0).random((96, 128)) < 0.1, {"seed": 6, "iterations": 2, "rarity": 0}),
+        "box_rarity": (img, box, {"seed": 3}),
     }[name]
 
 
@@ -468,3 +473,54 @@ def test_reuse_penalty_keeps_the_contract_and_changes_the_fill():
     _assert_contract(spread, img, hole)
     assert spread.tobytes() == patchmatch_inpaint(_damaged(img, hole), hole, seed=7, reuse=300.0).tobytes()
     assert spread.tobytes() != plain.tobytes()
+
+
+# ------------------------------------------------------------------------------------------
+# Rarity: one-off content (a face, an eye, a name plate) is not cloned deep into a hole
+
+
+def _face_beside_a_band(seed: int) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+    """Grey fine-grained texture, an outpainting band of the right 40 columns, and one red "face"
+    (two white eyes, a dark mouth) touching the band's edge."""
+    h, w = 96, 128
+    rng = np.random.default_rng(seed)
+    grain = cv2.GaussianBlur(rng.normal(0, 30, (h, w)).astype(np.float32), (0, 0), 1.0)
+    img = np.repeat(np.clip(120 + grain, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    band = np.zeros((h, w), bool)
+    band[:, w - 40 :] = True
+    face = (slice(h // 2 - 10, h // 2 + 10), slice(w - 60, w - 40))
+    patch = np.empty((20, 20, 3), np.uint8)
+    patch[:] = (200, 60, 50)
+    patch[6:9, 4:8] = patch[6:9, 12:16] = 250
+    patch[14:16, 5:15] = (60, 20, 20)
+    img[face] = patch
+    return img, band, face
+
+
+def test_rarity_is_high_on_one_off_content_and_low_on_repeated_texture():
+    img, band, face = _face_beside_a_band(0)
+    hole = band.copy()
+    stack = patchmatch._feature_stack(img, hole, patchmatch._Tuning())
+    geo = patchmatch._scale_geometry(hole, 3, patchmatch._Tuning())
+    rarity = patchmatch._rarity(stack, geo, 3, patchmatch._Tuning())
+    background = rarity[geo.valid].copy()
+    assert np.median(background) == 0  # the excess over the median: half the sources cost nothing
+    assert rarity[face].max() > 20 * max(np.percentile(background, 75), 1.0)
+    assert (rarity[~geo.valid] == 0).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 5])
+def test_one_off_object_is_not_cloned_deep_into_a_band(seed):
+    img, band, _ = _face_beside_a_band(seed)
+    deep = band.copy()
+    deep[:, : img.shape[1] - 32] = False  # 8+ px into the band: no known pixel pins a patch there
+    damaged = _damaged(img, band)
+
+    def eyes(result: np.ndarray) -> int:  # white pixels: each copy of the face brings 24
+        return int(np.all(result[deep] > 230, axis=1).sum())
+
+    default = patchmatch_inpaint(damaged, band, seed=seed)
+    without = patchmatch_inpaint(damaged, band, seed=seed, rarity=0)
+    _assert_contract(default, damaged, band)
+    assert eyes(without) >= 48  # the face, cloned twice over without the rarity cost
+    assert eyes(default) <= 24 and eyes(default) <= eyes(without) // 2

@@ -23,7 +23,11 @@ Sciences 2014):
      halving windows.  The distance down-weights hole pixels by gamma^-(distance to known pixels),
      since the deeper a pixel, the less its current estimate is worth (Wexler et al.), and adds a
      small cost per pixel of distance between target and source: nearby content is the likelier
-     continuation, and it keeps far-off objects from being cloned into the hole.
+     continuation, and it keeps far-off objects from being cloned into the hole.  Target patches
+     that are mostly hole (nothing known pins them down) also pay for the source's *rarity*: how far
+     that source patch is from its nearest non-overlapping look-alike in the known image (measured
+     once, at the coarsest scale).  Background, fur or grass repeat and cost nothing; a face, an eye
+     or a name plate is one of a kind, and a copy of it in the fill is the clone a viewer notices.
    - M: every hole pixel becomes the weighted mean of the values all overlapping target patches
      propose ("patch voting"), weighted by exp(-d / 2 sigma^2) with sigma^2 a percentile of the
      match distances (Wexler et al.) times the target patch's mean confidence.
@@ -123,6 +127,8 @@ class _Tuning:
     poisson_screen: float = 0.001  # weight of the voted colours next to the voted gradients
     poisson_edge: float = 40.0  # boundary mismatch (RGB norm) above which it is an edge, no offset
     poisson_top: int = 0  # gradient candidates kept per pixel pair (0: as many as `final_top`)
+    rarity: float = 2.0  # cost of copying one-off content (eyes, faces, text), x its rarity (0: off)
+    rarity_sources: int = 3000  # about this many sources are compared for that (a strided grid, coarsest scale)
     poisson_iterations: int = 2000  # cap on conjugate-gradient steps of that Poisson solve
     poisson_tolerance: float = 0.05  # stop once the RMS residual per hole pixel is below this
 
@@ -399,8 +405,9 @@ class _Scale:
     weights: np.ndarray  # per-pixel weight in the patch distance
     norm: np.ndarray  # per-target sum of weights, to turn distances into per-pixel means
     log_trust: np.ndarray  # per-target log-factor on its vote
-    far: np.ndarray  # per-target cost of one pixel of distance between target and source
+    far: np.ndarray  # per target: cost of one pixel of distance to the source, factor on the source's cost
     reuse: np.ndarray  # per-source cost of copying it again (from the last search's field; zeros at first)
+    salient: np.ndarray | None = None  # per-source cost of copying one-off content (`rarity`)
     wy: bool = False  # the image wraps around along y...
     wx: bool = False  # ...and along x
 
@@ -420,6 +427,10 @@ def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning, wrap=(False, F
     norm = _box_sums(weights.astype(np.float64), size, wrap)
     count = _box_sums(np.ones_like(norm), size, wrap)
     log_trust = opts.vote_confidence * np.log(np.maximum(norm / count, _MIN_CONFIDENCE))
+    # Source costs (reuse, rarity) count in full for a target patch that is all hole, not at all for
+    # one at least half known: there the known pixels choose the source, rare or not.
+    hole_part = _box_sums(hole.astype(np.float64), size, wrap) / np.maximum(count, 1)
+    unpinned = np.clip(2.0 * hole_part - 1.0, 0.0, 1.0)
     return _Scale(
         hole=hole,
         targets=targets,
@@ -429,7 +440,7 @@ def _scale_geometry(hole: np.ndarray, radius: int, opts: _Tuning, wrap=(False, F
         weights=weights,
         norm=norm.astype(np.float32),
         log_trust=log_trust,
-        far=(opts.locality * norm / max(hole.shape)).astype(np.float32),
+        far=np.ascontiguousarray(np.stack([opts.locality * norm / max(hole.shape), unpinned], axis=2), np.float32),
         reuse=np.zeros(hole.shape, dtype=np.float32),
         wy=bool(wrap[0]),
         wx=bool(wrap[1]),
@@ -448,7 +459,7 @@ def _box_sums(values: np.ndarray, size: int, wrap) -> np.ndarray:
 
 def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _Tuning, run: _Workers, wrap=(False, False)):
     """Coarse-to-fine EM; returns the finest estimate (HxWxC float32). Reports each EM step done."""
-    estimate = nnf = None
+    estimate = nnf = rarity = None
     finest, coarsest = 0, len(pyramid) - 1
     # The finest scale inherits a converged field and costs the most, so it gets fewer steps;
     # a single-scale run has nothing to inherit.
@@ -458,6 +469,13 @@ def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _T
     for level in range(coarsest, -1, -1):
         img, hole = pyramid[level]
         geo = _scale_geometry(hole, radius, opts, wrap)
+        if opts.rarity > 0:
+            if rarity is None:
+                rarity = _rarity(img, geo, radius, opts)
+            else:
+                rarity = cv2.resize(rarity, (hole.shape[1], hole.shape[0]), interpolation=cv2.INTER_LINEAR)
+            geo.salient = (opts.rarity * float(np.mean(geo.norm[geo.targets])) * rarity).astype(np.float32)
+            geo.reuse = geo.salient.copy()
         if nnf is None:
             nnf = _random_nnf(geo, _stream_key(seed, level, 0))
             estimate = _initial_fill(img, hole, wrap)
@@ -486,6 +504,44 @@ def _complete_pyramid(pyramid, radius: int, iterations: int, seed: int, opts: _T
     return estimate
 
 
+def _rarity(img: np.ndarray, geo: _Scale, radius: int, opts: _Tuning) -> np.ndarray:
+    """Per pixel: how unlike every other part of the known image the source patch centred there is
+    (mean squared difference per pixel to its nearest neighbour that does not overlap it, above the
+    median of that over all sources), 0 where no source is. Repeated content (background, fur,
+    grass) scores ~0; one-off content (an eye, a face, a name plate) scores high: copied into a
+    hole, it is the clone a viewer notices."""
+    h, w = geo.hole.shape
+    out = np.zeros((h, w), dtype=np.float32)
+    src = geo.sources
+    if len(src) < 4:
+        return out
+    stride = max(1, int(np.ceil(np.sqrt(len(src) / max(opts.rarity_sources, 4)))))
+    grid = src[(src[:, 0] % stride == 0) & (src[:, 1] % stride == 0)]
+    if len(grid) < 4:
+        grid = src
+    size = 2 * radius + 1
+    offsets = np.arange(-radius, radius + 1)
+    ys = (grid[:, 0:1, None] + offsets[None, :, None]) % h
+    xs = (grid[:, 1:2, None] + offsets[None, None, :]) % w
+    patches = img[ys, xs].reshape(len(grid), -1).astype(np.float32)
+    sq = np.einsum("ij,ij->i", patches, patches)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (patches @ patches.T)
+    near = np.maximum(np.abs(grid[:, None, 0] - grid[None, :, 0]), np.abs(grid[:, None, 1] - grid[None, :, 1])) < size
+    d2[near] = np.inf
+    best = d2.min(axis=1) / (size * size)
+    best[~np.isfinite(best)] = 0.0
+    excess = np.maximum(best - np.median(best), 0.0)
+    # Spread the grid's values to every source: each source takes its nearest grid point's.
+    sparse = np.zeros((h, w), dtype=bool)
+    sparse[grid[:, 0], grid[:, 1]] = True
+    values = np.zeros((h, w), dtype=np.float32)
+    values[grid[:, 0], grid[:, 1]] = excess
+    iy, ix = ndimage.distance_transform_edt(~sparse, return_distances=False, return_indices=True)
+    out = values[iy, ix]
+    out[~geo.valid] = 0.0
+    return out
+
+
 def _update_reuse(geo: _Scale, nnf: np.ndarray, radius: int, opts: _Tuning) -> None:
     """geo.reuse = the cost of copying each source again: a coherent copy uses every source centre
     around it about once, so what is above one use per centre (averaged over a patch) is a region
@@ -497,6 +553,8 @@ def _update_reuse(geo: _Scale, nnf: np.ndarray, radius: int, opts: _Tuning) -> N
     mean_use = _box_sums(used, size, (geo.wy, geo.wx)) / (size * size)
     scale = opts.reuse * float(np.mean(geo.norm[geo.targets]))
     geo.reuse = (scale * np.maximum(mean_use - 1.0, 0.0)).astype(np.float32)
+    if geo.salient is not None:
+        geo.reuse += geo.salient
 
 
 def _stream_key(seed: int, level: int, step: int) -> np.uint64:

@@ -126,14 +126,15 @@ def _patch_distance(img, wts, ty, tx, sy, sx, r, limit):
 
 @njit(inline="always")
 def _match_cost(img, wts, far, reuse, ty, tx, sy, sx, r, limit, wy, wx):
-    """Patch distance plus a penalty growing with how far the source is from the target, plus the
-    source's reuse cost (how many other targets already copy around it)."""
+    """Patch distance plus a penalty growing with how far the source is from the target (per pixel
+    of distance: far[ty, tx, 0]), plus the source's own cost (copying it again, or one-off content:
+    reuse[sy, sx]) times how little the known pixels pin the target down (far[ty, tx, 1])."""
     oy = sy - ty
     ox = sx - tx
     if wy or wx:
         oy = _torus_offset(oy, far.shape[0], wy)
         ox = _torus_offset(ox, far.shape[1], wx)
-    penalty = far[ty, tx] * np.sqrt(oy * oy + ox * ox) + reuse[sy, sx]
+    penalty = far[ty, tx, 0] * np.sqrt(oy * oy + ox * ox) + far[ty, tx, 1] * reuse[sy, sx]
     if penalty >= limit:
         return np.inf
     # int64 source and float64 limit whatever the caller's types: one compiled _patch_distance.
