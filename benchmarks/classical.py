@@ -37,6 +37,15 @@ Metrics, computed per image and averaged over images:
   does not have.  Visible seams and smeared edges both raise it.
 - s/img: wall-clock seconds per image, after a numba warm-up; 2 CPU cores here.
 
+    python benchmarks/classical.py --frontier
+
+measures what texture that is not the hidden content costs in hole SSIM, on the --wide set: next to
+Telea and our PatchMatch, two reference fills that use the real photo (so they cannot be run on a
+user's image; they only map the trade-off between the goal's two halves): "real content", the hole
+filled with the photo's own pixels from half an image away (np.roll by half the height and width:
+real texture at full contrast, not the content behind the hole), and "Telea + real detail xA", Telea's
+fill plus A times the high-pass part (minus a Gaussian blur, sigma 2) of that same rolled content.
+
     python benchmarks/classical.py --cancel [--cancel-size 2048]
 
 measures instead how long a big PatchMatch fill (astronaut at --cancel-size px, box hole) goes on
@@ -290,6 +299,49 @@ def print_goal(results: dict, masks: tuple[str, ...]) -> None:
         print(f"| {kind} | {ssim:.3f} | {detail:.2f} | {'met' if met else 'missed: ' + ', '.join(missed)} |")
 
 
+def frontier() -> int:
+    """SSIM ratio to Telea and detail, per mask kind, of fills with real texture that does not match
+    the hidden content (see the module docstring), beside our PatchMatch."""
+    methods = ("patchmatch", "real content", "Telea + real detail x0.5", "Telea + real detail x1")
+    results: dict = defaultdict(lambda: defaultdict(list))
+    warm = load_photo(WIDE_IMAGES[0], 64)
+    run_patchmatch(warm, make_mask("box", warm.shape[:2], SEED))
+    pictures = [(name, size) for size in WIDE_SIZES for name in WIDE_IMAGES]
+    for i, (name, size) in enumerate(pictures):
+        truth = load_photo(name, size)
+        h, w = truth.shape[:2]
+        elsewhere = np.roll(truth, (h // 2, w // 2), axis=(0, 1)).astype(np.float32)
+        detail = elsewhere - cv2.GaussianBlur(elsewhere, (0, 0), 2)
+        for j, kind in enumerate(WIDE_MASKS):
+            hole = make_mask(kind, truth.shape[:2], SEED + 10 * i + j)
+            damaged = truth.copy()
+            damaged[hole] = 255
+            telea = run_telea(damaged, hole)
+            fills = {"telea": telea, "patchmatch": run_patchmatch(damaged, hole)}
+            copy = damaged.astype(np.float32)
+            copy[hole] = elsewhere[hole]
+            fills["real content"] = copy
+            for amount, label in ((0.5, methods[2]), (1.0, methods[3])):
+                mixed = telea.astype(np.float32)
+                mixed[hole] += amount * detail[hole]
+                fills[label] = mixed
+            for method, out in fills.items():
+                out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+                for key, value in metrics(out, truth, hole).items():
+                    results[(method, kind)][key].append(value)
+    print(f"images: {', '.join(WIDE_IMAGES)} at long side {', '.join(map(str, WIDE_SIZES))}")
+    print()
+    print("| fill | " + " | ".join(f"{kind}: SSIM / Telea, detail" for kind in WIDE_MASKS) + " |")
+    print("|---|" + "---:|" * len(WIDE_MASKS))
+    for method in ("telea",) + methods:
+        cells = []
+        for kind in WIDE_MASKS:
+            ssim = np.mean(results[(method, kind)]["ssim"]) / np.mean(results[("telea", kind)]["ssim"])
+            cells.append(f"{ssim:.3f} / {np.mean(results[(method, kind)]['detail']):.2f}")
+        print(f"| {method} | " + " | ".join(cells) + " |")
+    return 0
+
+
 def cancel_delays(size: int) -> int:
     """Seconds from setting the cancel flag to the fill raising Cancelled, at points across a fill."""
     truth = load_photo("astronaut", size)
@@ -344,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning", default="", help="patchmatch knobs, e.g. final_top=3,poisson=0")
     parser.add_argument("--methods", default="", help="comma-separated subset of the methods to run")
     parser.add_argument("--against", default="", help="also run our PatchMatch as of this commit")
+    parser.add_argument("--frontier", action="store_true",
+                        help="what real texture that is not the hidden content costs in SSIM, instead")
     parser.add_argument("--cancel", action="store_true", help="measure how fast a cancelled fill stops instead")
     parser.add_argument("--cancel-size", type=int, default=2048, help="long side of the photo for --cancel")
     args = parser.parse_args(argv)
@@ -352,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         TUNING[key] = float(value)
     if args.cancel:
         return cancel_delays(args.cancel_size)
+    if args.frontier:
+        return frontier()
 
     names = args.images.split(",")
     sizes, masks = (args.size,), MASKS
