@@ -24,7 +24,8 @@ def _distance_inputs(side: int, r: int = 3):
     nnf = np.ascontiguousarray(np.stack([np.clip(yy[::-1], r, side - r - 1), np.clip(xx[::-1], r, side - r - 1)],
                                         axis=2).astype(np.int32))
     dist = np.full((side, side), np.inf, np.float32)
-    return img, ones, np.zeros_like(ones), np.zeros_like(ones), targets, nnf, r, dist, False, False
+    far = np.zeros((side, side, 2), np.float32)  # per target: locality cost, factor on the source's cost
+    return img, ones, far, np.zeros_like(ones), targets, nnf, r, dist, False, False
 
 
 def test_another_python_thread_runs_while_a_kernel_runs():
