@@ -364,16 +364,27 @@ def _blend(cand_w, cand_c, m, top, out, y, x):
 
 @njit
 def _keep_strongest(weights, m, top):
-    """Zero all but the `top` largest weights (ties keep the earliest, for determinism)."""
-    kept = np.empty(m, dtype=np.bool_)
+    """Zero all but the `top` largest weights (ties keep the earliest, for determinism).
+
+    One pass keeping the best `top` so far in order (largest first; a later equal weight does not
+    displace an earlier one), instead of `top` passes over all `m`."""
+    best = np.empty(top, dtype=np.int64)
+    n = 0
     for k in range(m):
-        kept[k] = False
-    for _ in range(top):
-        best = -1
-        for k in range(m):
-            if not kept[k] and (best < 0 or weights[k] > weights[best]):
-                best = k
-        kept[best] = True
+        wk = weights[k]
+        if n == top and not wk > weights[best[n - 1]]:
+            continue
+        i = n if n < top else top - 1  # where k goes: shift the weaker ones down past it
+        while i > 0 and wk > weights[best[i - 1]]:
+            if i < top:
+                best[i] = best[i - 1]
+            i -= 1
+        best[i] = k
+        if n < top:
+            n += 1
+    kept = np.zeros(m, dtype=np.bool_)
+    for i in range(n):
+        kept[best[i]] = True
     for k in range(m):
         if not kept[k]:
             weights[k] = 0.0
