@@ -13,6 +13,10 @@ hole of 25 % of the area; torch and numba are held to one thread. Times are the 
 `--repeats` runs after one warm-up run each, as wall-clock and as CPU seconds of the process: with one
 thread the CPU time is the work itself, the steadier figure when other processes share the cores.
 
+MI-GAN is also timed as an ONNX export of the same network (the generator alone, as MI-GAN's export
+script writes it) loaded through `load_migan` and run by onnxruntime on one thread: the path a user
+with MI-GAN's released ONNX file takes (needs the `onnx` and `onnxruntime` packages; skipped without).
+
 Named baseline, measured in the same run: PatchMatch (our default engine, `patchmatch_inpaint(threads=1)`)
 on the same picture and hole; every ratio is "this method's time / PatchMatch's". Also timed: the
 reference forward passes the parity tests derive from the papers' equations
@@ -24,10 +28,14 @@ gains over a straight transcription of the equations.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -41,7 +49,7 @@ from skimage import data  # noqa: E402
 from canvaslab.engines.classical.patchmatch import patchmatch_inpaint  # noqa: E402
 from canvaslab.engines.learned.engine import lama_forward, migan_forward  # noqa: E402
 from canvaslab.engines.learned.lama import LamaConfig, LamaGenerator, inpaint_tensor  # noqa: E402
-from canvaslab.engines.learned.loading import LamaNetwork, MiganNetwork  # noqa: E402
+from canvaslab.engines.learned.loading import LamaNetwork, MiganNetwork, load_migan  # noqa: E402
 from canvaslab.engines.learned.migan import MiganConfig, MiganGenerator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +98,24 @@ def timed_once(run) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - start_cpu
 
 
+def migan_onnx_export(migan: torch.nn.Module, size: int) -> tuple[Path | None, str]:
+    """The same random-weight MI-GAN exported as MI-GAN's export script writes the generator (one
+    (1, 4, R, R) input, opset 12), in a temporary folder; (None, why) without onnx / onnxruntime."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        return None, f"{exc.name} is not installed (pip install 'canvaslab[dev]')"
+    folder = Path(tempfile.mkdtemp(prefix="canvaslab-bench-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "migan_512.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(migan, (torch.randn(1, 4, size, size),), str(path), dynamo=False,
+                          input_names=["input"], output_names=["output"], opset_version=12)
+    return path, ""
+
+
 def reference_forwards():
     """The parity tests' reference functions (imported from the test module, which needs pytest)."""
     sys.path[:0] = [str(ROOT / "tests" / "engines"), str(ROOT / "tests")]
@@ -118,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("patchmatch (baseline)", base, f"median of {args.repeats}"))
     rows.append((f"migan 512 ({params['migan']:.1f} M parameters)", timed(lambda: migan_forward(migan_net, rgb, hole),
                                                                        args.repeats), f"median of {args.repeats}"))
+    onnx_file, why = migan_onnx_export(migan, args.size)
+    if onnx_file is not None:
+        onnx_net = load_migan(onnx_file)
+        rows.append(("migan 512, ONNX export run by onnxruntime", timed(lambda: migan_forward(onnx_net, rgb, hole),
+                                                                        args.repeats), f"median of {args.repeats}"))
+    else:
+        print(f"migan through onnxruntime skipped: {why}")
     rows.append((f"big-lama ({params['lama']:.1f} M parameters)", timed(lambda: lama_forward(lama_net, rgb, hole),
                                                                       args.repeats), f"median of {args.repeats}"))
 

@@ -166,6 +166,8 @@ def _load_migan_onnx(path: Path, device: torch.device) -> MiganNetwork:
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: warnings about unused initialisers are not the user's concern
+    # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads), not onnxruntime's own default.
+    options.intra_op_num_threads = torch.get_num_threads()
     try:
         session = onnxruntime.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
