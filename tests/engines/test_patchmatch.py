@@ -115,7 +115,7 @@ GOLDEN = {
     "band": "b2ef933f6c001d75",
     "speckle": "e38cf6314ce581a7",
     "coffee": "98d4c67834513ef5",
-    "box_rarity": "48cce0aca43a468e",
+    "box_rarity": "d4314fadc782e84b",
 }
 
 

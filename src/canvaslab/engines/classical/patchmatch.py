@@ -128,7 +128,7 @@ class _Tuning:
     poisson_edge: float = 40.0  # boundary mismatch (RGB norm) above which it is an edge, no offset
     poisson_top: int = 0  # gradient candidates kept per pixel pair (0: as many as `final_top`)
     rarity: float = 2.0  # cost of copying one-off content (eyes, faces, text), x its rarity (0: off)
-    rarity_sources: int = 3000  # about this many sources are compared for that (a strided grid, coarsest scale)
+    rarity_sources: int = 1500  # about this many sources are compared for that (a strided grid, coarsest scale)
     poisson_iterations: int = 2000  # cap on conjugate-gradient steps of that Poisson solve
     poisson_tolerance: float = 0.05  # stop once the RMS residual per hole pixel is below this
 
@@ -526,8 +526,9 @@ def _rarity(img: np.ndarray, geo: _Scale, radius: int, opts: _Tuning) -> np.ndar
     patches = img[ys, xs].reshape(len(grid), -1).astype(np.float32)
     sq = np.einsum("ij,ij->i", patches, patches)
     d2 = sq[:, None] + sq[None, :] - 2.0 * (patches @ patches.T)
-    near = np.maximum(np.abs(grid[:, None, 0] - grid[None, :, 0]), np.abs(grid[:, None, 1] - grid[None, :, 1])) < size
-    d2[near] = np.inf
+    # Patches that overlap are look-alikes of each other by construction: not counted.
+    gy, gx = grid[:, 0], grid[:, 1]
+    d2[(np.abs(np.subtract.outer(gy, gy)) < size) & (np.abs(np.subtract.outer(gx, gx)) < size)] = np.inf
     best = d2.min(axis=1) / (size * size)
     best[~np.isfinite(best)] = 0.0
     excess = np.maximum(best - np.median(best), 0.0)
