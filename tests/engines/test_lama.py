@@ -82,6 +82,12 @@ def test_cli_inpaints_from_the_release_folder(tmp_path, photo, box_mask, learned
     from PIL import Image
 
     np.testing.assert_array_equal(np.asarray(Image.open(out).convert("RGB")), expected)
+    # IOPaint's TorchScript file of the same network, named on the command line: the same fill.
+    traced = subprocess.run([sys.executable, "-m", "canvaslab", "inpaint", str(image), "--mask", str(mask), "--engine",
+                             "lama", "--model", str(learned_files["lama-torchscript"]), "-o", str(tmp_path / "t.png")],
+                            capture_output=True, text=True, timeout=300)
+    assert traced.returncode == 0, traced.stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "t.png").convert("RGB")), expected)
     missing = subprocess.run([sys.executable, "-m", "canvaslab", "inpaint", str(image), "--mask", str(mask), "--engine",
                               "lama", "--model", str(tmp_path / "nowhere.ckpt")], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 3 and "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1

@@ -118,6 +118,9 @@ def test_cli_from_iopaints_cache_and_from_an_onnx_file(tmp_path, small, learned_
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png").convert("RGB")), expected)
     onnx = cli("--model", onnx_files["migan-onnx"], "-o", tmp_path / "b.png")
     assert onnx.returncode == 0, onnx.stderr
+    released = cli("--model", learned_files["migan-state-dict"], "-o", tmp_path / "c.png")  # MI-GAN's own .pt layout
+    assert released.returncode == 0, released.stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "c.png").convert("RGB")), expected)
     (hub / "migan_traced.pt").unlink()
     missing = cli()
     assert missing.returncode == 3 and "Traceback" not in missing.stderr and str(hub) in missing.stderr
