@@ -19,8 +19,9 @@ first in odd repeats, ours first in even ones).
 
 Reported: wall seconds and CPU seconds (user + sys of the child: less disturbed by other load on a
 shared machine), medians; ratios baseline / ours are medians of the per-repeat ratios. The two
-outputs are compared pixel for pixel, and the script checks that our first run prints the compile
-notice and our warm starts do not.
+outputs are compared pixel for pixel and the result is printed: identical up to e85813c; since then
+the fill has a rarity cost the baseline lacks (about 0.05 s of extra work on this picture), so they
+differ. The script checks that our first run prints the compile notice and our warm starts do not.
 """
 
 from __future__ import annotations
@@ -126,9 +127,9 @@ def main() -> None:
             for side in order:
                 results[side].append(measure(side, trees[side], work, repeat, args.warm_runs))
             floor.append(inpaint(trees["ours"], work / "cache-telea", work / "telea.png", engine="telea"))
-            if not same_pixels(results["baseline"][-1]["out"], results["ours"][-1]["out"]):
-                raise SystemExit("baseline and ours gave different pixels")
-            print(f"repeat {repeat + 1}/{args.repeats} done (outputs identical)", flush=True)
+            same = same_pixels(results["baseline"][-1]["out"], results["ours"][-1]["out"])
+            outputs = "outputs identical" if same else "outputs differ: the engine's defaults changed since the baseline"
+            print(f"repeat {repeat + 1}/{args.repeats} done ({outputs})", flush=True)
         report(results, floor)
 
 
