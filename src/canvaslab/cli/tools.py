@@ -123,11 +123,12 @@ def _as_saved(result: Any, original_format: str | None, recipe: dict) -> np.ndar
     return load_image(encoded).rgb
 
 
-def _recorded(entry: dict | None, what: str, flag: str, near: list[Path]) -> Path:
-    """The recorded input: at its path, else a file of its name and sha256 in one of the `near` folders."""
+def _recorded(entry: dict | None, what: str, flag: str, near: list[Path], *, folder: bool = False) -> Path:
+    """The recorded input: at its path, else a file of its name and sha256 in one of the `near` folders.
+    With `folder` (a clip or masks as a folder of frames), a folder at the recorded path counts too."""
     entry = entry or {}
     path = Path(entry["path"]) if entry.get("path") else None
-    if path is not None and path.is_file():
+    if path is not None and (path.is_file() or (folder and path.is_dir())):
         return path
     name = entry.get("name") or (path.name if path is not None else None)
     for folder in near if name else []:
@@ -221,13 +222,10 @@ def _replay_track(path: Path, output: Path | None, clip: Path | None, mask: Path
     inputs = recipe.get("inputs") or {}
     near = [path.resolve().parent, Path.cwd()]
     if clip is None:
-        entry = inputs.get("clip") or {}
-        recorded = Path(entry["path"]) if entry.get("path") else None
-        clip = recorded if recorded is not None and recorded.is_dir() else _recorded(entry, "clip", "--image", near)
+        clip = _recorded(inputs.get("clip"), "clip", "--image", near, folder=True)
     if mask is None:
         entry = inputs.get("mask") or {}
-        recorded = Path(entry["path"]) if entry.get("path") else None
-        mask = recorded if recorded is not None and recorded.is_dir() else _recorded(entry, "key mask", "--mask", near)
+        mask = _recorded(entry, "key mask", "--mask", near, folder=True)
         changed = [name for name, digest in (entry.get("files") or {}).items() if not (mask / name).is_file()
                    or hashlib.sha256((mask / name).read_bytes()).hexdigest() != digest] if mask.is_dir() else []
         if changed:
@@ -264,13 +262,9 @@ def _replay_video(path: Path, output: Path | None, clip: Path | None, mask: Path
     inputs = recipe.get("inputs") or {}
     near = [path.resolve().parent, Path.cwd()]
     if clip is None:
-        entry = inputs.get("clip") or {}
-        recorded = Path(entry["path"]) if entry.get("path") else None
-        clip = recorded if recorded is not None and recorded.is_dir() else _recorded(entry, "clip", "--image", near)
+        clip = _recorded(inputs.get("clip"), "clip", "--image", near, folder=True)
     if mask is None and inputs.get("mask"):
-        entry = inputs["mask"]
-        recorded = Path(entry["path"]) if entry.get("path") else None
-        mask = recorded if recorded is not None and recorded.is_dir() else _recorded(entry, "mask", "--mask", near)
+        mask = _recorded(inputs["mask"], "mask", "--mask", near, folder=True)
     values = _with_models(dict(recipe["request"]), recipe.get("models") or {}, model, lora)
     request = build_request(VideoInpaintRequest, values)
     target = output or (path.with_name(f"{path.stem}-replay{path.suffix}") if path.suffix else path.with_name(f"{path.name}-replay"))
