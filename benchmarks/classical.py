@@ -135,6 +135,24 @@ def make_mask(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
     return mask.astype(bool)
 
 
+def case_seed(index: int, kind_index: int) -> int:
+    """The mask seed of picture number `index` (sizes outer, photos inner) and mask kind number `kind_index`."""
+    return SEED + 10 * index + kind_index
+
+
+def cases(names, sizes, masks):
+    """Every (photo, size, mask kind) case with its seeded hole, pictures ordered sizes first:
+    (name, size, kind, truth, hole, damaged), the damaged copy white in the hole (methods must not peek)."""
+    pictures = [(name, size) for size in sizes for name in names]
+    for i, (name, size) in enumerate(pictures):
+        truth = load_photo(name, size)
+        for j, kind in enumerate(masks):
+            hole = make_mask(kind, truth.shape[:2], case_seed(i, j))
+            damaged = truth.copy()
+            damaged[hole] = 255
+            yield name, size, kind, truth, hole, damaged
+
+
 # ---------------------------------------------------------------------------------------------
 # Methods: each takes (RGB uint8 image, bool hole) and returns an RGB uint8 image
 
@@ -306,29 +324,23 @@ def frontier() -> int:
     results: dict = defaultdict(lambda: defaultdict(list))
     warm = load_photo(WIDE_IMAGES[0], 64)
     run_patchmatch(warm, make_mask("box", warm.shape[:2], SEED))
-    pictures = [(name, size) for size in WIDE_SIZES for name in WIDE_IMAGES]
-    for i, (name, size) in enumerate(pictures):
-        truth = load_photo(name, size)
+    for _, _, kind, truth, hole, damaged in cases(WIDE_IMAGES, WIDE_SIZES, WIDE_MASKS):
         h, w = truth.shape[:2]
         elsewhere = np.roll(truth, (h // 2, w // 2), axis=(0, 1)).astype(np.float32)
         detail = elsewhere - cv2.GaussianBlur(elsewhere, (0, 0), 2)
-        for j, kind in enumerate(WIDE_MASKS):
-            hole = make_mask(kind, truth.shape[:2], SEED + 10 * i + j)
-            damaged = truth.copy()
-            damaged[hole] = 255
-            telea = run_telea(damaged, hole)
-            fills = {"telea": telea, "patchmatch": run_patchmatch(damaged, hole)}
-            copy = damaged.astype(np.float32)
-            copy[hole] = elsewhere[hole]
-            fills["real content"] = copy
-            for amount, label in ((0.5, methods[2]), (1.0, methods[3])):
-                mixed = telea.astype(np.float32)
-                mixed[hole] += amount * detail[hole]
-                fills[label] = mixed
-            for method, out in fills.items():
-                out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-                for key, value in metrics(out, truth, hole).items():
-                    results[(method, kind)][key].append(value)
+        telea = run_telea(damaged, hole)
+        fills = {"telea": telea, "patchmatch": run_patchmatch(damaged, hole)}
+        copy = damaged.astype(np.float32)
+        copy[hole] = elsewhere[hole]
+        fills["real content"] = copy
+        for amount, label in ((0.5, methods[2]), (1.0, methods[3])):
+            mixed = telea.astype(np.float32)
+            mixed[hole] += amount * detail[hole]
+            fills[label] = mixed
+        for method, out in fills.items():
+            out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            for key, value in metrics(out, truth, hole).items():
+                results[(method, kind)][key].append(value)
     print(f"images: {', '.join(WIDE_IMAGES)} at long side {', '.join(map(str, WIDE_SIZES))}")
     print()
     print("| fill | " + " | ".join(f"{kind}: SSIM / Telea, detail" for kind in WIDE_MASKS) + " |")
@@ -441,30 +453,24 @@ def main(argv: list[str] | None = None) -> int:
     print()
     results: dict = defaultdict(lambda: defaultdict(list))
     outputs: dict = defaultdict(list)
-    pictures = [(name, size) for size in sizes for name in names]
-    for i, (name, size) in enumerate(pictures):
-        truth = load_photo(name, size)
-        for j, kind in enumerate(masks):
-            hole = make_mask(kind, truth.shape[:2], SEED + 10 * i + j)
-            damaged = truth.copy()
-            damaged[hole] = 255  # methods must not peek at the hole
-            # A different method goes first on each image, so none always runs right after another.
-            turn = list(methods.items())
-            shift = (i * len(masks) + j) % len(turn)
-            for m, fn in turn[shift:] + turn[:shift]:
-                start = time.perf_counter()
-                out = fn(damaged, hole)
-                seconds = time.perf_counter() - start
-                row = results[(m, kind)]
-                for key, value in metrics(out, truth, hole).items():
-                    row[key].append(value)
-                row["seconds"].append(seconds)
-                if m.startswith("patchmatch"):
-                    outputs[m].append(out)
-                if args.save:
-                    os.makedirs(args.save, exist_ok=True)
-                    cv2.imwrite(os.path.join(args.save, f"{name}_{size}_{kind}_{m}.png"),
-                                cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    for number, (name, size, kind, truth, hole, damaged) in enumerate(cases(names, sizes, masks)):
+        # A different method goes first on each image, so none always runs right after another.
+        turn = list(methods.items())
+        shift = number % len(turn)
+        for m, fn in turn[shift:] + turn[:shift]:
+            start = time.perf_counter()
+            out = fn(damaged, hole)
+            seconds = time.perf_counter() - start
+            row = results[(m, kind)]
+            for key, value in metrics(out, truth, hole).items():
+                row[key].append(value)
+            row["seconds"].append(seconds)
+            if m.startswith("patchmatch"):
+                outputs[m].append(out)
+            if args.save:
+                os.makedirs(args.save, exist_ok=True)
+                cv2.imwrite(os.path.join(args.save, f"{name}_{size}_{kind}_{m}.png"),
+                            cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
     print_tables(results, list(methods), masks)
     if "patchmatch" in methods:
         print_goal(results, masks)

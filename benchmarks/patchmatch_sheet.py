@@ -49,7 +49,7 @@ def case_hole(name: str, kind: str, size: int, truth: np.ndarray) -> np.ndarray:
     """The benchmark's own hole for this photo, mask kind and size (classical.py --wide's seeding)."""
     i = [(n, s) for s in classical.WIDE_SIZES for n in classical.WIDE_IMAGES].index((name, size))
     j = classical.WIDE_MASKS.index(kind)
-    return classical.make_mask(kind, truth.shape[:2], classical.SEED + 10 * i + j)
+    return classical.make_mask(kind, truth.shape[:2], classical.case_seed(i, j))
 
 
 def crop_box(hole: np.ndarray, margin: int = 24) -> tuple[slice, slice]:
